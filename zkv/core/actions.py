@@ -1,0 +1,79 @@
+"""What a node is fed (events) and what it asks its driver to do (actions).
+
+The driver (simulator or ZeroMQ runtime) applies a step's actions in one order:
+commit the store (writes made during the step become durable), then send,
+publish and reply. So no acknowledgement leaves before its write is durable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Hashable
+
+from zkv.core.messages import Message
+
+# ----------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """A message from another node (``sender`` is its node id)."""
+
+    sender: str
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCall:
+    """A request from a client; ``client`` is an opaque handle used to reply."""
+
+    client: Hashable
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed; the node fires whatever timers are due."""
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """Leave the cluster gracefully: announce it, then stop taking requests."""
+
+
+Input = Deliver | ClientCall | Tick | Shutdown
+
+# ----------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Point-to-point message to a node (``to`` may be "" when only the address is known)."""
+
+    to: str
+    address: str
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    client: Hashable
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Gossip: delivered to every node that subscribes to this node (knows it)."""
+
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A structured event-log entry (JSON-able fields)."""
+
+    kind: str
+    fields: dict[str, Any]
+
+
+Action = Send | Reply | Publish | Event

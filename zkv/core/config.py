@@ -1,0 +1,42 @@
+"""Settings of one node's protocol: identity, timers, replication, limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    node_id: str
+    address: str
+    seeds: tuple[str, ...] = ()  # addresses of seed nodes
+    replicas: int = 3
+    vnodes: int = 64
+    consistency: str = "quorum"  # default when a request does not say
+    gossip_interval: float = 0.2
+    t_fail: float = 2.0  # no fresh heartbeat for this long: down (still in the ring)
+    t_remove: float = 8.0  # no fresh heartbeat for this long: removed from the ring
+    t_transition: float = 3.0  # after a ring change, quorums span old and new replica sets
+    retry_interval: float = 0.1  # resend unanswered replica requests and hand-offs
+    anti_entropy_interval: float = 1.0
+    handoff_batch: int = 256
+    max_key: int = 1024
+    max_value: int = 1024 * 1024
+    default_timeout: float = 2.0
+    wall_offset: float = 0.0  # added to ``now`` to get wall-clock seconds for versions
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field that cannot work."""
+        if not self.node_id:
+            raise ValueError("node_id: must not be empty")
+        if self.replicas < 1:
+            raise ValueError("replicas: must be at least 1")
+        if self.vnodes < 1:
+            raise ValueError("vnodes: must be at least 1")
+        if self.consistency not in ("one", "quorum", "all"):
+            raise ValueError("consistency: must be one, quorum or all")
+        if not 0 < self.gossip_interval < self.t_fail < self.t_remove:
+            raise ValueError("timers: need 0 < gossip_interval < t_fail < t_remove")
+        if self.max_key < 1 or self.max_value < 0:
+            raise ValueError("max_key/max_value: must be positive")

@@ -1,0 +1,349 @@
+"""Every message zkv sends, and the CBOR codec that checks each field.
+
+A frame is the CBOR array ``[kind, field, ...]``. ``decode`` either returns a
+fully validated message or raises ``DecodeError`` with a reason; it never lets
+another exception out, so a hostile frame costs a counter, not a node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import cbor2
+
+from zkv.core.versions import Version
+from zkv.storage.record import Record
+
+MAX_FRAME = 64 * 1024 * 1024
+
+OPS = ("get", "put", "delete", "create", "update")
+CONSISTENCY = ("one", "quorum", "all")
+CONDITIONS = ("", "absent", "present")
+MEMBER_STATUSES = ("alive", "left")
+
+
+class DecodeError(Exception):
+    """A frame that is not a valid zkv message; the reason says which part."""
+
+
+# --------------------------------------------------------------------------- messages
+
+
+class Message:
+    KIND: ClassVar[int]
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRequest(Message):
+    """A client's operation, sent to any node (ideally a replica of the key)."""
+
+    KIND: ClassVar[int] = 1
+    req_id: int
+    op: str
+    key: bytes
+    value: bytes | None
+    consistency: str
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClientReply(Message):
+    """status: ok | not_found | exists | unavailable | invalid."""
+
+    KIND: ClassVar[int] = 2
+    req_id: int
+    status: str
+    value: bytes | None
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class RingQuery(Message):
+    KIND: ClassVar[int] = 3
+    req_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class RingInfo(Message):
+    """What a client needs to route a key to its replicas itself."""
+
+    KIND: ClassVar[int] = 4
+    req_id: int
+    members: list  # [[node_id, address], ...] of nodes in the ring
+    replicas: int
+    vnodes: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRequest(Message):
+    KIND: ClassVar[int] = 10
+    op_id: int
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReadReply(Message):
+    KIND: ClassVar[int] = 11
+    op_id: int
+    key: bytes
+    record: Record | None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRequest(Message):
+    """Store ``record`` if newer; ``condition`` (create/update) is checked first."""
+
+    KIND: ClassVar[int] = 12
+    op_id: int
+    key: bytes
+    record: Record
+    condition: str
+
+
+@dataclass(frozen=True, slots=True)
+class WriteReply(Message):
+    KIND: ClassVar[int] = 13
+    op_id: int
+    key: bytes
+    accepted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff(Message):
+    """Records pushed to a replica (stabilization, anti-entropy); merged by version."""
+
+    KIND: ClassVar[int] = 20
+    batch_id: int
+    records: list  # [(key, Record), ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HandoffAck(Message):
+    KIND: ClassVar[int] = 21
+    batch_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class SyncDigest(Message):
+    """Anti-entropy: one hash per ring segment both nodes replicate."""
+
+    KIND: ClassVar[int] = 22
+    round_id: int
+    digests: list  # [[segment_token, digest_bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncKeys(Message):
+    """Anti-entropy: the (key, version) list of a segment whose digests differ."""
+
+    KIND: ClassVar[int] = 23
+    round_id: int
+    segment: int
+    entries: list  # [[key, Version], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncPull(Message):
+    KIND: ClassVar[int] = 24
+    round_id: int
+    keys: list  # [key, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberState:
+    node_id: str
+    address: str
+    incarnation: int
+    heartbeat: int
+    status: str  # alive | left
+
+
+@dataclass(frozen=True, slots=True)
+class Gossip(Message):
+    KIND: ClassVar[int] = 30
+    sender: str
+    members: list  # [MemberState, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRequest(Message):
+    KIND: ClassVar[int] = 31
+    member: MemberState
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply(Message):
+    """Answer to a frame that could not be understood."""
+
+    KIND: ClassVar[int] = 40
+    req_id: int
+    reason: str
+
+
+# --------------------------------------------------------------------------- field checks
+
+Check = Callable[[Any, str], Any]
+
+
+def _int(v: Any, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise DecodeError(f"{name} must be an integer")
+    if not -(1 << 63) <= v < (1 << 64):
+        raise DecodeError(f"{name} is out of range")
+    return v
+
+
+def _nonneg(v: Any, name: str) -> int:
+    v = _int(v, name)
+    if v < 0:
+        raise DecodeError(f"{name} must not be negative")
+    return v
+
+
+def _bool(v: Any, name: str) -> bool:
+    if not isinstance(v, bool):
+        raise DecodeError(f"{name} must be a boolean")
+    return v
+
+
+def _bytes(v: Any, name: str) -> bytes:
+    if not isinstance(v, bytes):
+        raise DecodeError(f"{name} must be bytes")
+    return v
+
+
+def _str(v: Any, name: str) -> str:
+    if not isinstance(v, str):
+        raise DecodeError(f"{name} must be a string")
+    return v
+
+
+def _optional(check: Check) -> Check:
+    def inner(v: Any, name: str) -> Any:
+        return None if v is None else check(v, name)
+
+    return inner
+
+
+def _one_of(choices: tuple[str, ...]) -> Check:
+    def inner(v: Any, name: str) -> str:
+        if v not in choices:
+            raise DecodeError(f"{name} must be one of {', '.join(repr(c) for c in choices)}")
+        return v
+
+    return inner
+
+
+def _list_of(check: Check) -> Check:
+    def inner(v: Any, name: str) -> list:
+        if not isinstance(v, list):
+            raise DecodeError(f"{name} must be a list")
+        return [check(item, f"{name}[{i}]") for i, item in enumerate(v)]
+
+    return inner
+
+
+def _pair(first: Check, second: Check) -> Check:
+    def inner(v: Any, name: str) -> tuple:
+        if not isinstance(v, list) or len(v) != 2:
+            raise DecodeError(f"{name} must be a pair")
+        return first(v[0], f"{name}[0]"), second(v[1], f"{name}[1]")
+
+    return inner
+
+
+def _record(v: Any, name: str) -> Record:
+    try:
+        return Record.decode(v)
+    except ValueError as exc:
+        raise DecodeError(f"{name}: {exc}") from None
+
+
+def _version(v: Any, name: str) -> Version:
+    if not isinstance(v, list) or len(v) != 3:
+        raise DecodeError(f"{name} must be [wall_ms, counter, node_id]")
+    return Version(_nonneg(v[0], name), _nonneg(v[1], name), _str(v[2], name))
+
+
+def _member(v: Any, name: str) -> MemberState:
+    if not isinstance(v, list) or len(v) != 5:
+        raise DecodeError(f"{name} must be a member of 5 fields")
+    return MemberState(
+        _str(v[0], f"{name}.node_id"),
+        _str(v[1], f"{name}.address"),
+        _nonneg(v[2], f"{name}.incarnation"),
+        _nonneg(v[3], f"{name}.heartbeat"),
+        _one_of(MEMBER_STATUSES)(v[4], f"{name}.status"),
+    )
+
+
+_SCHEMA: dict[type, tuple[Check, ...]] = {
+    ClientRequest: (_nonneg, _one_of(OPS), _bytes, _optional(_bytes), _one_of(CONSISTENCY),
+                    _nonneg),
+    ClientReply: (_nonneg, _str, _optional(_bytes), _str),
+    RingQuery: (_nonneg,),
+    RingInfo: (_nonneg, _list_of(_pair(_str, _str)), _nonneg, _nonneg),
+    ReadRequest: (_nonneg, _bytes),
+    ReadReply: (_nonneg, _bytes, _optional(_record)),
+    WriteRequest: (_nonneg, _bytes, _record, _one_of(CONDITIONS)),
+    WriteReply: (_nonneg, _bytes, _bool),
+    Handoff: (_nonneg, _list_of(_pair(_bytes, _record))),
+    HandoffAck: (_nonneg,),
+    SyncDigest: (_nonneg, _list_of(_pair(_nonneg, _bytes))),
+    SyncKeys: (_nonneg, _nonneg, _list_of(_pair(_bytes, _version))),
+    SyncPull: (_nonneg, _list_of(_bytes)),
+    Gossip: (_str, _list_of(_member)),
+    JoinRequest: (_member,),
+    ErrorReply: (_int, _str),
+}
+_BY_KIND: dict[int, type] = {cls.KIND: cls for cls in _SCHEMA}
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {
+    cls: tuple(f.name for f in fields(cls)) for cls in _SCHEMA
+}
+
+
+# --------------------------------------------------------------------------- codec
+
+
+def _wire(v: Any) -> Any:
+    if isinstance(v, Record):
+        return v.encode()
+    if isinstance(v, MemberState):
+        return [v.node_id, v.address, v.incarnation, v.heartbeat, v.status]
+    if isinstance(v, Version):
+        return [v.wall_ms, v.counter, v.node_id]
+    if isinstance(v, (list, tuple)):
+        return [_wire(x) for x in v]
+    return v
+
+
+def encode(message: Message) -> bytes:
+    cls = type(message)
+    body = [cls.KIND]
+    body.extend(_wire(getattr(message, name)) for name in _FIELD_NAMES[cls])
+    return cbor2.dumps(body)
+
+
+def decode(frame: bytes) -> Message:
+    """A validated message, or DecodeError saying what is wrong with the frame."""
+    if len(frame) > MAX_FRAME:
+        raise DecodeError(f"frame of {len(frame)} bytes exceeds the {MAX_FRAME}-byte limit")
+    try:
+        body = cbor2.loads(frame)
+    except Exception as exc:  # cbor2 raises several types on garbage
+        raise DecodeError(f"not CBOR: {exc}") from None
+    if not isinstance(body, list) or not body:
+        raise DecodeError("frame must be a non-empty CBOR array")
+    kind = body[0]
+    cls = _BY_KIND.get(kind) if isinstance(kind, int) and not isinstance(kind, bool) else None
+    if cls is None:
+        raise DecodeError(f"unknown message kind {kind!r}")
+    checks = _SCHEMA[cls]
+    names = _FIELD_NAMES[cls]
+    if len(body) != len(checks) + 1:
+        raise DecodeError(f"{cls.__name__} needs {len(checks)} fields, got {len(body) - 1}")
+    values = [check(v, f"{cls.__name__}.{name}") for check, v, name in zip(checks, body[1:], names)]
+    return cls(*values)

@@ -1,0 +1,90 @@
+"""Consistent-hashing ring with virtual nodes.
+
+Tokens come from BLAKE2b (stable across processes and runs, unlike ``hash()``).
+A key's replica set is the owner of the first token at or after the key's token
+and the next distinct nodes clockwise: primary, secondary, tertiary.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from collections.abc import Iterable
+
+TOKEN_BITS = 64
+TOKEN_SPACE = 1 << TOKEN_BITS
+
+
+def token(data: bytes) -> int:
+    """Position of ``data`` on the ring, stable everywhere."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+def key_bytes(key: str | bytes) -> bytes:
+    return key.encode() if isinstance(key, str) else key
+
+
+class Ring:
+    """An immutable ring over a set of node ids."""
+
+    __slots__ = ("nodes", "replicas", "vnodes", "_tokens", "_owners", "_cache")
+
+    def __init__(self, nodes: Iterable[str], replicas: int = 3, vnodes: int = 64) -> None:
+        self.nodes: frozenset[str] = frozenset(nodes)
+        self.replicas = replicas
+        self.vnodes = vnodes
+        points = sorted(
+            (token(f"{node}#{i}".encode()), node) for node in self.nodes for i in range(vnodes)
+        )
+        self._tokens = [t for t, _ in points]
+        self._owners = [n for _, n in points]
+        self._cache: dict[int, tuple[str, ...]] = {}
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Ring)
+            and self.nodes == other.nodes
+            and self.replicas == other.replicas
+            and self.vnodes == other.vnodes
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.nodes, self.replicas, self.vnodes))
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def segment(self, key: bytes) -> int:
+        """Index of the ring segment (vnode) that owns ``key``; -1 on an empty ring."""
+        if not self._tokens:
+            return -1
+        i = bisect.bisect_left(self._tokens, token(key))
+        return i % len(self._tokens)
+
+    def segment_replicas(self, segment: int) -> tuple[str, ...]:
+        """The replica set of a segment: its owner and the next distinct nodes clockwise."""
+        if segment < 0:
+            return ()
+        cached = self._cache.get(segment)
+        if cached is not None:
+            return cached
+        want = min(self.replicas, len(self.nodes))
+        chosen: list[str] = []
+        n = len(self._owners)
+        i = segment
+        while len(chosen) < want:
+            owner = self._owners[i % n]
+            if owner not in chosen:
+                chosen.append(owner)
+            i += 1
+        result = tuple(chosen)
+        self._cache[segment] = result
+        return result
+
+    def locate(self, key: str | bytes) -> tuple[str, ...]:
+        """Replica node ids for ``key``, primary first."""
+        return self.segment_replicas(self.segment(key_bytes(key)))
+
+    @property
+    def segments(self) -> int:
+        return len(self._tokens)

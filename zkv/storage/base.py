@@ -1,0 +1,45 @@
+"""The store interface shared by the in-memory (simulator) and LMDB (real) stores.
+
+Writes are buffered and visible to later reads at once; ``commit()`` makes every
+write since the last commit durable in one step (group commit). A driver calls
+``commit()`` after each step of the node and before it sends any message, so no
+acknowledgement leaves before the write it acknowledges is durable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+from zkv.storage.record import Record
+
+
+class StoreFull(Exception):
+    """The store cannot take more data; earlier data stays readable."""
+
+
+class Store(Protocol):
+    corrupt_reads: int  # records that failed their checksum, counted at read time
+
+    def get(self, key: bytes) -> Record | None:
+        """The stored record, or None when absent or corrupt (corrupt ones are counted)."""
+
+    def put(self, key: bytes, record: Record) -> None:
+        """Buffer a write; raises StoreFull when it cannot be stored."""
+
+    def remove(self, key: bytes) -> None:
+        """Forget a key entirely (a copy the node no longer owns, or a collected tombstone)."""
+
+    def items(self) -> Iterator[tuple[bytes, Record]]:
+        """Every (key, record), in key order; skips corrupt records (counting them)."""
+
+    def __len__(self) -> int: ...
+
+    def get_meta(self, name: str) -> bytes | None: ...
+
+    def put_meta(self, name: str, value: bytes) -> None: ...
+
+    def commit(self) -> None:
+        """Make every buffered write durable (one transaction, one sync)."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,43 @@
+"""In-memory store for the simulator: it survives a simulated crash (the disk)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from zkv.storage.record import Record
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._data: dict[bytes, Record] = {}
+        self._meta: dict[str, bytes] = {}
+        self.corrupt_reads = 0
+        self.commits = 0
+
+    def get(self, key: bytes) -> Record | None:
+        return self._data.get(key)
+
+    def put(self, key: bytes, record: Record) -> None:
+        self._data[key] = record
+
+    def remove(self, key: bytes) -> None:
+        self._data.pop(key, None)
+
+    def items(self) -> Iterator[tuple[bytes, Record]]:
+        for key in sorted(self._data):
+            yield key, self._data[key]
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get_meta(self, name: str) -> bytes | None:
+        return self._meta.get(name)
+
+    def put_meta(self, name: str, value: bytes) -> None:
+        self._meta[name] = value
+
+    def commit(self) -> None:
+        self.commits += 1
+
+    def close(self) -> None:
+        pass
