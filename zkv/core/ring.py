@@ -88,3 +88,17 @@ class Ring:
     @property
     def segments(self) -> int:
         return len(self._tokens)
+
+    def segment_token(self, segment: int) -> int:
+        """A segment's name that every node with the same ring agrees on."""
+        return self._tokens[segment]
+
+    def segment_of_token(self, tok: int) -> int | None:
+        """The segment named ``tok`` in this ring, or None if this ring has no such token."""
+        i = bisect.bisect_left(self._tokens, tok)
+        return i if i < len(self._tokens) and self._tokens[i] == tok else None
+
+    def shared_segments(self, a: str, b: str) -> list[int]:
+        """Segments replicated by both ``a`` and ``b``."""
+        return [s for s in range(len(self._tokens))
+                if a in (reps := self.segment_replicas(s)) and b in reps]

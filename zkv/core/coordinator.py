@@ -1,0 +1,226 @@
+"""The coordinator: turns a client request into replica reads and writes.
+
+Quorum operations are linearizable per key (ABD):
+- every operation first reads a quorum and takes the newest record;
+- a write then stores a version above it on a quorum;
+- an answer that only reads (get, or a failed condition) first writes the
+  newest record back to a quorum when the replicas disagreed, so no later read
+  can see anything older.
+An operation that cannot meet its level before its deadline answers
+``unavailable``; for a write that means "unknown": it may have reached some
+replicas and may still become visible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Hashable
+
+from zkv.core.messages import (
+    ClientReply,
+    ClientRequest,
+    ReadReply,
+    ReadRequest,
+    WriteReply,
+    WriteRequest,
+)
+from zkv.core.outbox import Outbox
+from zkv.core.quorum import QuorumTracker
+from zkv.core.versions import HybridClock
+from zkv.storage.record import Record
+
+READ, REPAIR, WRITE = "read", "repair", "write"
+_CONDITION = {"create": "absent", "update": "present"}
+_REJECTED = {"create": "exists", "update": "not_found"}
+
+
+@dataclass(slots=True)
+class Operation:
+    op_id: int
+    client: Hashable
+    request: ClientRequest
+    tracker: QuorumTracker
+    started: float
+    deadline: float
+    phase: str = READ
+    reads: dict[str, Record | None] = field(default_factory=dict)
+    acks: set[str] = field(default_factory=set)
+    rejects: set[str] = field(default_factory=set)
+    record: Record | None = None  # what the repair or write phase stores
+    outcome: tuple[str, bytes | None] = ("ok", None)
+    sent_at: float = 0.0
+
+
+class Coordinator:
+    def __init__(self, node_id: str, clock: HybridClock, op_base: int,
+                 wall_offset: float = 0.0) -> None:
+        self.node_id = node_id
+        self.clock = clock
+        self.wall_offset = wall_offset
+        self.ops: dict[int, Operation] = {}
+        self._next = op_base
+        self._recent_reads: dict[int, tuple[bytes, Record | None]] = {}  # for late read repair
+
+    # ----------------------------------------------------------------- entry
+
+    def start(
+        self,
+        client: Hashable,
+        request: ClientRequest,
+        replica_sets: list[tuple[str, ...]],
+        reachable: set[str],
+        now: float,
+        timeout: float,
+        out: Outbox,
+    ) -> None:
+        """Begin ``request``; ``reachable`` are the targets not known to be down."""
+        tracker = QuorumTracker(replica_sets, request.consistency)
+        if not tracker.targets or not tracker.possible(reachable):
+            self._answer_now(client, request, "unavailable",
+                             f"{len(reachable & set(tracker.targets))} of "
+                             f"{len(tracker.targets)} replicas reachable", out)
+            return
+        self._next += 1
+        op = Operation(self._next, client, request, tracker, now, now + timeout)
+        self.ops[op.op_id] = op
+        self._send_phase(op, now, out)
+
+    def _answer_now(self, client: Hashable, request: ClientRequest, status: str, detail: str,
+                    out: Outbox) -> None:
+        out.reply(client, ClientReply(request.req_id, status, None, detail))
+        out.event("coordinator_done", op=request.op, key=request.key, status=status,
+                  consistency=request.consistency, latency=0.0)
+
+    # ----------------------------------------------------------------- replies
+
+    def on_read_reply(self, sender: str, msg: ReadReply, now: float, out: Outbox) -> None:
+        self.clock.observe(msg.record.version if msg.record else None)
+        op = self.ops.get(msg.op_id)
+        if op is None or op.phase != READ:
+            self._late_read(sender, msg, op, out)
+            return
+        if sender not in op.tracker.targets or msg.key != op.request.key:
+            return
+        op.reads[sender] = msg.record
+        if op.tracker.met(op.reads):
+            self._after_read(op, now, out)
+
+    def on_write_reply(self, sender: str, msg: WriteReply, now: float, out: Outbox) -> None:
+        op = self.ops.get(msg.op_id)
+        if op is None or op.phase == READ or sender not in op.tracker.targets:
+            return
+        if msg.accepted:
+            op.acks.add(sender)
+        else:
+            op.rejects.add(sender)
+        if op.tracker.met(op.acks):
+            self._finish(op, *op.outcome, now, out)
+        elif not op.tracker.possible(set(op.tracker.targets) - op.rejects):
+            status = _REJECTED.get(op.request.op, "unavailable")
+            self._finish(op, status, None, now, out, detail="replicas refused the condition")
+
+    def tick(self, now: float, retry_interval: float, out: Outbox) -> None:
+        for op in list(self.ops.values()):
+            if now >= op.deadline:
+                got = len(op.reads) if op.phase == READ else len(op.acks)
+                self._finish(op, "unavailable", None, now, out,
+                             detail=f"{op.request.consistency} not reached in time "
+                                    f"({got} of {len(op.tracker.targets)} answered)")
+            elif now - op.sent_at >= retry_interval:
+                self._send_phase(op, now, out, resend=True)
+
+    def next_deadline(self) -> float | None:
+        if not self.ops:
+            return None
+        return min(min(op.deadline, op.sent_at) for op in self.ops.values())
+
+    # ----------------------------------------------------------------- phases
+
+    def _send_phase(self, op: Operation, now: float, out: Outbox, resend: bool = False) -> None:
+        op.sent_at = now
+        key = op.request.key
+        if op.phase == READ:
+            for target in op.tracker.targets:
+                if target not in op.reads:
+                    out.send(target, ReadRequest(op.op_id, key))
+            return
+        condition = _CONDITION.get(op.request.op, "") if op.phase == WRITE else ""
+        assert op.record is not None
+        for target in op.tracker.targets:
+            if target not in op.acks and target not in op.rejects:
+                out.send(target, WriteRequest(op.op_id, key, op.record, condition))
+
+    def _after_read(self, op: Operation, now: float, out: Outbox) -> None:
+        newest: Record | None = None
+        for record in op.reads.values():
+            if record is not None and (newest is None or record.version > newest.version):
+                newest = record
+        kind = op.request.op
+        present = newest is not None and not newest.tombstone
+        if kind == "get":
+            self._read_outcome(op, newest, ("ok", newest.value) if present else
+                               ("not_found", None), now, out)
+        elif kind in ("delete", "update") and not present:
+            self._read_outcome(op, newest, ("not_found", None), now, out)
+        elif kind == "create" and present:
+            self._read_outcome(op, newest, ("exists", None), now, out)
+        else:
+            version = self.clock.next(self._wall_ms(now), newest.version if newest else None)
+            if kind == "delete":
+                op.record = Record.tomb(version)
+            else:
+                op.record = Record(version, False, op.request.value or b"")
+            op.phase = WRITE
+            op.outcome = ("ok", None)
+            self._send_phase(op, now, out)
+
+    def _read_outcome(self, op: Operation, newest: Record | None,
+                      outcome: tuple[str, bytes | None], now: float, out: Outbox) -> None:
+        """Answer a read, after writing ``newest`` back when the replicas disagreed."""
+        stale = [n for n, r in op.reads.items() if _version(r) != _version(newest)]
+        self._recent_reads[op.op_id] = (op.request.key, newest)
+        if len(self._recent_reads) > 4096:
+            del self._recent_reads[next(iter(self._recent_reads))]
+        if not stale or newest is None:
+            self._finish(op, *outcome, now, out)
+            return
+        op.phase = REPAIR
+        op.record = newest
+        op.outcome = outcome
+        op.acks = {n for n, r in op.reads.items() if _version(r) == newest.version}
+        out.event("read_repair", key=op.request.key, stale=sorted(stale))
+        if op.request.consistency == "one":
+            self._send_phase(op, now, out)  # repair in the background
+            self._finish(op, *outcome, now, out)
+            return
+        self._send_phase(op, now, out)
+
+    def _late_read(self, sender: str, msg: ReadReply, op: Operation | None, out: Outbox) -> None:
+        """A replica answered after the read was decided: repair it if it is behind."""
+        if op is not None:
+            newest = op.record
+        else:
+            recent = self._recent_reads.get(msg.op_id)
+            if recent is None or recent[0] != msg.key:
+                return
+            newest = recent[1]
+        if newest is not None and _version(msg.record) < newest.version:
+            out.send(sender, WriteRequest(0, msg.key, newest, ""))
+            out.event("read_repair", key=msg.key, stale=[sender])
+
+    def _finish(self, op: Operation, status: str, value: bytes | None, now: float, out: Outbox,
+                detail: str = "") -> None:
+        self.ops.pop(op.op_id, None)
+        out.reply(op.client, ClientReply(op.request.req_id, status, value, detail))
+        out.event("coordinator_done", op=op.request.op, key=op.request.key, status=status,
+                  consistency=op.request.consistency, latency=round(now - op.started, 6),
+                  version=list(op.record.version) if op.record else None)
+
+    # ----------------------------------------------------------------- helpers
+
+    def _wall_ms(self, now: float) -> int:
+        return int((now + self.wall_offset) * 1000)
+
+
+def _version(record: Record | None) -> tuple:
+    return record.version if record is not None else ()

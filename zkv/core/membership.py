@@ -1,0 +1,148 @@
+"""Gossip membership: who is in the cluster, and who is alive.
+
+Each node publishes its table every gossip interval; receivers keep, per
+member, the state with the highest (incarnation, heartbeat) and note when it
+last advanced on their own clock. Local status follows from that age:
+
+    alive --t_fail--> down --t_remove--> removed
+    (left: the member said goodbye; it is out of the ring at once)
+
+``down`` members stay in the ring (requests skip them); ``removed`` and ``left``
+members are out of it, which starts stabilization. A removal needs this node to
+see a majority of the ring alive, so the minority side of a partition never
+reshapes the ring. A member returns when a fresher heartbeat or a higher
+incarnation (a restart) arrives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from zkv.core.messages import MemberState
+
+ALIVE, DOWN, REMOVED, LEFT = "alive", "down", "removed", "left"
+IN_RING = (ALIVE, DOWN)
+
+
+@dataclass(slots=True)
+class Member:
+    state: MemberState
+    status: str
+    fresh_at: float  # local time the heartbeat last advanced
+
+    @property
+    def freshness(self) -> tuple[int, int]:
+        return (self.state.incarnation, self.state.heartbeat)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    node_id: str
+    old: str | None
+    new: str
+
+
+class Membership:
+    def __init__(self, me: MemberState, t_fail: float, t_remove: float, now: float) -> None:
+        self.me_id = me.node_id
+        self.t_fail = t_fail
+        self.t_remove = t_remove
+        self.members: dict[str, Member] = {me.node_id: Member(me, ALIVE, now)}
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def me(self) -> MemberState:
+        return self.members[self.me_id].state
+
+    def status(self, node_id: str) -> str | None:
+        m = self.members.get(node_id)
+        return m.status if m else None
+
+    def ring_members(self) -> frozenset[str]:
+        return frozenset(i for i, m in self.members.items() if m.status in IN_RING)
+
+    def alive(self, node_id: str) -> bool:
+        m = self.members.get(node_id)
+        return m is not None and m.status == ALIVE
+
+    def address(self, node_id: str) -> str | None:
+        m = self.members.get(node_id)
+        return m.state.address if m else None
+
+    def has_majority(self) -> bool:
+        """True when this node sees more than half of the ring alive (itself included)."""
+        ring = [m for m in self.members.values() if m.status in IN_RING]
+        return 2 * sum(1 for m in ring if m.status == ALIVE) > len(ring)
+
+    def gossip_table(self) -> list[MemberState]:
+        """What this node tells others: every member not removed."""
+        return [m.state for m in self.members.values() if m.status != REMOVED]
+
+    def subscriptions(self) -> set[str]:
+        return {
+            m.state.address
+            for i, m in self.members.items()
+            if i != self.me_id and m.status in IN_RING
+        }
+
+    # ------------------------------------------------------------------ updates
+
+    def beat(self) -> None:
+        me = self.me
+        self.members[self.me_id].state = MemberState(
+            me.node_id, me.address, me.incarnation, me.heartbeat + 1, me.status
+        )
+
+    def leave(self) -> None:
+        me = self.me
+        self.members[self.me_id].state = MemberState(
+            me.node_id, me.address, me.incarnation, me.heartbeat + 1, LEFT
+        )
+
+    def merge(self, states: list[MemberState], now: float) -> list[StatusChange]:
+        changes: list[StatusChange] = []
+        for state in states:
+            if state.node_id == self.me_id:
+                self._refute(state)
+                continue
+            known = self.members.get(state.node_id)
+            incoming = (state.incarnation, state.heartbeat)
+            if known is not None and incoming <= known.freshness:
+                continue
+            new_status = LEFT if state.status == LEFT else ALIVE
+            old_status = known.status if known else None
+            if known is None:
+                self.members[state.node_id] = Member(state, new_status, now)
+            else:
+                known.state, known.status, known.fresh_at = state, new_status, now
+            if old_status != new_status:
+                changes.append(StatusChange(state.node_id, old_status, new_status))
+        return changes
+
+    def _refute(self, state: MemberState) -> None:
+        """Someone holds a fresher record of me (a restart lost my counter): jump past it."""
+        me = self.me
+        if (state.incarnation, state.heartbeat) >= (me.incarnation, me.heartbeat):
+            self.members[self.me_id].state = MemberState(
+                me.node_id, me.address, state.incarnation, state.heartbeat + 1, me.status
+            )
+
+    def check(self, now: float) -> list[StatusChange]:
+        """Apply the failure-detection timers; returns the status changes."""
+        changes: list[StatusChange] = []
+        majority = self.has_majority()
+        for node_id, m in self.members.items():
+            if node_id == self.me_id or m.status not in IN_RING:
+                continue
+            age = now - m.fresh_at
+            if age > self.t_remove and majority:
+                new = REMOVED
+            elif age > self.t_fail:
+                new = DOWN
+            else:
+                new = ALIVE
+            if new != m.status:
+                changes.append(StatusChange(node_id, m.status, new))
+                m.status = new
+        return changes

@@ -1,0 +1,330 @@
+"""A zkv node as a pure state machine: ``step(event, now) -> actions``.
+
+It ties membership, ring, coordinator, replica and stabilizer together and
+never touches a socket, a thread or the clock; the simulator and the ZeroMQ
+runtime drive the very same object.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable
+
+import cbor2
+
+from zkv.core import replica
+from zkv.core.actions import (
+    Action,
+    ClientCall,
+    Deliver,
+    Event,
+    Input,
+    Publish,
+    Reply,
+    Send,
+    Shutdown,
+    Tick,
+)
+from zkv.core.config import NodeConfig
+from zkv.core.coordinator import Coordinator
+from zkv.core.membership import LEFT, Membership, StatusChange
+from zkv.core.messages import (
+    ClientReply,
+    ClientRequest,
+    ErrorReply,
+    Gossip,
+    Handoff,
+    HandoffAck,
+    JoinRequest,
+    MemberState,
+    Message,
+    ReadReply,
+    ReadRequest,
+    RingInfo,
+    RingQuery,
+    SyncDigest,
+    SyncKeys,
+    SyncPull,
+    WriteReply,
+    WriteRequest,
+)
+from zkv.core.ring import Ring
+from zkv.core.stabilizer import Stabilizer
+from zkv.core.versions import HybridClock
+from zkv.storage.base import Store, StoreFull
+
+
+class _StepOutbox:
+    """Collects one step's actions; messages to this node itself are handled in the step."""
+
+    __slots__ = ("node", "actions", "local")
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.actions: list[Action] = []
+        self.local: list[Message] = []
+
+    def send(self, to: str, message: Message) -> None:
+        if to == self.node.node_id:
+            self.local.append(message)
+            return
+        address = self.node.membership.address(to)
+        if address is not None:
+            self.actions.append(Send(to, address, message))
+
+    def reply(self, client: Hashable, message: Message) -> None:
+        self.actions.append(Reply(client, message))
+
+    def event(self, kind: str, **fields: Any) -> None:
+        self.actions.append(Event(kind, fields))
+
+
+class Node:
+    def __init__(self, config: NodeConfig, store: Store, now: float) -> None:
+        config.validate()
+        self.config = config
+        self.node_id = config.node_id
+        self.address = config.address
+        self.store = store
+        incarnation = int.from_bytes(store.get_meta("incarnation") or b"\0", "big") + 1
+        store.put_meta("incarnation", incarnation.to_bytes(8, "big"))
+        self.incarnation = incarnation
+        self.clock = HybridClock(self.node_id)
+        self.membership = Membership(
+            MemberState(self.node_id, self.address, incarnation, 0, "alive"),
+            config.t_fail, config.t_remove, now,
+        )
+        known = self._load_members()
+        self.membership.merge(known, now)
+        # A node that founds the cluster is joined at once; any other waits for a peer's table.
+        self.joined = self.address in config.seeds and not known
+        self.ring = Ring(self.membership.ring_members(), config.replicas, config.vnodes)
+        self.settling: list[tuple[Ring, float]] = []  # earlier rings, until their end time
+        op_base = incarnation << 32
+        self.coordinator = Coordinator(self.node_id, self.clock, op_base, config.wall_offset)
+        self.stabilizer = Stabilizer(self.node_id, store, config.handoff_batch, op_base)
+        self.stopping = False
+        self.rejected_frames = 0
+        self._next_gossip = now
+        self._next_check = now + config.gossip_interval
+        self._next_anti_entropy = now + config.anti_entropy_interval
+        self._corrupt_seen = 0
+        store.commit()
+
+    # ----------------------------------------------------------------- driver interface
+
+    def step(self, event: Input, now: float) -> list[Action]:
+        out = _StepOutbox(self)
+        if isinstance(event, Deliver):
+            self._on_peer(event.sender, event.message, now, out)
+        elif isinstance(event, ClientCall):
+            self._on_client(event.client, event.message, now, out)
+        elif isinstance(event, Tick):
+            self._on_tick(now, out)
+        elif isinstance(event, Shutdown):
+            self._on_shutdown(now, out)
+        while out.local:
+            self._on_peer(self.node_id, out.local.pop(0), now, out)
+        self._report_corruption(out)
+        return out.actions
+
+    def next_wakeup(self) -> float:
+        times = [self._next_gossip, self._next_check, self._next_anti_entropy]
+        deadline = self.coordinator.next_deadline()
+        if deadline is not None:
+            times.append(deadline + self.config.retry_interval)
+        if self.stabilizer.batches:
+            times.append(min(b.sent_at for b in self.stabilizer.batches.values())
+                         + self.config.retry_interval)
+        return min(times)
+
+    def subscriptions(self) -> set[str]:
+        return self.membership.subscriptions()
+
+    def locate(self, key: bytes | str) -> tuple[str, ...]:
+        return self.ring.locate(key)
+
+    # ----------------------------------------------------------------- clients
+
+    def _on_client(self, client: Hashable, msg: Message, now: float, out: _StepOutbox) -> None:
+        if isinstance(msg, RingQuery):
+            members = sorted((n, self.membership.address(n) or "") for n in self.ring.nodes)
+            out.reply(client, RingInfo(msg.req_id, members, self.config.replicas,
+                                       self.config.vnodes))
+            return
+        if not isinstance(msg, ClientRequest):
+            self.rejected_frames += 1
+            out.reply(client, ErrorReply(-1, f"unexpected {type(msg).__name__} from a client"))
+            return
+        problem = self._invalid(msg)
+        if problem:
+            self.rejected_frames += 1
+            out.reply(client, ClientReply(msg.req_id, "invalid", None, problem))
+            return
+        if not self.joined or self.stopping:
+            out.reply(client, ClientReply(msg.req_id, "unavailable", None,
+                                          "node is not serving (joining or leaving)"))
+            return
+        if msg.consistency != "one" and not self.membership.has_majority():
+            out.reply(client, ClientReply(msg.req_id, "unavailable", None,
+                                          "node cannot see a majority of the cluster"))
+            return
+        sets = [r.locate(msg.key) for r, _ in self.settling] + [self.ring.locate(msg.key)]
+        reachable = {n for s in sets for n in s
+                     if n == self.node_id or self.membership.alive(n)}
+        timeout = msg.timeout_ms / 1000 if msg.timeout_ms else self.config.default_timeout
+        self.coordinator.start(client, msg, sets, reachable, now, timeout, out)
+
+    def _invalid(self, msg: ClientRequest) -> str:
+        if not msg.key:
+            return "key must not be empty"
+        if len(msg.key) > self.config.max_key:
+            return f"key of {len(msg.key)} bytes exceeds the {self.config.max_key}-byte limit"
+        if msg.op in ("put", "create", "update"):
+            if msg.value is None:
+                return f"{msg.op} needs a value"
+            if len(msg.value) > self.config.max_value:
+                return (f"value of {len(msg.value)} bytes exceeds the "
+                        f"{self.config.max_value}-byte limit")
+        return ""
+
+    # ----------------------------------------------------------------- peers
+
+    def _on_peer(self, sender: str, msg: Message, now: float, out: _StepOutbox) -> None:
+        if isinstance(msg, ReadRequest):
+            out.send(sender, ReadReply(msg.op_id, msg.key, self.store.get(msg.key)))
+        elif isinstance(msg, WriteRequest):
+            self._replica_write(sender, msg, out)
+        elif isinstance(msg, ReadReply):
+            self.coordinator.on_read_reply(sender, msg, now, out)
+        elif isinstance(msg, WriteReply):
+            self.coordinator.on_write_reply(sender, msg, now, out)
+        elif isinstance(msg, Gossip):
+            self._on_gossip(msg, now, out)
+        elif isinstance(msg, JoinRequest):
+            self._on_join(msg.member, now, out)
+        elif isinstance(msg, Handoff):
+            try:
+                self.stabilizer.on_handoff(sender, msg, out)
+            except StoreFull as exc:
+                out.event("store_full", detail=str(exc))
+        elif isinstance(msg, HandoffAck):
+            self.stabilizer.on_handoff_ack(sender, msg, out)
+        elif isinstance(msg, SyncDigest):
+            self.stabilizer.on_sync_digest(sender, msg, self.ring, out)
+        elif isinstance(msg, SyncKeys):
+            self.stabilizer.on_sync_keys(sender, msg, self.ring, now, out)
+        elif isinstance(msg, SyncPull):
+            self.stabilizer.on_sync_pull(sender, msg, now, out)
+        elif isinstance(msg, (ClientRequest, RingQuery)):
+            self._on_client(sender, msg, now, out)
+        else:
+            self.rejected_frames += 1
+            out.event("rejected_message", sender=sender, kind=type(msg).__name__)
+
+    def _replica_write(self, sender: str, msg: WriteRequest, out: _StepOutbox) -> None:
+        self.clock.observe(msg.record.version)
+        try:
+            accepted = replica.apply_write(self.store, msg.key, msg.record, msg.condition)
+        except StoreFull as exc:
+            out.event("store_full", detail=str(exc), key=msg.key)
+            return  # no acknowledgement: the coordinator counts this replica as silent
+        out.event("replica_write", key=msg.key, version=list(msg.record.version),
+                  tombstone=msg.record.tombstone, accepted=accepted, op_id=msg.op_id)
+        if msg.op_id:
+            out.send(sender, WriteReply(msg.op_id, msg.key, accepted))
+
+    # ----------------------------------------------------------------- membership
+
+    def _on_gossip(self, msg: Gossip, now: float, out: _StepOutbox) -> None:
+        changes = self.membership.merge(msg.members, now)
+        if not self.joined and msg.sender != self.node_id:
+            self.joined = True
+            out.event("joined", via=msg.sender)
+        self._membership_changed(changes, now, out)
+
+    def _on_join(self, member: MemberState, now: float, out: _StepOutbox) -> None:
+        changes = self.membership.merge([member], now)
+        self._membership_changed(changes, now, out)
+        out.actions.append(Send(member.node_id, member.address,
+                                Gossip(self.node_id, self.membership.gossip_table())))
+
+    def _membership_changed(self, changes: list[StatusChange], now: float,
+                            out: _StepOutbox) -> None:
+        for change in changes:
+            out.event("member_status", node=change.node_id, old=change.old, new=change.new)
+        members = self.membership.ring_members()
+        if members == self.ring.nodes:
+            return
+        old = self.ring
+        self.ring = Ring(members, self.config.replicas, self.config.vnodes)
+        self.settling.append((old, now + self.config.t_transition))
+        out.event("ring_changed", members=sorted(members), added=sorted(members - old.nodes),
+                  removed=sorted(old.nodes - members))
+        self._save_members()
+        self.stabilizer.on_ring_change(old, self.ring, now, out)
+
+    def _load_members(self) -> list[MemberState]:
+        raw = self.store.get_meta("members")
+        if not raw:
+            return []
+        try:
+            return [MemberState(*fields) for fields in cbor2.loads(raw)
+                    if fields[0] != self.node_id]
+        except Exception:
+            return []  # an unreadable table only costs a rejoin through the seeds
+
+    def _save_members(self) -> None:
+        table = [[m.node_id, m.address, m.incarnation, 0, "alive"]
+                 for m in self.membership.gossip_table() if m.node_id in self.ring.nodes]
+        self.store.put_meta("members", cbor2.dumps(table))
+
+    # ----------------------------------------------------------------- timers
+
+    def _on_tick(self, now: float, out: _StepOutbox) -> None:
+        cfg = self.config
+        if now >= self._next_gossip:
+            self._next_gossip = now + cfg.gossip_interval
+            self.membership.beat()
+            out.actions.append(Publish(Gossip(self.node_id, self.membership.gossip_table())))
+            if not self.joined:
+                self._ask_to_join(out)
+        if now >= self._next_check:
+            self._next_check = now + cfg.gossip_interval
+            self._membership_changed(self.membership.check(now), now, out)
+            self.settling = [(r, t) for r, t in self.settling if t > now]
+        self.coordinator.tick(now, cfg.retry_interval, out)
+        self.stabilizer.resend(now, cfg.retry_interval, self.ring, out)
+        if now >= self._next_anti_entropy:
+            self._next_anti_entropy = now + cfg.anti_entropy_interval
+            if self.joined and not self.settling:
+                self.stabilizer.collect_strays(self.ring, now, out)
+                alive = {n for n in self.ring.nodes if self.membership.alive(n)}
+                self.stabilizer.start_round(self.ring, alive, out)
+
+    def _ask_to_join(self, out: _StepOutbox) -> None:
+        me = self.membership.me
+        targets = set(self.config.seeds) | {
+            a for n in self.ring.nodes if (a := self.membership.address(n))
+        }
+        for address in sorted(targets - {self.address}):
+            out.actions.append(Send("", address, JoinRequest(me)))
+
+    def _on_shutdown(self, now: float, out: _StepOutbox) -> None:
+        self.stopping = True
+        self.membership.leave()
+        out.actions.append(Publish(Gossip(self.node_id, self.membership.gossip_table())))
+        out.event("leaving")
+
+    # ----------------------------------------------------------------- checks
+
+    def _report_corruption(self, out: _StepOutbox) -> None:
+        count = self.store.corrupt_reads
+        if count == self._corrupt_seen:
+            return
+        self._corrupt_seen = count
+        keys = list(getattr(self.store, "corrupt_keys", []))[-16:]
+        out.event("corrupt_record", count=count, keys=keys)
+
+    @property
+    def left(self) -> bool:
+        return self.membership.me.status == LEFT

@@ -1,0 +1,42 @@
+"""Counting replica answers against a consistency level.
+
+During a ring change a key may have two replica sets (before and after); an
+operation then needs the level met in each set (a joint quorum), so it
+intersects every operation done under either view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def needed(level: str, size: int) -> int:
+    if level == "one":
+        return min(1, size)
+    if level == "all":
+        return size
+    return size // 2 + 1
+
+
+class QuorumTracker:
+    __slots__ = ("sets", "need", "targets")
+
+    def __init__(self, replica_sets: Iterable[tuple[str, ...]], level: str) -> None:
+        unique: list[tuple[str, ...]] = []
+        for s in replica_sets:
+            if s not in unique:
+                unique.append(s)
+        self.sets = unique
+        self.need = [needed(level, len(s)) for s in unique]
+        targets: list[str] = []
+        for s in unique:
+            targets.extend(n for n in s if n not in targets)
+        self.targets = tuple(targets)
+
+    def met(self, answered: Iterable[str]) -> bool:
+        got = set(answered)
+        return all(len(got.intersection(s)) >= k for s, k in zip(self.sets, self.need))
+
+    def possible(self, candidates: Iterable[str]) -> bool:
+        """Could the level still be met if all of ``candidates`` answered?"""
+        return self.met(candidates)

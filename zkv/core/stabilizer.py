@@ -1,0 +1,214 @@
+"""Stabilization and anti-entropy: every record ends on exactly its replica set.
+
+- On a ring change, a node pushes each record it holds to the replicas the
+  record gained; receivers merge by version and acknowledge.
+- A copy this node no longer owns (a stray) is pushed to all its owners and
+  dropped only after every owner acknowledged it, and never while a ring
+  change is still settling (the old owners may still be read).
+- Anti-entropy: periodically, a node and one peer compare one digest per
+  ring segment they both replicate, then exchange what differs; a node that
+  was down, or held a corrupt record, catches up this way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from zkv.core.messages import Handoff, HandoffAck, SyncDigest, SyncKeys, SyncPull
+from zkv.core.outbox import Outbox
+from zkv.core.replica import merge
+from zkv.core.ring import Ring
+from zkv.storage.base import Store
+from zkv.storage.record import Record
+
+
+def _entry_hash(key: bytes, record: Record) -> int:
+    v = record.version
+    data = b"%s\x00%d\x00%d\x00%s" % (key, v.wall_ms, v.counter, v.node_id.encode())
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+@dataclass(slots=True)
+class Batch:
+    target: str
+    records: list[tuple[bytes, Record]]
+    sent_at: float
+    strays: bool = False  # drop our copies once every owner has them
+
+
+@dataclass(slots=True)
+class StrayCopy:
+    record: Record
+    waiting: set[str] = field(default_factory=set)
+
+
+class Stabilizer:
+    def __init__(self, node_id: str, store: Store, batch_size: int, batch_base: int) -> None:
+        self.node_id = node_id
+        self.store = store
+        self.batch_size = batch_size
+        self.batches: dict[int, Batch] = {}
+        self.strays: dict[bytes, StrayCopy] = {}
+        self.strays_possible = True
+        self._next = batch_base
+        self._peer_cursor = 0
+        self.moved = 0  # records pushed to new owners (for metrics and tests)
+
+    # ----------------------------------------------------------------- ring changes
+
+    def on_ring_change(self, old: Ring, new: Ring, now: float, out: Outbox) -> None:
+        gained: dict[str, list[tuple[bytes, Record]]] = {}
+        for key, record in self.store.items():
+            old_set = old.locate(key)
+            new_set = new.locate(key)
+            for target in new_set:
+                if target != self.node_id and target not in old_set:
+                    gained.setdefault(target, []).append((key, record))
+        for target, records in gained.items():
+            self._push(target, records, now, out, strays=False)
+            out.event("stabilize_push", to=target, records=len(records))
+        self.strays_possible = True
+        self.strays.clear()
+
+    def _push(self, target: str, records: list[tuple[bytes, Record]], now: float, out: Outbox,
+              strays: bool) -> None:
+        for i in range(0, len(records), self.batch_size):
+            self._next += 1
+            chunk = records[i:i + self.batch_size]
+            self.batches[self._next] = Batch(target, chunk, now, strays)
+            out.send(target, Handoff(self._next, chunk))
+            self.moved += len(chunk)
+
+    def collect_strays(self, ring: Ring, now: float, out: Outbox) -> None:
+        """Hand each copy this node does not own to its owners, to drop it on their acks."""
+        if not self.strays_possible or self.strays:
+            return
+        by_target: dict[str, list[tuple[bytes, Record]]] = {}
+        for key, record in self.store.items():
+            owners = ring.locate(key)
+            if self.node_id in owners or not owners:
+                continue
+            self.strays[key] = StrayCopy(record, set(owners))
+            for owner in owners:
+                by_target.setdefault(owner, []).append((key, record))
+        if not self.strays:
+            self.strays_possible = False
+            return
+        for target, records in by_target.items():
+            self._push(target, records, now, out, strays=True)
+        out.event("strays_handoff", keys=len(self.strays))
+
+    # ----------------------------------------------------------------- messages
+
+    def on_handoff(self, sender: str, msg: Handoff, out: Outbox) -> None:
+        changed = sum(merge(self.store, key, record) for key, record in msg.records)
+        if changed:
+            out.event("handoff_merged", sender=sender, records=len(msg.records), changed=changed)
+        out.send(sender, HandoffAck(msg.batch_id))
+
+    def on_handoff_ack(self, sender: str, msg: HandoffAck, out: Outbox) -> None:
+        batch = self.batches.get(msg.batch_id)
+        if batch is None or batch.target != sender:
+            return
+        del self.batches[msg.batch_id]
+        if not batch.strays:
+            return
+        dropped = 0
+        for key, record in batch.records:
+            stray = self.strays.get(key)
+            if stray is None or stray.record.version != record.version:
+                continue
+            stray.waiting.discard(sender)
+            if not stray.waiting:
+                del self.strays[key]
+                current = self.store.get(key)
+                if current is not None and current.version == record.version:
+                    self.store.remove(key)
+                    dropped += 1
+        if dropped:
+            out.event("strays_dropped", keys=dropped, acked_by=sender)
+
+    def resend(self, now: float, retry_interval: float, ring: Ring, out: Outbox) -> None:
+        for batch_id, batch in list(self.batches.items()):
+            if batch.target not in ring.nodes:
+                del self.batches[batch_id]  # the target left the ring; a later change re-plans
+                self.strays.clear()
+                self.strays_possible = True
+            elif now - batch.sent_at >= retry_interval:
+                batch.sent_at = now
+                out.send(batch.target, Handoff(batch_id, batch.records))
+
+    # ----------------------------------------------------------------- anti-entropy
+
+    def _digests(self, ring: Ring, segments: set[int]) -> dict[int, int]:
+        digests = dict.fromkeys(segments, 0)
+        for key, record in self.store.items():
+            seg = ring.segment(key)
+            if seg in digests:
+                digests[seg] ^= _entry_hash(key, record)
+        return digests
+
+    def start_round(self, ring: Ring, alive: set[str], out: Outbox) -> None:
+        peers = sorted(n for n in ring.nodes if n != self.node_id and n in alive)
+        if not peers:
+            return
+        self._peer_cursor = (self._peer_cursor + 1) % len(peers)
+        peer = peers[self._peer_cursor]
+        shared = ring.shared_segments(self.node_id, peer)
+        if not shared:
+            return
+        digests = self._digests(ring, set(shared))
+        self._next += 1
+        out.send(peer, SyncDigest(self._next, [
+            (ring.segment_token(s), d.to_bytes(8, "big")) for s, d in sorted(digests.items())
+        ]))
+
+    def on_sync_digest(self, sender: str, msg: SyncDigest, ring: Ring, out: Outbox) -> None:
+        theirs: dict[int, int] = {}
+        for tok, digest in msg.digests:
+            seg = ring.segment_of_token(tok)
+            if seg is not None and self.node_id in ring.segment_replicas(seg):
+                theirs[seg] = int.from_bytes(digest, "big")
+        if not theirs:
+            return
+        mine = self._digests(ring, set(theirs))
+        differing = {s for s in theirs if mine[s] != theirs[s]}
+        if not differing:
+            return
+        entries: dict[int, list] = {s: [] for s in differing}
+        for key, record in self.store.items():
+            seg = ring.segment(key)
+            if seg in entries:
+                entries[seg].append((key, record.version))
+        for seg, listing in entries.items():
+            out.send(sender, SyncKeys(msg.round_id, ring.segment_token(seg), listing))
+
+    def on_sync_keys(self, sender: str, msg: SyncKeys, ring: Ring, now: float,
+                     out: Outbox) -> None:
+        seg = ring.segment_of_token(msg.segment)
+        if seg is None:
+            return
+        theirs = dict(msg.entries)
+        push: list[tuple[bytes, Record]] = []
+        for key, record in self.store.items():
+            if ring.segment(key) != seg:
+                continue
+            their_version = theirs.pop(key, None)
+            if their_version is None or record.version > their_version:
+                push.append((key, record))
+            elif their_version > record.version:
+                theirs[key] = their_version
+        pull = [k for k, v in theirs.items() if (mine := self.store.get(k)) is None
+                or v > mine.version]
+        if push:
+            self._push(sender, push, now, out, strays=False)
+        if pull:
+            out.send(sender, SyncPull(msg.round_id, pull))
+        if push or pull:
+            out.event("anti_entropy", peer=sender, pushed=len(push), pulled=len(pull))
+
+    def on_sync_pull(self, sender: str, msg: SyncPull, now: float, out: Outbox) -> None:
+        records = [(k, r) for k in msg.keys if (r := self.store.get(k)) is not None]
+        if records:
+            self._push(sender, records, now, out, strays=False)
