@@ -238,8 +238,11 @@ class Node:
     def _on_gossip(self, msg: Gossip, now: float, out: _StepOutbox) -> None:
         changes = self.membership.merge(msg.members, now)
         if not self.joined and msg.sender != self.node_id:
+            # The first table a newcomer learns is not a ring change anyone acted on.
             self.joined = True
             out.event("joined", via=msg.sender)
+            self._membership_changed(changes, now, out, settle=False)
+            return
         self._membership_changed(changes, now, out)
 
     def _on_join(self, member: MemberState, now: float, out: _StepOutbox) -> None:
@@ -249,7 +252,7 @@ class Node:
                                 Gossip(self.node_id, self.membership.gossip_table())))
 
     def _membership_changed(self, changes: list[StatusChange], now: float,
-                            out: _StepOutbox) -> None:
+                            out: _StepOutbox, settle: bool = True) -> None:
         for change in changes:
             out.event("member_status", node=change.node_id, old=change.old, new=change.new)
         members = self.membership.ring_members()
@@ -257,7 +260,8 @@ class Node:
             return
         old = self.ring
         self.ring = Ring(members, self.config.replicas, self.config.vnodes)
-        self.settling.append((old, now + self.config.t_transition))
+        if settle:
+            self.settling.append((old, now + self.config.t_transition))
         out.event("ring_changed", members=sorted(members), added=sorted(members - old.nodes),
                   removed=sorted(old.nodes - members))
         self._save_members()

@@ -1,0 +1,81 @@
+import cbor2
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from zkv.core import messages as m
+from zkv.core.versions import Version
+from zkv.storage.record import Record
+
+REC = Record(Version(1, 2, "n1"), False, b"value")
+SAMPLES = [
+    m.ClientRequest(1, "put", b"k", b"v", "quorum", 2000),
+    m.ClientRequest(2, "get", b"k", None, "one", 0),
+    m.ClientReply(1, "ok", b"v", ""),
+    m.RingQuery(3),
+    m.RingInfo(3, [("n1", "tcp://127.0.0.1:1")], 3, 64),
+    m.ReadRequest(4, b"k"),
+    m.ReadReply(4, b"k", REC),
+    m.ReadReply(4, b"k", None),
+    m.WriteRequest(5, b"k", Record.tomb(Version(3, 0, "n2")), "present"),
+    m.WriteReply(5, b"k", True),
+    m.Handoff(6, [(b"k", REC)]),
+    m.HandoffAck(6),
+    m.SyncDigest(7, [(123, b"\x00" * 8)]),
+    m.SyncKeys(7, 123, [(b"k", Version(1, 2, "n1"))]),
+    m.SyncPull(7, [b"k"]),
+    m.Gossip("n1", [m.MemberState("n1", "tcp://127.0.0.1:1", 1, 9, "alive")]),
+    m.JoinRequest(m.MemberState("n2", "tcp://127.0.0.1:4", 2, 0, "alive")),
+    m.ErrorReply(-1, "bad"),
+]
+
+
+@pytest.mark.parametrize("message", SAMPLES, ids=lambda x: type(x).__name__)
+def test_every_message_round_trips(message):
+    assert m.decode(m.encode(message)) == message
+
+
+@pytest.mark.parametrize("frame,reason", [
+    (b"", "not CBOR"),
+    (b"\xff\xff", "not CBOR"),
+    (cbor2.dumps({"a": 1}), "non-empty CBOR array"),
+    (cbor2.dumps([]), "non-empty CBOR array"),
+    (cbor2.dumps([999]), "unknown message kind"),
+    (cbor2.dumps(["1"]), "unknown message kind"),
+    (cbor2.dumps([1, 1, "put", b"k"]), "needs 6 fields"),
+    (cbor2.dumps([1, 1, "explode", b"k", None, "quorum", 0]), "op must be one of"),
+    (cbor2.dumps([1, 1, "put", "str-key", b"v", "quorum", 0]), "key must be bytes"),
+    (cbor2.dumps([1, -1, "put", b"k", b"v", "quorum", 0]), "must not be negative"),
+    (cbor2.dumps([1, 1, "put", b"k", b"v", "strong", 0]), "consistency must be one of"),
+    (cbor2.dumps([12, 1, b"k", [1, 2, "n", True, b"x"], ""]), "tombstone carries no value"),
+    (cbor2.dumps([12, 1, b"k", [1, 2], ""]), "record must be a list of 5"),
+    (cbor2.dumps([30, "n1", [["n1", "a", 1, 1, "zombie"]]]), "status must be one of"),
+    (cbor2.dumps([10, True, b"k"]), "must be an integer"),
+    (cbor2.dumps([10, 1 << 70, b"k"]), "out of range"),
+])
+def test_malformed_frames_are_rejected_with_a_reason(frame, reason):
+    with pytest.raises(m.DecodeError, match=reason):
+        m.decode(frame)
+
+
+def test_oversized_frame_is_rejected_before_parsing():
+    with pytest.raises(m.DecodeError, match="exceeds"):
+        m.decode(b"\x00" * (m.MAX_FRAME + 1))
+
+
+@given(st.binary(max_size=200))
+def test_random_bytes_never_raise_anything_but_decode_error(frame):
+    try:
+        m.decode(frame)
+    except m.DecodeError:
+        pass
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.binary(max_size=8)
+                    | st.text(max_size=8), lambda c: st.lists(c, max_size=6), max_leaves=30))
+def test_random_cbor_structures_never_raise_anything_but_decode_error(body):
+    for kind in (1, 12, 20, 30):
+        try:
+            m.decode(cbor2.dumps([kind, *body] if isinstance(body, list) else [kind, body]))
+        except m.DecodeError:
+            pass
