@@ -20,6 +20,8 @@ class NodeConfig:
     retry_interval: float = 0.1  # resend unanswered replica requests and hand-offs
     anti_entropy_interval: float = 1.0
     handoff_batch: int = 256
+    tombstone_grace: float = 86400.0  # a tombstone older than this is dropped (see README)
+    tombstone_gc_interval: float = 60.0
     max_key: int = 1024
     max_value: int = 1024 * 1024
     default_timeout: float = 2.0

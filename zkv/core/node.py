@@ -107,6 +107,7 @@ class Node:
         self._next_gossip = now
         self._next_check = now + config.gossip_interval
         self._next_anti_entropy = now + config.anti_entropy_interval
+        self._next_tombstone_gc = now + config.tombstone_gc_interval
         self._corrupt_seen = 0
         store.commit()
 
@@ -128,7 +129,8 @@ class Node:
         return out.actions
 
     def next_wakeup(self) -> float:
-        times = [self._next_gossip, self._next_check, self._next_anti_entropy]
+        times = [self._next_gossip, self._next_check, self._next_anti_entropy,
+                 self._next_tombstone_gc]
         deadline = self.coordinator.next_deadline()
         if deadline is not None:
             times.append(deadline + self.config.retry_interval)
@@ -304,6 +306,10 @@ class Node:
                 self.stabilizer.collect_strays(self.ring, now, out)
                 alive = {n for n in self.ring.nodes if self.membership.alive(n)}
                 self.stabilizer.start_round(self.ring, alive, out)
+        if now >= self._next_tombstone_gc:
+            self._next_tombstone_gc = now + cfg.tombstone_gc_interval
+            grace_ms = int((now + cfg.wall_offset - cfg.tombstone_grace) * 1000)
+            self.stabilizer.collect_tombstones(grace_ms, out)
 
     def _ask_to_join(self, out: _StepOutbox) -> None:
         me = self.membership.me

@@ -139,6 +139,15 @@ class Stabilizer:
                 batch.sent_at = now
                 out.send(batch.target, Handoff(batch_id, batch.records))
 
+    def collect_tombstones(self, older_than_ms: int, out: Outbox) -> None:
+        """Forget deletes older than the grace period; every replica has had time to learn them."""
+        old = [key for key, r in self.store.items()
+               if r.tombstone and r.version.wall_ms < older_than_ms]
+        for key in old:
+            self.store.remove(key)
+        if old:
+            out.event("tombstones_collected", keys=len(old))
+
     # ----------------------------------------------------------------- anti-entropy
 
     def _digests(self, ring: Ring, segments: set[int]) -> dict[int, int]:
