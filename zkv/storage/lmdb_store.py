@@ -1,0 +1,452 @@
+"""The real store: LMDB on local disk, one write transaction per commit.
+
+Guarantees:
+
+- **Group commit.** ``put``/``remove``/``put_meta`` go into one write transaction,
+  opened at the first write after a commit. Reads see those buffered writes at
+  once. ``commit()`` commits that transaction; with ``sync=True`` it returns only
+  after the data is on disk (one fdatasync of the data pages, then the meta page
+  written through an O_DSYNC descriptor). A write is durable only after
+  ``commit()``; ``close()`` discards uncommitted writes, which were never
+  acknowledged.
+- **Checksums.** Every record is stored as ``[format][crc32][CBOR payload]``, the
+  CRC covering the stored key and the payload. A record that fails its checksum
+  or does not decode counts as missing: ``get`` returns None and ``items`` skips
+  it, never raising; each detection increments ``corrupt_reads`` and appends the
+  key to ``corrupt_keys`` so the node can report and repair it.
+- **Growth.** The map starts small and doubles, up to ``max_map_size``, whenever
+  LMDB reports it full; the uncommitted writes are replayed into a fresh
+  transaction. At ``max_map_size``, or when the disk is full, the operation
+  raises ``StoreFull``: every write since the last commit is discarded, data
+  committed earlier stays readable, and the store stays usable.
+- **Long keys.** LMDB keys are limited to 511 bytes, zkv keys are not. A key of
+  at most ``SHORT_KEY_MAX`` bytes is stored as itself; a longer one is stored
+  under its first ``SHORT_KEY_MAX`` bytes plus a BLAKE2b-256 digest of the whole
+  key, with the whole key inside the checksummed payload. Such storage keys keep
+  every key's order except among long keys sharing their first
+  ``SHORT_KEY_MAX`` bytes; those sit next to each other and ``items`` sorts
+  them, so it still yields keys in byte order.
+
+Not thread-safe: one thread (the node's loop) owns a store. LMDB forbids opening
+the same environment twice in one process, and so does this module.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import struct
+from collections import deque
+from collections.abc import Iterator
+from hashlib import blake2b
+from operator import itemgetter
+from pathlib import Path
+from typing import NoReturn
+from zlib import crc32
+
+import cbor2
+import lmdb
+
+from zkv.storage.base import StoreFull
+from zkv.storage.record import Record
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+FORMAT = 1  # first byte of every stored value; bump when the payload changes
+_HEADER = struct.Struct(">BI")  # format, crc32(storage key + payload)
+_DIGEST = 32  # BLAKE2b-256 of a long key
+SHORT_KEY_MAX = 511 - _DIGEST  # LMDB's default key limit, less the digest
+_LONG_KEY_LEN = SHORT_KEY_MAX + _DIGEST  # every long key's storage key has this length
+
+_ITEMS_BATCH = 256  # records read per transaction by items()
+_ITEMS_BATCH_BYTES = 4 * MiB  # ...or fewer, once their stored values reach this
+CORRUPT_KEYS_KEPT = 1024
+
+_RECORDS = b"records"
+_META = b"meta"
+_INFO = b"info"  # this module's own settings, checked at open
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class CorruptMeta(Exception):
+    """A meta value failed its checksum. Unlike a record, it cannot be repaired
+    from other replicas, so the node should stop rather than guess."""
+
+
+def storage_key(key: bytes) -> bytes:
+    """The LMDB key under which ``key``'s record is stored."""
+    if len(key) <= SHORT_KEY_MAX:
+        return key
+    return key[:SHORT_KEY_MAX] + blake2b(key, digest_size=_DIGEST).digest()
+
+
+def _frame(skey: bytes, payload: bytes) -> bytes:
+    return _HEADER.pack(FORMAT, crc32(payload, crc32(skey))) + payload
+
+
+def _unframe(skey: bytes | memoryview, raw: bytes | memoryview) -> memoryview | None:
+    """The payload of a stored value, or None when its checksum or format is wrong."""
+    if len(raw) < _HEADER.size:
+        return None
+    fmt, crc = _HEADER.unpack_from(raw)
+    payload = memoryview(raw)[_HEADER.size:]
+    if fmt != FORMAT or crc32(payload, crc32(skey)) != crc:
+        return None
+    return payload
+
+
+def _errno_of(exc: BaseException) -> int | None:
+    if isinstance(exc, lmdb.DiskError):
+        return errno.ENOSPC
+    if isinstance(exc, OSError):
+        return exc.errno
+    # py-lmdb reports other errno values as a plain lmdb.Error("call: strerror").
+    if isinstance(exc, lmdb.Error):
+        for code in (*_DISK_FULL_ERRNOS, errno.EIO):
+            if str(exc).endswith(os.strerror(code)):
+                return code
+    return None
+
+
+def _page_align(size: int) -> int:
+    page = os.sysconf("SC_PAGE_SIZE")
+    return -(-size // page) * page
+
+
+def _open_env(path: Path, map_size: int, sync: bool) -> lmdb.Environment:
+    return lmdb.open(str(path), max_dbs=4, map_size=map_size, sync=sync, metasync=sync,
+                     writemap=False, readahead=False, lock=True)
+
+
+class LmdbStore:
+    """The store interface of ``zkv.storage.base`` on an LMDB environment at ``path``."""
+
+    def __init__(self, path: str | Path, map_size: int = 64 * MiB,
+                 max_map_size: int = 64 * GiB, sync: bool = True) -> None:
+        if not 0 < map_size <= max_map_size:
+            raise ValueError("map_size: must be positive and at most max_map_size")
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.corrupt_reads = 0
+        self.corrupt_keys: deque[bytes] = deque(maxlen=CORRUPT_KEYS_KEPT)
+        self.commits = 0
+        self.map_growths = 0
+        self._max_map_size = _page_align(max_map_size)
+        self._env = _open_env(self.path, _page_align(map_size), sync)
+        try:
+            if self._env.max_key_size() < _LONG_KEY_LEN:
+                raise ValueError(f"LMDB's key limit {self._env.max_key_size()} is below "
+                                 f"the {_LONG_KEY_LEN} bytes this store needs")
+            self._records = self._env.open_db(_RECORDS)
+            self._meta = self._env.open_db(_META)
+            self._check_info()
+        except BaseException:
+            self._env.close()
+            raise
+        # LMDB raises the map to the data already on disk when that is larger.
+        self._map_size: int = self._env.info()["map_size"]
+        self._txn: lmdb.Transaction | None = None
+        # Writes of the open transaction, replayable after the map grows:
+        # (database, storage key) -> stored value, or None for a delete.
+        self._pending: dict[tuple[lmdb._Database, bytes], bytes | None] = {}
+        self._closed = False
+
+    def _check_info(self) -> None:
+        info = self._env.open_db(_INFO)
+        expected = {b"format": b"%d" % FORMAT, b"short_key_max": b"%d" % SHORT_KEY_MAX}
+        with self._env.begin(db=info, write=True) as txn:
+            for name, value in expected.items():
+                found = txn.get(name)
+                if found is None:
+                    txn.put(name, value)
+                elif found != value:
+                    raise ValueError(f"{self.path}: stored {name.decode()} is "
+                                     f"{found.decode()}, this code writes {value.decode()}")
+
+    # -- records ----------------------------------------------------------------
+
+    def get(self, key: bytes) -> Record | None:
+        """The stored record, or None when absent or corrupt (corrupt ones are counted)."""
+        if not key:
+            return None
+        skey = storage_key(key)
+        txn = self._txn
+        if txn is not None:
+            return self._decode_get(key, skey, txn.get(skey, db=self._records))
+        with self._env.begin(db=self._records, buffers=True) as txn:
+            return self._decode_get(key, skey, txn.get(skey))
+
+    def _decode_get(self, key: bytes, skey: bytes,
+                    raw: bytes | memoryview | None) -> Record | None:
+        if raw is None:
+            return None
+        found = self._decode(skey, raw)
+        if found is None:
+            self._count_corrupt(key)
+            return None
+        return found[1]
+
+    def put(self, key: bytes, record: Record) -> None:
+        """Buffer a write; raises StoreFull (discarding every uncommitted write) when
+        the map cannot grow enough or the disk is full."""
+        if not key:
+            raise ValueError("LMDB cannot store an empty key")
+        if len(key) <= SHORT_KEY_MAX:
+            skey = key
+            payload = cbor2.dumps(record.encode())
+        else:
+            skey = storage_key(key)
+            payload = cbor2.dumps([key, *record.encode()])
+        self._write(self._records, skey, _frame(skey, payload))
+
+    def remove(self, key: bytes) -> None:
+        """Forget a key entirely; buffered like ``put``."""
+        if key:
+            self._write(self._records, storage_key(key), None)
+
+    def items(self) -> Iterator[tuple[bytes, Record]]:
+        """Every (key, record) in key order, skipping (and counting) corrupt records.
+
+        Reads a batch at a time, each in its own short transaction (the open write
+        transaction when there is one, so buffered writes show), and holds nothing
+        open between yields: the caller may write or commit while iterating. A key
+        present throughout is yielded exactly once; one written or removed during
+        the iteration may or may not be.
+        """
+        after: bytes | None = None
+        while True:
+            batch, after, done = self._read_batch(after)
+            yield from batch
+            if done:
+                return
+
+    def _read_batch(self, after: bytes | None
+                    ) -> tuple[list[tuple[bytes, Record]], bytes | None, bool]:
+        """Up to a batch of records whose storage keys follow ``after``, ending at a
+        group boundary; also the last storage key read and whether the end was reached."""
+        out: list[tuple[bytes, Record]] = []
+        group: list[tuple[bytes, Record]] = []  # long keys sharing group_prefix
+        group_prefix: bytes | None = None
+        count = size = 0
+        txn = self._txn
+        own = txn is None
+        if own:
+            txn = self._env.begin(buffers=True)
+        try:
+            cursor = txn.cursor(db=self._records)
+            if after is None:
+                found = cursor.first()
+            else:
+                found = cursor.set_range(after)
+                if found and cursor.key() == after:
+                    found = cursor.next()
+            if not found:
+                return out, after, True
+            for skey, raw in cursor.iternext():
+                prefix = bytes(skey[:SHORT_KEY_MAX]) if len(skey) == _LONG_KEY_LEN else None
+                if prefix is None or prefix != group_prefix:
+                    if group:
+                        group.sort(key=itemgetter(0))
+                        out.extend(group)
+                        group.clear()
+                    if count >= _ITEMS_BATCH or size >= _ITEMS_BATCH_BYTES:
+                        return out, after, False
+                    group_prefix = prefix
+                after = bytes(skey)
+                count += 1
+                size += len(raw)
+                found_record = self._decode(after, raw)
+                if found_record is None:
+                    self._count_corrupt(after)
+                elif prefix is None:
+                    out.append(found_record)
+                else:
+                    group.append(found_record)
+            group.sort(key=itemgetter(0))
+            out.extend(group)
+            return out, after, True
+        finally:
+            if own:
+                txn.abort()
+
+    def _decode(self, skey: bytes, raw: bytes | memoryview) -> tuple[bytes, Record] | None:
+        """(key, record) from a stored value, or None if it is corrupt."""
+        payload = _unframe(skey, raw)
+        if payload is None:
+            return None
+        try:
+            fields = cbor2.loads(payload)
+            if len(skey) != _LONG_KEY_LEN:
+                return skey, Record.decode(fields)
+            key = fields[0]
+            if not (isinstance(key, bytes) and storage_key(key) == skey):
+                return None
+            return key, Record.decode(fields[1:])
+        except Exception:  # a payload that passed its CRC yet does not decode
+            return None
+
+    def _count_corrupt(self, key: bytes) -> None:
+        self.corrupt_reads += 1
+        self.corrupt_keys.append(key)
+
+    def __len__(self) -> int:
+        txn = self._txn
+        if txn is not None:
+            return txn.stat(self._records)["entries"]
+        with self._env.begin() as txn:
+            return txn.stat(self._records)["entries"]
+
+    # -- meta -------------------------------------------------------------------
+
+    def get_meta(self, name: str) -> bytes | None:
+        """The value stored under ``name``; raises CorruptMeta if it fails its checksum."""
+        skey = name.encode()
+        txn = self._txn
+        if txn is not None:
+            raw = txn.get(skey, db=self._meta)
+            return None if raw is None else self._decode_meta(name, skey, raw)
+        with self._env.begin(db=self._meta, buffers=True) as txn:
+            raw = txn.get(skey)
+            return None if raw is None else self._decode_meta(name, skey, raw)
+
+    def _decode_meta(self, name: str, skey: bytes, raw: bytes | memoryview) -> bytes:
+        payload = _unframe(skey, raw)
+        if payload is None:
+            raise CorruptMeta(f"{self.path}: meta {name!r} failed its checksum")
+        return bytes(payload)
+
+    def put_meta(self, name: str, value: bytes) -> None:
+        """Buffer a meta write, like ``put``."""
+        skey = name.encode()
+        if not 0 < len(skey) <= SHORT_KEY_MAX:
+            raise ValueError(f"meta name: must be 1 to {SHORT_KEY_MAX} bytes")
+        self._write(self._meta, skey, _frame(skey, value))
+
+    # -- transactions -----------------------------------------------------------
+
+    def _write(self, db: lmdb._Database, skey: bytes, value: bytes | None) -> None:
+        self._pending[(db, skey)] = value
+        txn = self._txn
+        if txn is None:
+            txn = self._txn = self._env.begin(write=True, buffers=True)
+        try:
+            if value is None:
+                txn.delete(skey, db=db)
+            else:
+                txn.put(skey, value, db=db)
+        except lmdb.MapFullError:
+            # LMDB has aborted the transaction; grow the map and write it again.
+            self._abort_txn()
+            self._replay_grown()
+        except lmdb.Error as exc:  # e.g. spilling dirty pages to a full disk
+            self._fail_write(exc)
+
+    def commit(self) -> None:
+        """Make every buffered write durable (one transaction; with ``sync=True``,
+        returns only after the data is on disk). Raises StoreFull, discarding every
+        write since the last commit, when the map or the disk is full."""
+        if self._txn is None:
+            return
+        while True:
+            txn = self._txn
+            self._txn = None  # a commit ends the transaction whether it succeeds or not
+            try:
+                txn.commit()
+                break
+            except lmdb.MapFullError:  # saving the free list can need a page
+                self._replay_grown()
+            except lmdb.Error as exc:
+                self._fail_write(exc)
+        self._pending.clear()
+        self.commits += 1
+
+    def _replay_grown(self) -> None:
+        """Double the map and redo the pending writes in a new transaction, as often
+        as needed; raise StoreFull (after discarding them) at ``max_map_size``."""
+        while True:
+            if self._map_size >= self._max_map_size:
+                self._discard()
+                raise StoreFull(f"{self.path}: store is at its maximum size of "
+                                f"{self._max_map_size} bytes; uncommitted writes discarded")
+            self._map_size = min(self._map_size * 2, self._max_map_size)
+            self._env.set_mapsize(self._map_size)  # needs no open transaction
+            self.map_growths += 1
+            txn = self._txn = self._env.begin(write=True, buffers=True)
+            try:
+                for (db, skey), value in self._pending.items():
+                    if value is None:
+                        txn.delete(skey, db=db)
+                    else:
+                        txn.put(skey, value, db=db)
+                return
+            except lmdb.MapFullError:
+                self._abort_txn()
+            except lmdb.Error as exc:
+                self._fail_write(exc)
+
+    def _fail_write(self, exc: lmdb.Error) -> NoReturn:
+        """Discard the uncommitted writes after LMDB failed to write them, and raise
+        StoreFull if the disk is full, else ``exc``."""
+        code = _errno_of(exc)
+        # LMDB turns a short write (the usual sign of a full disk) into EIO.
+        full = code in _DISK_FULL_ERRNOS or (code == errno.EIO and self._disk_looks_full())
+        self._discard()
+        if full:
+            raise StoreFull(
+                f"{self.path}: disk full ({exc}); uncommitted writes discarded") from exc
+        raise exc
+
+    def _disk_looks_full(self) -> bool:
+        """Whether the disk (or this process's file size limit) has no room for the
+        pending writes, with a margin for LMDB's page overhead."""
+        need = 16 * MiB + 2 * sum(len(v) for v in self._pending.values() if v is not None)
+        disk = os.statvfs(self.path)
+        if disk.f_bavail * disk.f_frsize < need:
+            return True
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        return limit != resource.RLIM_INFINITY and (
+            (self.path / "data.mdb").stat().st_size + need > limit)
+
+    def _abort_txn(self) -> None:
+        txn, self._txn = self._txn, None
+        if txn is not None:
+            txn.abort()
+
+    def _discard(self) -> None:
+        """Forget every write since the last commit."""
+        self._abort_txn()
+        self._pending.clear()
+
+    def close(self) -> None:
+        """Discard uncommitted writes (never acknowledged) and close the environment."""
+        if self._closed:
+            return
+        self._closed = True
+        self._discard()
+        self._env.close()
+
+    def __enter__(self) -> LmdbStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def corrupt_record_on_disk(path: str | Path, key: bytes) -> None:
+    """Flip one byte of ``key``'s stored payload (not its checksum), as a failing
+    disk would. For tests; the store at ``path`` must be closed."""
+    env = _open_env(Path(path), 64 * MiB, sync=True)
+    try:
+        records = env.open_db(_RECORDS)
+        skey = storage_key(key)
+        with env.begin(db=records, write=True) as txn:
+            raw = txn.get(skey)
+            if raw is None:
+                raise KeyError(key)
+            damaged = bytearray(raw)
+            damaged[-1] ^= 0xFF  # the last payload byte; the header stays intact
+            txn.put(skey, bytes(damaged))
+    finally:
+        env.close()
