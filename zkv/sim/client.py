@@ -1,0 +1,152 @@
+"""Simulated clients: processes that send ClientRequests through the faulty network.
+
+A client has at most one request outstanding. It sends the request to one node
+and waits for the matching ClientReply or its own deadline (the request's
+timeout plus a margin for the network), whichever comes first; late or
+duplicated replies are ignored. The outcome is a ``ClientResult`` whose status
+is the node's (ok, not_found, exists, unavailable, invalid) or ``timeout``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from zkv.core.messages import ClientReply, ClientRequest, ErrorReply, Message
+from zkv.sim.network import CLIENT, Packet
+from zkv.sim.scheduler import Timer
+
+if TYPE_CHECKING:
+    from zkv.sim.cluster import SimCluster
+
+TIMEOUT = "timeout"
+STATUSES = ("ok", "not_found", "exists", "unavailable", "invalid", TIMEOUT)
+
+
+def as_bytes(data: str | bytes | None) -> bytes | None:
+    return data.encode() if isinstance(data, str) else data
+
+
+@dataclass(frozen=True, slots=True)
+class ClientResult:
+    status: str  # one of STATUSES
+    value: bytes | None  # the value read (get), as the node returned it
+    detail: str
+    op: str
+    key: bytes
+    sent_value: bytes | None  # the value the request carried (put, create, update)
+    node_id: str  # the node the request went to
+    process: int
+    req_id: int
+    start: float
+    end: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def latency(self) -> float:
+        return self.end - self.start
+
+
+@dataclass(slots=True)
+class PendingResult:
+    """Future of one request: ``result`` is set once the reply or the timeout comes."""
+
+    result: ClientResult | None = None
+    callbacks: list[Callable[[ClientResult], None]] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+    def _resolve(self, result: ClientResult) -> None:
+        self.result = result
+        for callback in self.callbacks:
+            callback(result)
+
+
+@dataclass(slots=True)
+class _Outstanding:
+    request: ClientRequest
+    node_id: str
+    start: float
+    deadline: Timer
+    pending: PendingResult
+
+
+class SimClient:
+    """Client process ``process``, reachable at ``client://<process>``."""
+
+    def __init__(self, cluster: SimCluster, process: int, margin: float = 0.5) -> None:
+        self.cluster = cluster
+        self.process = process
+        self.address = f"client://{process}"
+        self.margin = margin
+        self.completed = 0
+        self.stale_replies = 0
+        self._next_req = 0
+        self._outstanding: _Outstanding | None = None
+        self.on_result: Callable[[ClientResult], None] | None = None  # the cluster's recorder
+        cluster.network.attach(self.address, self.address, self._on_packet)
+
+    @property
+    def busy(self) -> bool:
+        return self._outstanding is not None
+
+    def call(self, node_id: str, op: str, key: str | bytes, value: str | bytes | None = None,
+             consistency: str = "quorum", timeout: float = 2.0,
+             on_done: Callable[[ClientResult], None] | None = None) -> PendingResult:
+        """Send one request to ``node_id``; the result arrives via the returned future."""
+        if self._outstanding is not None:
+            raise RuntimeError(f"{self.address} already has a request outstanding")
+        cluster = self.cluster
+        address = cluster.address_of(node_id)
+        if address is None:
+            raise KeyError(f"no node {node_id!r} in the cluster")
+        self._next_req += 1
+        request = ClientRequest(self._next_req, op, as_bytes(key) or b"", as_bytes(value),
+                                consistency, max(0, int(round(timeout * 1000))))
+        pending = PendingResult()
+        if on_done is not None:
+            pending.callbacks.append(on_done)
+        now = cluster.scheduler.now
+        deadline = cluster.scheduler.call_later(timeout + self.margin, self._on_deadline,
+                                                request.req_id)
+        self._outstanding = _Outstanding(request, node_id, now, deadline, pending)
+        cluster.network.send(self.address, self.address, address, request, CLIENT)
+        return pending
+
+    def _on_packet(self, packet: Packet, message: Message) -> None:
+        outstanding = self._outstanding
+        req_id = getattr(message, "req_id", None)
+        if outstanding is None or req_id != outstanding.request.req_id:
+            self.stale_replies += 1
+            return
+        if isinstance(message, ClientReply):
+            self._finish(message.status, message.value, message.detail)
+        elif isinstance(message, ErrorReply):
+            self._finish("invalid", None, message.reason)
+        else:
+            self.stale_replies += 1
+
+    def _on_deadline(self, req_id: int) -> None:
+        outstanding = self._outstanding
+        if outstanding is not None and outstanding.request.req_id == req_id:
+            self._finish(TIMEOUT, None, "no reply before the client's deadline")
+
+    def _finish(self, status: str, value: bytes | None, detail: str) -> None:
+        outstanding = self._outstanding
+        assert outstanding is not None
+        self._outstanding = None
+        outstanding.deadline.cancel()
+        request = outstanding.request
+        result = ClientResult(status, value, detail, request.op, request.key, request.value,
+                              outstanding.node_id, self.process, request.req_id,
+                              outstanding.start, self.cluster.scheduler.now)
+        self.completed += 1
+        if self.on_result is not None:
+            self.on_result(result)
+        outstanding.pending._resolve(result)

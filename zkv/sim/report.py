@@ -1,0 +1,100 @@
+"""What a simulated run found, and its one-screen text form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from zkv.sim.durability import LostWrite
+from zkv.sim.history import Op
+
+
+@dataclass(slots=True)
+class RunReport:
+    scenario: str
+    seed: int
+    params: dict[str, Any]
+    history: list[Op] = field(default_factory=list)
+    op_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # kind -> outcome -> n
+    statuses: dict[str, int] = field(default_factory=dict)  # client-visible status -> n
+    final_values: dict[bytes, bytes | None] = field(default_factory=dict)
+    unread_keys: list[bytes] = field(default_factory=list)  # no final read succeeded
+    lost_writes: list[LostWrite] = field(default_factory=list)
+    linearizable: bool | None = None  # None: not checked (or undecided)
+    linearizability: str = "not checked"
+    error: str | None = None  # a node's step (or the codec) raised: a bug, with context
+    net: dict[str, Any] = field(default_factory=dict)
+    nemesis: list[tuple[float, str]] = field(default_factory=list)
+    event_kinds: dict[str, int] = field(default_factory=dict)
+    trace_digest: str = ""
+    sim_time: float = 0.0
+    wall_time: float = 0.0
+
+    @property
+    def ops_completed(self) -> int:
+        return len(self.history)
+
+    @property
+    def ops_per_second(self) -> float:
+        """Client operations completed per wall-clock second of simulation."""
+        return self.ops_completed / self.wall_time if self.wall_time > 0 else 0.0
+
+    @property
+    def speedup(self) -> float:
+        """Virtual seconds simulated per wall-clock second."""
+        return self.sim_time / self.wall_time if self.wall_time > 0 else 0.0
+
+    @property
+    def safe(self) -> bool:
+        """No lost write, no linearizability violation, no crash of the core."""
+        return self.error is None and not self.lost_writes and self.linearizable is not False
+
+    @property
+    def ok(self) -> bool:
+        """Safe, and every key could be read back once the faults were healed."""
+        return self.safe and not self.unread_keys
+
+
+def _show(value: bytes | None) -> str:
+    return "absent" if value is None else repr(value)
+
+
+def format_report(report: RunReport) -> str:
+    verdict = "PASS" if report.ok else "FAIL"
+    lines = [
+        f"{verdict}  scenario={report.scenario} seed={report.seed}  "
+        f"sim {report.sim_time:.1f}s in {report.wall_time:.2f}s wall "
+        f"({report.speedup:.0f}x, {report.ops_per_second:.0f} simulated ops/s)",
+        "params: " + ", ".join(f"{k}={v}" for k, v in report.params.items()),
+    ]
+    if report.error:
+        lines.append(f"ERROR: {report.error}")
+    ops = "; ".join(
+        f"{kind} " + " ".join(f"{outcome}={n}" for outcome, n in outcomes.items())
+        for kind, outcomes in report.op_counts.items()
+    )
+    lines.append(f"ops: {report.ops_completed} ({ops})")
+    if report.statuses:
+        lines.append("replies: " + ", ".join(f"{k}={v}" for k, v in report.statuses.items()))
+    net = report.net
+    if net:
+        reasons = ", ".join(f"{k}={v}" for k, v in net.get("drop_reasons", {}).items())
+        lines.append(
+            f"net: sent={net['sent']} delivered={net['delivered']} dropped={net['dropped']}"
+            f" ({reasons}) duplicated={net['duplicated']}"
+        )
+    if report.nemesis:
+        faults = [text for _, text in report.nemesis]
+        lines.append(f"nemesis: {len(faults)} actions, e.g. " + "; ".join(faults[:4]))
+    if report.final_values:
+        lines.append("final: " + ", ".join(
+            f"{k.decode(errors='replace')}={_show(v)}" for k, v in report.final_values.items()))
+    if report.unread_keys:
+        lines.append("UNREAD after healing: " + ", ".join(repr(k) for k in report.unread_keys))
+    lines.append("no acknowledged write lost: " + ("yes" if not report.lost_writes else "NO"))
+    lines.extend(f"  {lost}" for lost in report.lost_writes)
+    verdict_text = {True: "yes", False: "NO", None: "unknown"}[report.linearizable]
+    lines.append(f"linearizable: {verdict_text}")
+    lines.extend(f"  {line}" for line in report.linearizability.splitlines())
+    lines.append(f"trace digest: {report.trace_digest}")
+    return "\n".join(lines)

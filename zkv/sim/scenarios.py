@@ -1,0 +1,71 @@
+"""Named simulator scenarios, for ``zkv sim <name> --seed N`` and for tests.
+
+Each scenario is a function of the seed returning a ``RunReport``; a failing
+(name, seed) pair replays exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from zkv.sim.report import RunReport, format_report
+from zkv.sim.runner import run_random
+
+Scenario = Callable[[int], RunReport]
+
+
+def _random(seed: int) -> RunReport:
+    return run_random(seed)
+
+
+def _quick(seed: int) -> RunReport:
+    return run_random(seed, nodes=5, clients=3, keys=3, duration=10.0, scenario="quick")
+
+
+def _crashes(seed: int) -> RunReport:
+    return run_random(seed, faults=("crash",), fault_interval=(0.3, 1.0), scenario="crashes")
+
+
+def _partitions(seed: int) -> RunReport:
+    return run_random(seed, faults=("partition", "isolate"), scenario="partitions")
+
+
+def _lossy(seed: int) -> RunReport:
+    return run_random(seed, faults=("loss", "duplicate"), drop=0.05, duplicate=0.05,
+                      scenario="lossy")
+
+
+def _split_brain(seed: int) -> RunReport:
+    """Partitions outlasting t_remove: both sides may drop the other from the ring."""
+    from zkv.core.config import NodeConfig  # noqa: PLC0415
+
+    t_remove = NodeConfig("n", "a").t_remove
+    return run_random(seed, faults=("partition",), fault_interval=(1.0, 2.0),
+                      fault_duration=(1.2 * t_remove, 2.0 * t_remove), duration=40.0,
+                      scenario="split-brain")
+
+
+def _skewed_clocks(seed: int) -> RunReport:
+    return run_random(seed, clock_skew=0.5, scenario="skewed-clocks")
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "random": _random,
+    "quick": _quick,
+    "crashes": _crashes,
+    "partitions": _partitions,
+    "lossy": _lossy,
+    "split-brain": _split_brain,
+    "skewed-clocks": _skewed_clocks,
+}
+
+
+def run_scenario(name: str, seed: int) -> RunReport:
+    try:
+        scenario = SCENARIOS[name]
+    except KeyError:
+        raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}") from None
+    return scenario(seed)
+
+
+__all__ = ["SCENARIOS", "format_report", "run_scenario"]
