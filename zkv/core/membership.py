@@ -9,8 +9,8 @@ last advanced on their own clock. Local status follows from that age:
 
 ``down`` members stay in the ring (requests skip them); ``removed`` and ``left``
 members are out of it, which starts stabilization. A removal needs this node to
-see a majority of the ring alive, so the minority side of a partition never
-reshapes the ring. A member returns when a fresher heartbeat or a higher
+see a majority of the cluster alive (every member that has not left, removed
+ones included), so the minority side of a partition never reshapes the ring. A member returns when a fresher heartbeat or a higher
 incarnation (a restart) arrives.
 """
 
@@ -71,19 +71,25 @@ class Membership:
         return m.state.address if m else None
 
     def has_majority(self) -> bool:
-        """True when this node sees more than half of the ring alive (itself included)."""
-        ring = [m for m in self.members.values() if m.status in IN_RING]
-        return 2 * sum(1 for m in ring if m.status == ALIVE) > len(ring)
+        """True when this node sees more than half of the cluster alive (itself included).
+
+        The cluster is every member that has not left, removed ones included: a
+        side that shrank its ring during one partition must not count itself a
+        majority of that smaller ring during the next.
+        """
+        cluster = [m for m in self.members.values() if m.status != LEFT]
+        return 2 * sum(1 for m in cluster if m.status == ALIVE) > len(cluster)
 
     def gossip_table(self) -> list[MemberState]:
         """What this node tells others: every member not removed."""
         return [m.state for m in self.members.values() if m.status != REMOVED]
 
     def subscriptions(self) -> set[str]:
+        """Addresses to hear gossip from: removed members too, so their return is noticed."""
         return {
             m.state.address
             for i, m in self.members.items()
-            if i != self.me_id and m.status in IN_RING
+            if i != self.me_id and m.status != LEFT
         }
 
     # ------------------------------------------------------------------ updates

@@ -103,6 +103,9 @@ class Node:
         self.coordinator = Coordinator(self.node_id, self.clock, op_base, config.wall_offset)
         self.stabilizer = Stabilizer(self.node_id, store, config.handoff_batch, op_base)
         self.stopping = False
+        # Coordinate only once every peer can have heard of us: see _hold_coordination.
+        self._coordinate_from = now + config.t_fail if self.joined else float("inf")
+        self._isolated = False
         self.rejected_frames = 0
         self._next_gossip = now
         self._next_check = now + config.gossip_interval
@@ -162,9 +165,10 @@ class Node:
             self.rejected_frames += 1
             out.reply(client, ClientReply(msg.req_id, "invalid", None, problem))
             return
-        if not self.joined or self.stopping:
+        if not self.joined or self.stopping or now < self._coordinate_from:
             out.reply(client, ClientReply(msg.req_id, "unavailable", None,
-                                          "node is not serving (joining or leaving)"))
+                                          "node is not coordinating (joining, rejoining "
+                                          "or leaving)"))
             return
         if msg.consistency != "one" and not self.membership.has_majority():
             out.reply(client, ClientReply(msg.req_id, "unavailable", None,
@@ -242,6 +246,7 @@ class Node:
         if not self.joined and msg.sender != self.node_id:
             # The first table a newcomer learns is not a ring change anyone acted on.
             self.joined = True
+            self._hold_coordination(now, out)
             out.event("joined", via=msg.sender)
             self._membership_changed(changes, now, out, settle=False)
             return
@@ -297,6 +302,7 @@ class Node:
         if now >= self._next_check:
             self._next_check = now + cfg.gossip_interval
             self._membership_changed(self.membership.check(now), now, out)
+            self._watch_majority(now, out)
             self.settling = [(r, t) for r, t in self.settling if t > now]
         self.coordinator.tick(now, cfg.retry_interval, out)
         self.stabilizer.resend(now, cfg.retry_interval, self.ring, out)
@@ -310,6 +316,26 @@ class Node:
             self._next_tombstone_gc = now + cfg.tombstone_gc_interval
             grace_ms = int((now + cfg.wall_offset - cfg.tombstone_grace) * 1000)
             self.stabilizer.collect_tombstones(grace_ms, out)
+
+    def _watch_majority(self, now: float, out: _StepOutbox) -> None:
+        majority = self.membership.has_majority()
+        if not majority and not self._isolated:
+            self._isolated = True
+            out.event("majority_lost")
+        elif majority and self._isolated:
+            self._isolated = False
+            self._hold_coordination(now, out)
+            out.event("majority_regained")
+
+    def _hold_coordination(self, now: float, out: _StepOutbox) -> None:
+        """Wait t_fail before coordinating after joining or regaining a majority.
+
+        Peers may have removed this node while it was away, or not know it yet;
+        its own ring is then larger than theirs, and a quorum taken on it could
+        miss theirs. Within t_fail every peer hears its heartbeats and re-adds
+        it, entering a transition whose joint quorums cover both rings.
+        """
+        self._coordinate_from = now + self.config.t_fail
 
     def _ask_to_join(self, out: _StepOutbox) -> None:
         me = self.membership.me
