@@ -184,100 +184,112 @@ class ErrorReply(Message):
 
 
 # --------------------------------------------------------------------------- field checks
+# A check returns the value or raises DecodeError with a reason; the field name is
+# added by the caller only when something is wrong (names cost time on the hot path).
 
-Check = Callable[[Any, str], Any]
+Check = Callable[[Any], Any]
 
 
-def _int(v: Any, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise DecodeError(f"{name} must be an integer")
+def _int(v: Any) -> int:
+    if type(v) is not int:
+        raise DecodeError("must be an integer")
     if not -(1 << 63) <= v < (1 << 64):
-        raise DecodeError(f"{name} is out of range")
+        raise DecodeError("is out of range")
     return v
 
 
-def _nonneg(v: Any, name: str) -> int:
-    v = _int(v, name)
-    if v < 0:
-        raise DecodeError(f"{name} must not be negative")
+def _nonneg(v: Any) -> int:
+    if type(v) is not int:
+        raise DecodeError("must be an integer")
+    if not 0 <= v < (1 << 64):
+        raise DecodeError("must not be negative" if v < 0 else "is out of range")
     return v
 
 
-def _bool(v: Any, name: str) -> bool:
-    if not isinstance(v, bool):
-        raise DecodeError(f"{name} must be a boolean")
+def _bool(v: Any) -> bool:
+    if type(v) is not bool:
+        raise DecodeError("must be a boolean")
     return v
 
 
-def _bytes(v: Any, name: str) -> bytes:
-    if not isinstance(v, bytes):
-        raise DecodeError(f"{name} must be bytes")
+def _bytes(v: Any) -> bytes:
+    if type(v) is not bytes:
+        raise DecodeError("must be bytes")
     return v
 
 
-def _str(v: Any, name: str) -> str:
-    if not isinstance(v, str):
-        raise DecodeError(f"{name} must be a string")
+def _str(v: Any) -> str:
+    if type(v) is not str:
+        raise DecodeError("must be a string")
     return v
 
 
 def _optional(check: Check) -> Check:
-    def inner(v: Any, name: str) -> Any:
-        return None if v is None else check(v, name)
+    def inner(v: Any) -> Any:
+        return None if v is None else check(v)
 
     return inner
 
 
 def _one_of(choices: tuple[str, ...]) -> Check:
-    def inner(v: Any, name: str) -> str:
+    reason = "must be one of " + ", ".join(repr(c) for c in choices)
+
+    def inner(v: Any) -> str:
         if v not in choices:
-            raise DecodeError(f"{name} must be one of {', '.join(repr(c) for c in choices)}")
+            raise DecodeError(reason)
         return v
 
     return inner
 
 
 def _list_of(check: Check) -> Check:
-    def inner(v: Any, name: str) -> list:
-        if not isinstance(v, list):
-            raise DecodeError(f"{name} must be a list")
-        return [check(item, f"{name}[{i}]") for i, item in enumerate(v)]
+    def inner(v: Any) -> list:
+        if type(v) is not list:
+            raise DecodeError("must be a list")
+        out = []
+        for i, item in enumerate(v):
+            try:
+                out.append(check(item))
+            except DecodeError as exc:
+                raise DecodeError(f"[{i}] {exc}") from None
+        return out
 
     return inner
 
 
 def _pair(first: Check, second: Check) -> Check:
-    def inner(v: Any, name: str) -> tuple:
-        if not isinstance(v, list) or len(v) != 2:
-            raise DecodeError(f"{name} must be a pair")
-        return first(v[0], f"{name}[0]"), second(v[1], f"{name}[1]")
+    def inner(v: Any) -> tuple:
+        if type(v) is not list or len(v) != 2:
+            raise DecodeError("must be a pair")
+        return first(v[0]), second(v[1])
 
     return inner
 
 
-def _record(v: Any, name: str) -> Record:
+def _record(v: Any) -> Record:
     try:
         return Record.decode(v)
     except ValueError as exc:
-        raise DecodeError(f"{name}: {exc}") from None
+        raise DecodeError(str(exc)) from None
 
 
-def _version(v: Any, name: str) -> Version:
-    if not isinstance(v, list) or len(v) != 3:
-        raise DecodeError(f"{name} must be [wall_ms, counter, node_id]")
-    return Version(_nonneg(v[0], name), _nonneg(v[1], name), _str(v[2], name))
+def _version(v: Any) -> Version:
+    if type(v) is not list or len(v) != 3:
+        raise DecodeError("must be [wall_ms, counter, node_id]")
+    return Version(_nonneg(v[0]), _nonneg(v[1]), _str(v[2]))
 
 
-def _member(v: Any, name: str) -> MemberState:
-    if not isinstance(v, list) or len(v) != 5:
-        raise DecodeError(f"{name} must be a member of 5 fields")
-    return MemberState(
-        _str(v[0], f"{name}.node_id"),
-        _str(v[1], f"{name}.address"),
-        _nonneg(v[2], f"{name}.incarnation"),
-        _nonneg(v[3], f"{name}.heartbeat"),
-        _one_of(MEMBER_STATUSES)(v[4], f"{name}.status"),
-    )
+_MEMBER_STATUS = _one_of(MEMBER_STATUSES)
+
+
+def _member(v: Any) -> MemberState:
+    if type(v) is not list or len(v) != 5:
+        raise DecodeError("must be a member of 5 fields")
+    node_id, address, incarnation, heartbeat, status = v
+    if type(node_id) is not str or type(address) is not str:
+        raise DecodeError("node_id and address must be strings")
+    return MemberState(node_id, address, _nonneg(incarnation), _nonneg(heartbeat),
+                       _MEMBER_STATUS(status))
 
 
 _SCHEMA: dict[type, tuple[Check, ...]] = {
@@ -345,5 +357,10 @@ def decode(frame: bytes) -> Message:
     names = _FIELD_NAMES[cls]
     if len(body) != len(checks) + 1:
         raise DecodeError(f"{cls.__name__} needs {len(checks)} fields, got {len(body) - 1}")
-    values = [check(v, f"{cls.__name__}.{name}") for check, v, name in zip(checks, body[1:], names)]
+    values = []
+    for check, v, name in zip(checks, body[1:], names):
+        try:
+            values.append(check(v))
+        except DecodeError as exc:
+            raise DecodeError(f"{cls.__name__}.{name} {exc}") from None
     return cls(*values)

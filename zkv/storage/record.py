@@ -31,15 +31,15 @@ class Record:
         if not isinstance(fields, list) or len(fields) != 5:
             raise ValueError("record must be a list of 5 fields")
         wall, counter, node, tombstone, value = fields
-        if not (isinstance(wall, int) and not isinstance(wall, bool) and wall >= 0):
+        if type(wall) is not int or not 0 <= wall < 1 << 64:
             raise ValueError("record wall_ms must be a non-negative int")
-        if not (isinstance(counter, int) and not isinstance(counter, bool) and counter >= 0):
+        if type(counter) is not int or not 0 <= counter < 1 << 64:
             raise ValueError("record counter must be a non-negative int")
-        if not isinstance(node, str):
+        if type(node) is not str:
             raise ValueError("record node id must be a string")
-        if not isinstance(tombstone, bool):
+        if type(tombstone) is not bool:
             raise ValueError("record tombstone flag must be a bool")
-        if not isinstance(value, bytes):
+        if type(value) is not bytes:
             raise ValueError("record value must be bytes")
         if tombstone and value:
             raise ValueError("a tombstone carries no value")
