@@ -22,6 +22,11 @@ def _quick(seed: int) -> RunReport:
     return run_random(seed, nodes=5, clients=3, keys=3, duration=10.0, scenario="quick")
 
 
+def _suite(seed: int) -> RunReport:
+    """The randomized run of the default test suite (tests/sim/test_random_faults.py)."""
+    return run_random(seed, duration=10.0, scenario="suite")
+
+
 def _crashes(seed: int) -> RunReport:
     return run_random(seed, faults=("crash",), fault_interval=(0.3, 1.0), scenario="crashes")
 
@@ -52,6 +57,7 @@ def _skewed_clocks(seed: int) -> RunReport:
 SCENARIOS: dict[str, Scenario] = {
     "random": _random,
     "quick": _quick,
+    "suite": _suite,
     "crashes": _crashes,
     "partitions": _partitions,
     "lossy": _lossy,
