@@ -106,6 +106,7 @@ class Node:
         # Coordinate only once every peer can have heard of us: see _hold_coordination.
         self._coordinate_from = now + config.t_fail if self.joined else float("inf")
         self._isolated = False
+        self._gossip_turn = 0
         self.rejected_frames = 0
         self._next_gossip = now
         self._next_check = now + config.gossip_interval
@@ -253,6 +254,8 @@ class Node:
         self._membership_changed(changes, now, out)
 
     def _on_join(self, member: MemberState, now: float, out: _StepOutbox) -> None:
+        if not self.joined:
+            return  # our own table is not complete yet; the newcomer asks again
         changes = self.membership.merge([member], now)
         self._membership_changed(changes, now, out)
         out.actions.append(Send(member.node_id, member.address,
@@ -296,8 +299,10 @@ class Node:
         if now >= self._next_gossip:
             self._next_gossip = now + cfg.gossip_interval
             self.membership.beat()
-            out.actions.append(Publish(Gossip(self.node_id, self.membership.gossip_table())))
-            if not self.joined:
+            gossip = Gossip(self.node_id, self.membership.gossip_table())
+            out.actions.append(Publish(gossip))
+            self._push_gossip(gossip, out)
+            if not self.joined or len(self.ring.nodes) == 1:
                 self._ask_to_join(out)
         if now >= self._next_check:
             self._next_check = now + cfg.gossip_interval
@@ -336,6 +341,23 @@ class Node:
         it, entering a transition whose joint quorums cover both rings.
         """
         self._coordinate_from = now + self.config.t_fail
+
+    def _push_gossip(self, gossip: Gossip, out: _StepOutbox) -> None:
+        """Also send the table straight to one member, in turn.
+
+        PUB/SUB only reaches nodes that already know us; this direct copy makes
+        knowledge flow both ways, so two nodes that learned of each other
+        unevenly (say, two newcomers that joined each other first) still meet.
+        """
+        others = sorted(n for n in self.membership.members if n != self.node_id
+                        and self.membership.status(n) != LEFT)
+        if not others:
+            return
+        self._gossip_turn = (self._gossip_turn + 1) % len(others)
+        target = others[self._gossip_turn]
+        address = self.membership.address(target)
+        if address:
+            out.actions.append(Send(target, address, gossip))
 
     def _ask_to_join(self, out: _StepOutbox) -> None:
         me = self.membership.me
