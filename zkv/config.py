@@ -172,7 +172,7 @@ def parse_address(v: Any) -> str:
     if not isinstance(v, str):
         raise ValueError(f"must be an address like tcp://10.0.0.1:7400, got {_show(v)}")
     text = v.strip()
-    rest = text[len("tcp://"):] if text.startswith("tcp://") else text
+    rest = text.removeprefix("tcp://")
     host, sep, port = rest.rpartition(":")
     if not sep or not _HOST.fullmatch(host) or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"must be an address like tcp://10.0.0.1:7400, got {_show(v)}")
@@ -181,7 +181,8 @@ def parse_address(v: Any) -> str:
 
 def _seeds(v: Any) -> tuple[str, ...]:
     if not isinstance(v, (list, tuple)):
-        raise ValueError(f"must be a list of addresses like [\"tcp://10.0.0.1:7400\"], got {_show(v)}")
+        raise ValueError('must be a list of addresses like ["tcp://10.0.0.1:7400"], '
+                         f"got {_show(v)}")
     out: list[str] = []
     for i, item in enumerate(v):
         try:

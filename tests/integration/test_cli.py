@@ -1,0 +1,220 @@
+"""The ``zkv`` command against a real local cluster: CRUD, exit codes, status, config errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from typer.testing import CliRunner
+
+from zkv.cli import app
+
+from .clusterproc import (
+    FAST_TIMERS,
+    Cluster,
+    free_base_port,
+    running_cluster,
+    wait_until,
+    zkv,
+)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One 3-node cluster for the tests that leave every node running."""
+    with running_cluster(tmp_path_factory.mktemp("cli") / "cluster", nodes=3) as c:
+        yield c
+
+
+def test_crud_through_the_cli_gives_the_documented_exit_codes(cluster):
+    run = cluster.run
+    assert run("put", "fruit", "apple").returncode == 0
+    got = run("get", "fruit")
+    assert (got.returncode, got.stdout) == (0, b"apple")  # raw bytes, no newline off a tty
+
+    missing = run("get", "no-such-key")
+    assert missing.returncode == 1 and missing.stdout == b""
+    assert missing.stderr == b"zkv: key not found: no-such-key\n"
+
+    assert run("create", "fruit", "plum").returncode == 1  # exists
+    assert run("get", "fruit").stdout == b"apple"
+    assert run("create", "veg", "leek").returncode == 0
+    assert run("update", "veg", "kale").returncode == 0
+    assert run("get", "veg").stdout == b"kale"
+    assert run("update", "nothing", "x").returncode == 1  # not found
+    assert run("delete", "veg").returncode == 0
+    assert run("get", "veg").returncode == 1
+    assert run("delete", "veg").returncode == 1
+
+
+def test_a_dash_value_is_read_from_stdin_as_bytes(cluster):
+    blob = bytes(range(256)) * 4
+    assert cluster.run("put", "blob", "-", stdin=blob).returncode == 0
+    assert cluster.run("get", "blob").stdout == blob
+
+
+def test_every_consistency_level_reads_the_value(cluster):
+    assert cluster.run("put", "levels", "v", "--consistency", "all").returncode == 0
+    for level in ("one", "quorum", "all"):
+        got = cluster.run("get", "levels", "--consistency", level)
+        assert (got.returncode, got.stdout) == (0, b"v")
+
+
+def test_seeds_come_from_the_flag_or_the_environment(cluster, tmp_path):
+    seeds = ",".join(cluster.info()["seeds"])
+    elsewhere = tmp_path / "not-a-cluster"
+    assert zkv("put", "env", "1", "--seeds", seeds, "--data-dir", elsewhere).returncode == 0
+    got = zkv("get", "env", "--data-dir", elsewhere, env={"ZKV_SEEDS": seeds})
+    assert (got.returncode, got.stdout) == (0, b"1")
+
+
+def test_bad_input_exits_2_with_one_line(cluster):
+    cases = [
+        ("put", "", "x"),  # empty key
+        ("put", "k" * 2000, "x"),  # key over the 1 KiB limit
+        ("get", "k", "--seeds", "not an address"),
+        ("get", "k", "--consistency", "most"),
+        ("put", "only-a-key"),  # missing VALUE
+    ]
+    for args in cases:
+        result = cluster.run(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.strip(), args
+    one_line = cluster.run("put", "", "x").stderr.decode()
+    assert one_line.count("\n") == 1 and one_line.startswith("zkv: ")
+
+
+def test_no_cluster_to_talk_to_is_a_usage_error(tmp_path):
+    result = zkv("get", "k", "--data-dir", tmp_path / "nothing")
+    assert result.returncode == 2
+    assert b"--seeds" in result.stderr and b"ZKV_SEEDS" in result.stderr
+
+
+def test_an_unreachable_cluster_exits_3_within_the_timeout():
+    port = free_base_port(3)  # nothing listens there
+    start = time.monotonic()
+    result = zkv("get", "k", "--seeds", f"127.0.0.1:{port}", "--timeout", "0.5")
+    assert result.returncode == 3
+    assert result.stderr.startswith(b"zkv: unavailable")
+    assert time.monotonic() - start < 5
+
+
+def test_locate_prints_three_distinct_nodes_primary_first(cluster):
+    result = cluster.run("locate", "fruit")
+    ids = result.stdout.decode().split()
+    assert result.returncode == 0 and len(ids) == 3 and len(set(ids)) == 3
+    assert set(ids) == {"node-1", "node-2", "node-3"}
+
+
+def test_cluster_status_shows_every_node_with_keys_and_pid(cluster):
+    assert cluster.run("put", "counted", "x").returncode == 0
+    result = cluster.run("cluster", "status")
+    assert result.returncode == 0
+    lines = result.stdout.decode().splitlines()
+    assert lines[1].split() == ["NODE", "ADDRESS", "STATUS", "KEYS", "PID", "UPTIME", "RESTARTS"]
+    info = cluster.info()
+    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    assert set(rows) == {"node-1", "node-2", "node-3"}
+    for node in info["nodes"]:
+        row = rows[node["id"]]
+        assert row[1] == node["address"] and row[2] == "running"
+        assert row[3].isdigit() and int(row[3]) >= 1  # every node replicates every key of 3
+        assert row[4] == str(node["pid"])
+
+
+def test_every_command_has_help():
+    commands = [[], ["put"], ["get"], ["delete"], ["create"], ["update"], ["locate"], ["sim"],
+                ["node"], ["node", "start"], ["node", "stop"], ["node", "kill"], ["cluster"],
+                ["cluster", "up"], ["cluster", "down"], ["cluster", "status"]]
+    runner = CliRunner()
+    for command in commands:
+        result = runner.invoke(app, [*command, "--help"], prog_name="zkv")
+        assert result.exit_code == 0 and "Usage: zkv" in result.output, command
+
+
+def test_a_bad_config_file_stops_the_node_with_one_line_naming_the_field(tmp_path):
+    config = tmp_path / "node.toml"
+    config.write_text('id = "n1"\nport = 7400\n[timers]\nt_fail = "soon"\n')
+    result = zkv("node", "start", "--config", config)
+    assert result.returncode == 2
+    assert result.stderr.decode() == (f"zkv: {config}: timers.t_fail: must be a number of "
+                                      f"seconds greater than 0, got 'soon'\n")
+    config.write_text('id = "n1"\nport = 7400\n')
+    result = zkv("node", "start", "--config", config, "--port", "99999")  # flags are checked too
+    assert result.returncode == 2
+    assert result.stderr.startswith(b"zkv: command line: --port: must be an integer")
+
+
+def test_a_node_started_from_a_config_file_serves_and_stops_on_sigterm(tmp_path):
+    port = free_base_port(3)
+    config = tmp_path / "solo.toml"
+    config.write_text(f'id = "solo"\nport = {port}\ndata_dir = "{tmp_path / "data"}"\n'
+                      f'seeds = ["127.0.0.1:{port}"]   # founds a cluster of one\n'
+                      "[timers]\ngossip_interval = 0.1\nt_fail = 1\nt_remove = 4\n")
+    proc = subprocess.Popen([sys.executable, "-m", "zkv", "node", "start", "--config", config],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        seeds = f"127.0.0.1:{port}"
+        wait_until(lambda: zkv("put", "k", "v", "--seeds", seeds, "--timeout", "0.5")
+                   .returncode == 0, 20, "the node to accept a put")
+        assert zkv("get", "k", "--seeds", seeds).stdout == b"v"
+        assert (tmp_path / "data" / "node.json").exists()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_quorum_ops_fail_with_exit_3_when_two_replicas_are_down(tmp_path):
+    with running_cluster(tmp_path / "cluster", nodes=3) as c:
+        assert c.run("put", "k", "before").returncode == 0
+        replicas = c.run("locate", "k").stdout.decode().split()
+        first, second = replicas[0], replicas[1]
+        assert c.run("node", "kill", first, "--no-restart").returncode == 0
+        assert c.run("node", "kill", second, "--no-restart").returncode == 0
+
+        start = time.monotonic()
+        got = c.run("get", "k", "--timeout", "1")
+        assert got.returncode == 3 and got.stderr.startswith(b"zkv: unavailable")
+        assert c.run("put", "k", "lost?", "--timeout", "1").returncode == 3
+        assert time.monotonic() - start < 8  # each gave up within its timeout (plus start-up)
+
+        assert c.run("node", "start", first).returncode == 0
+        assert c.run("node", "start", second).returncode == 0
+        wait_until(lambda: c.run("get", "k", "--timeout", "1").returncode == 0, 30,
+                   "quorum reads to work again")
+        # The put that failed may or may not have landed: either value is a correct answer.
+        assert c.run("get", "k").stdout in (b"before", b"lost?")
+
+
+def test_sim_prints_a_report_and_exits_0_when_it_passes():
+    result = zkv("sim", "quick", "--seed", "1")
+    assert result.returncode == 0, result.stdout
+    assert b"seed=1" in result.stdout
+    assert zkv("sim", "no-such-scenario").returncode == 2
+
+
+def test_naming_a_node_the_cluster_lacks_is_a_usage_error(cluster):
+    for command in (["node", "kill", "node-9"], ["node", "stop", "node-9"],
+                    ["node", "start", "node-9"]):
+        result = cluster.run(*command)
+        assert result.returncode == 2, command
+        assert result.stderr == (b"zkv: no node 'node-9' in this cluster "
+                                 b"(nodes: node-1, node-2, node-3)\n")
+
+
+def test_the_cli_refuses_a_second_cluster_in_the_same_directory(cluster):
+    result = zkv("cluster", "up", "--nodes", "1", "--data-dir", cluster.data_dir, "--detach",
+                 "--base-port", str(free_base_port(3)), *FAST_TIMERS)
+    assert result.returncode == 2 and b"already running" in result.stderr
+
+
+if os.name != "posix":  # pragma: no cover
+    pytestmark = pytest.mark.skip("needs POSIX signals")

@@ -1,0 +1,162 @@
+"""The client library against real node processes: CRUD, limits, routing, bad frames."""
+
+from __future__ import annotations
+
+import threading
+import urllib.request
+
+import pytest
+import zmq
+
+from zkv.client import Client
+from zkv.core.messages import (
+    ClientReply,
+    ClientRequest,
+    ErrorReply,
+    ReadRequest,
+    decode,
+    encode,
+)
+from zkv.core.ring import Ring
+from zkv.errors import InvalidRequest, KeyExists, KeyNotFound
+
+from .conftest import Cluster
+
+
+def check_crud(kv: Client) -> None:
+    assert kv.get("fruit") is None
+    kv.put("fruit", b"apple")
+    assert kv.get("fruit") == b"apple"
+    kv.put(b"fruit", "pear")  # bytes and str keys name the same key; str values are UTF-8
+    assert kv.get("fruit") == b"pear"
+
+    with pytest.raises(KeyExists):
+        kv.create("fruit", b"plum")
+    assert kv.get("fruit") == b"pear"
+    kv.create("veg", b"leek")
+    assert kv.get("veg") == b"leek"
+
+    kv.update("veg", b"kale")
+    assert kv.get("veg") == b"kale"
+    with pytest.raises(KeyNotFound):
+        kv.update("nothing-here", b"x")
+    assert kv.get("nothing-here") is None
+
+    kv.delete("veg")
+    assert kv.get("veg") is None
+    with pytest.raises(KeyNotFound):
+        kv.delete("veg")
+    with pytest.raises(KeyNotFound):
+        kv.update("veg", b"x")
+    kv.create("veg", b"again")  # a deleted key can be created anew
+    assert kv.get("veg") == b"again"
+
+    kv.put("empty", b"")
+    assert kv.get("empty") == b""
+
+
+def test_crud_on_three_nodes(cluster3: Cluster) -> None:
+    check_crud(cluster3.client())
+
+
+def test_crud_on_five_nodes(cluster_factory) -> None:
+    cluster = cluster_factory(5)
+    with Client(cluster.seeds) as kv:  # one seed is enough to find every node
+        check_crud(kv)
+        assert set(kv.ring()) == set(cluster.nodes)
+
+
+@pytest.mark.parametrize("write_level,read_level", [("all", "one"), ("quorum", "quorum"),
+                                                    ("one", "all")])
+def test_a_write_is_read_back_at_every_consistency_level(cluster3: Cluster, write_level: str,
+                                                         read_level: str) -> None:
+    kv = cluster3.client()
+    key = f"level-{write_level}-{read_level}"
+    kv.put(key, b"v", consistency=write_level)
+    assert kv.get(key, consistency=read_level) == b"v"
+
+
+def test_client_refuses_invalid_requests(cluster3: Cluster) -> None:
+    kv = cluster3.client()
+    for bad in (lambda: kv.put("", b"x"),
+                lambda: kv.get(b"k" * 1025),
+                lambda: kv.put("k", b"v" * (1024 * 1024 + 1)),
+                lambda: kv.get("k", consistency="most"),
+                lambda: kv.put("k", None),
+                lambda: kv.get(42)):
+        with pytest.raises(InvalidRequest):
+            bad()
+    with pytest.raises(InvalidRequest):
+        Client(cluster3.seeds, consistency="some")
+    kv.put(b"k" * 1024, b"v" * (1024 * 1024))  # exactly at both limits is fine
+    assert kv.get(b"k" * 1024) == b"v" * (1024 * 1024)
+
+
+def test_a_node_refuses_what_its_limits_forbid(cluster3: Cluster) -> None:
+    kv = cluster3.client(max_key=4096)  # the client lets it through; the node must not
+    with pytest.raises(InvalidRequest, match="exceeds"):
+        kv.put(b"k" * 2000, b"v")
+
+
+def test_requests_go_straight_to_the_keys_primary(cluster3: Cluster) -> None:
+    kv = cluster3.client()
+    replicas = kv.locate("routed")
+    assert len(replicas) == 3 and set(replicas) == set(cluster3.nodes)
+    assert replicas == list(Ring(cluster3.nodes, 3, 64).locate("routed"))
+    kv.put("routed", b"1")
+    kv.get("routed")
+    primary = cluster3.nodes[replicas[0]]
+    done = [e for e in primary.events("coordinator_done") if e["fields"]["key"] == "routed"]
+    assert [e["fields"]["op"] for e in done] == ["put", "get"]
+
+
+def test_one_client_per_thread(cluster3: Cluster) -> None:
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            with Client(cluster3.seeds) as kv:
+                for i in range(40):
+                    kv.put(f"thread{t}-{i}", b"%d" % i)
+                    assert kv.get(f"thread{t}-{i}") == b"%d" % i
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+
+
+def test_malformed_frames_get_an_error_reply_and_the_node_keeps_serving(
+        cluster3: Cluster) -> None:
+    node = cluster3.nodes["n1"]
+    sock = cluster3.ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(node.address)
+    bad_frames = [
+        [b"\xff\x00 not cbor"],
+        [encode(ClientRequest(1, "get", b"k", None, "quorum", 1000)), b"extra frame"],
+        [b"\x83\x01\x02\x03"],  # CBOR, but a ClientRequest with the wrong field count
+        [encode(ReadRequest(5, b"k"))],  # a peer message from an anonymous client
+    ]
+    try:
+        for frames in bad_frames:
+            sock.send_multipart(frames)
+            assert sock.poll(2000), f"no answer to {frames!r}"
+            reply = decode(sock.recv())
+            assert isinstance(reply, ErrorReply) and reply.reason
+        sock.send(encode(ClientRequest(7, "put", b"k", b"v", "quorum", 1000)))
+        assert sock.poll(2000)
+        reply = decode(sock.recv())
+        assert isinstance(reply, ClientReply) and (reply.req_id, reply.status) == (7, "ok")
+    finally:
+        sock.close()
+    assert node.running
+    metrics = urllib.request.urlopen(node.metrics_url, timeout=5).read().decode()
+    rejected = [line for line in metrics.splitlines()
+                if line.startswith("zkv_rejected_frames_total ")]
+    assert rejected and float(rejected[0].split()[1]) >= len(bad_frames)
+    assert "zkv_requests_total{" in metrics and "zkv_keys_stored " in metrics

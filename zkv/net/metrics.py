@@ -1,0 +1,106 @@
+"""Prometheus metrics of one node process, on its own registry.
+
+The node loop owns the node and its store, and the HTTP server answers on
+another thread, so the server never calls into them: counters kept by the core
+are read as plain integers (atomic under the GIL), and anything that needs the
+store or the membership table (keys stored, members by status) is sampled by
+the loop itself every ``refresh`` call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+MEMBER_STATUSES = ("alive", "down", "removed", "left")
+
+
+class NodeMetrics:
+    """What one node exports; ``observe_event`` is the only call on the request path."""
+
+    def __init__(self, counters: Callable[[], dict[str, int]]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("zkv_requests", "Client operations coordinated by this node, "
+                                "by outcome", ["op", "status"], registry=self.registry)
+        self.latency = Histogram("zkv_request_latency_seconds", "Time from a client request "
+                                 "reaching this coordinator to its answer", ["op"],
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._request_children: dict[tuple[str, str], Any] = {}
+        self._latency_children: dict[str, Any] = {}
+        self.keys_stored = 0
+        self.members: dict[str, int] = dict.fromkeys(MEMBER_STATUSES, 0)
+        self.settling_rings = 0
+        self.registry.register(_Sampled(self, counters))
+        ProcessCollector(registry=self.registry)
+        self._server: Any = None
+
+    def observe_event(self, kind: str, fields: dict[str, Any]) -> None:
+        if kind != "coordinator_done":
+            return
+        op = fields.get("op", "?")
+        status = fields.get("status", "?")
+        child = self._request_children.get((op, status))
+        if child is None:
+            child = self._request_children[(op, status)] = self.requests.labels(op, status)
+        child.inc()
+        hist = self._latency_children.get(op)
+        if hist is None:
+            hist = self._latency_children[op] = self.latency.labels(op)
+        hist.observe(fields.get("latency") or 0.0)
+
+    def refresh(self, keys_stored: int, members: dict[str, int], settling_rings: int) -> None:
+        """Called by the node loop (the only thread that may touch the store)."""
+        self.keys_stored = keys_stored
+        self.members = {**dict.fromkeys(MEMBER_STATUSES, 0), **members}
+        self.settling_rings = settling_rings
+
+    def serve(self, host: str, port: int) -> None:
+        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class _Sampled(Collector):
+    """Metrics read at scrape time from integers the loop keeps current."""
+
+    def __init__(self, metrics: NodeMetrics, counters: Callable[[], dict[str, int]]) -> None:
+        self.metrics = metrics
+        self.counters = counters
+
+    def collect(self) -> Iterator[Metric]:
+        c = self.counters()
+        m = self.metrics
+        yield CounterMetricFamily("zkv_rejected_frames", "Frames or messages refused as "
+                                  "malformed or unexpected", value=c["rejected_frames"])
+        yield CounterMetricFamily("zkv_checksum_failures", "Stored records that failed their "
+                                  "checksum when read", value=c["checksum_failures"])
+        yield CounterMetricFamily("zkv_handoff_records", "Records pushed to other replicas by "
+                                  "stabilization and anti-entropy", value=c["handoff_records"])
+        yield CounterMetricFamily("zkv_dropped_messages", "Outgoing messages dropped because a "
+                                  "peer's queue was full", value=c["dropped_messages"])
+        yield CounterMetricFamily("zkv_step_errors", "Events whose handling raised an "
+                                  "exception (a bug)", value=c["step_errors"])
+        yield CounterMetricFamily("zkv_withheld_messages", "Replies and acknowledgements not "
+                                  "sent because the store dropped the turn's writes",
+                                  value=c["withheld_messages"])
+        yield GaugeMetricFamily("zkv_keys_stored", "Records (values and tombstones) this "
+                                "replica holds", value=m.keys_stored)
+        yield GaugeMetricFamily("zkv_ops_in_flight", "Client operations this node is "
+                                "coordinating", value=c["ops_in_flight"])
+        yield GaugeMetricFamily("zkv_settling_rings", "Earlier rings still counted in quorums "
+                                "after a ring change", value=m.settling_rings)
+        members = GaugeMetricFamily("zkv_members", "Cluster members this node knows, by status",
+                                    labels=["status"])
+        for status, count in m.members.items():
+            members.add_metric([status], count)
+        yield members

@@ -1,0 +1,567 @@
+"""The ZeroMQ driver: one OS process runs one ``Node`` over real sockets and LMDB.
+
+Sockets (ports from ``zkv.config``):
+
+- ROUTER bound on ``port``: requests from clients and messages from peers. A
+  peer's frames carry its node id as identity (``ROUTER_HANDOVER`` lets a
+  restarted peer take its identity over); a client's carry ZeroMQ's own.
+- PUB bound on ``port + 1``: this node's gossip.
+- SUB connected to the PUB of every member the node wants gossip from
+  (``Node.subscriptions()``), reconciled after every loop turn.
+- One DEALER per peer address, identity = this node's id, for point-to-point
+  messages. Sends never block: a message to a peer whose queue is full is
+  dropped, and the protocol resends what matters.
+
+One loop turn: wait for a frame or the node's next timer; drain every ready
+frame (up to a cap) and the due timers through ``Node.step``; commit the store
+once (one LMDB transaction, one fsync: group commit); then send. A message
+that acknowledges or reveals stored data (a write or hand-off ack, a read
+reply, a client reply) therefore never leaves before the write behind it is
+durable, and SIGKILL at any moment loses no acknowledged write. Requests that
+acknowledge nothing (``ReadRequest``, ``WriteRequest``) go out before the
+commit, so a coordinator's own fsync overlaps its replicas' work.
+
+SIGTERM or SIGINT: the node announces it is leaving, finishes the operations it
+coordinates (up to ``shutdown_grace`` seconds), commits, closes, exits 0.
+
+Besides the event log (``events.jsonl``) the node keeps ``node.json`` in its
+data directory: id, addresses, pid, incarnation and status (``ready`` once the
+sockets are bound and the loop runs, ``stopped`` after a clean exit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from zkv.config import (
+    ConfigError,
+    NodeSettings,
+    gossip_address,
+    load_settings,
+    node_address,
+)
+from zkv.core.actions import (
+    Action,
+    ClientCall,
+    Deliver,
+    Event,
+    Input,
+    Publish,
+    Reply,
+    Send,
+    Shutdown,
+    Tick,
+)
+from zkv.core.messages import (
+    ClientRequest,
+    DecodeError,
+    ErrorReply,
+    Gossip,
+    ReadRequest,
+    RingQuery,
+    WriteRequest,
+    decode,
+    encode,
+)
+from zkv.core.node import Node
+from zkv.net.eventlog import EventLog
+from zkv.net.metrics import NodeMetrics
+from zkv.storage.base import Store, StoreFull
+
+STORE_DIR = "store"
+NODE_FILE = "node.json"
+
+DRAIN_CAP = 1000  # frames taken from one socket per loop turn
+PEER_SNDHWM = 1000  # messages queued to one peer before new ones are dropped
+MAX_POLL = 1.0  # seconds; the loop also wakes this often to sample metrics
+PUB_LINGER_MS = 500  # time to flush the last ("left") gossip at exit
+
+# Messages that acknowledge nothing and carry no record read from this node's
+# uncommitted writes, so they may leave before the turn's commit.
+_BEFORE_COMMIT = (ReadRequest, WriteRequest)
+_CLIENT_MESSAGES = (ClientRequest, RingQuery)
+
+
+def store_path(data_dir: Path | str) -> Path:
+    """Where a node keeps its LMDB environment inside its data directory."""
+    return Path(data_dir) / STORE_DIR
+
+
+def open_store(settings: NodeSettings) -> Store:
+    from zkv.storage.lmdb_store import LmdbStore
+
+    return LmdbStore(store_path(settings.data_dir), map_size=settings.map_size,
+                     max_map_size=settings.max_map_size, sync=settings.sync)
+
+
+class StartupError(Exception):
+    """The node cannot start (a port is taken, the store cannot open); says why."""
+
+
+class NodeProcess:
+    """A node, its sockets, store, event log and metrics; ``run()`` is the loop."""
+
+    def __init__(self, settings: NodeSettings, store: Store | None = None) -> None:
+        self.settings = settings
+        self.data_dir = Path(settings.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = dataclasses.replace(settings.node, wall_offset=time.time() - time.monotonic())
+        self.node_id = config.node_id
+        self.identity = config.node_id.encode()
+        self.events = EventLog(self.data_dir, config.node_id, settings.event_log_max_bytes)
+        self.ctx = zmq.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.dealers: dict[str, zmq.Socket] = {}
+        self.subscribed: set[str] = set()
+        self.metrics: NodeMetrics | None = None
+        self.store: Store | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self.rejected_frames = 0  # frames refused before reaching the node
+        self.dropped_messages = 0
+        self.step_errors = 0
+        self.withheld_messages = 0  # replies and acks not sent: their writes were lost
+        self._turn_failed = False
+        self.stop_requested = False
+        try:
+            self._bind()
+            self.store = store if store is not None else self._open_store()
+            try:
+                self.node = Node(config, self.store, time.monotonic())
+            except Exception as exc:  # a bad config field, an unreadable meta record
+                raise StartupError(f"cannot start the node: {exc}") from exc
+            self._start_metrics()
+        except BaseException:
+            self.close()
+            raise
+        for seed in config.seeds:
+            if seed != config.address:
+                self._dealer(seed)
+
+    # ----------------------------------------------------------------- setup
+
+    def _bind(self) -> None:
+        s = self.settings
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.pub.setsockopt(zmq.LINGER, PUB_LINGER_MS)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        for sock, port, what in ((self.router, s.port, "request"),
+                                 (self.pub, s.gossip_port, "gossip")):
+            try:
+                sock.bind(node_address(s.host, port))
+            except zmq.ZMQError as exc:
+                raise StartupError(f"cannot bind the {what} socket on "
+                                   f"{node_address(s.host, port)}: {exc}") from None
+
+    def _open_store(self) -> Store:
+        try:
+            return open_store(self.settings)
+        except Exception as exc:
+            raise StartupError(f"cannot open the store in {store_path(self.data_dir)}: "
+                               f"{exc}") from None
+
+    def _start_metrics(self) -> None:
+        port = self.settings.effective_metrics_port
+        metrics = NodeMetrics(self._counters)
+        if port is not None:
+            try:
+                metrics.serve(self.settings.host, port)
+            except OSError as exc:
+                raise StartupError(f"cannot serve metrics on {self.settings.host}:{port}: "
+                                   f"{exc}") from None
+        self.metrics = metrics
+
+    def _counters(self) -> dict[str, int]:
+        node = self.node
+        store = self.store
+        return {
+            "rejected_frames": self.rejected_frames + node.rejected_frames,
+            "checksum_failures": store.corrupt_reads if store is not None else 0,
+            "handoff_records": node.stabilizer.moved,
+            "dropped_messages": self.dropped_messages,
+            "step_errors": self.step_errors,
+            "withheld_messages": self.withheld_messages,
+            "ops_in_flight": len(node.coordinator.ops),
+        }
+
+    def _dealer(self, address: str) -> zmq.Socket:
+        sock = self.dealers.get(address)
+        if sock is None:
+            sock = self.ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.IDENTITY, self.identity)
+            sock.setsockopt(zmq.LINGER, 0)
+            # Messages queue (up to SNDHWM) while the connection is being made or remade:
+            # a JoinRequest sent at start-up must not be lost to connection set-up, as the
+            # core sends it only until the first gossip arrives (see Node._ask_to_join). A
+            # restarted peer may then get a burst of old messages, which the protocol
+            # tolerates (idempotent, versioned) like any delayed message.
+            sock.setsockopt(zmq.SNDHWM, PEER_SNDHWM)
+            sock.setsockopt(zmq.RCVHWM, 16)  # peers never answer on it; bound the waste
+            sock.connect(address)
+            self.dealers[address] = sock
+        return sock
+
+    # ----------------------------------------------------------------- the loop
+
+    def run(self) -> int:
+        node = self.node
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.sub, zmq.POLLIN)
+        poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        self._reconcile()
+        self._write_node_file("ready")
+        self._log("ready", {"address": self.settings.address, "pid": os.getpid(),
+                            "incarnation": node.incarnation})
+        self.events.flush()
+        grace_end: float | None = None
+        quiet_after = 0.0
+        next_sample = 0.0
+        router, sub, wake = self.router, self.sub, self._wake_r.fileno()
+        while True:
+            now = time.monotonic()
+            wait = min(max(node.next_wakeup() - now, 0.0), MAX_POLL)
+            ready = dict(poller.poll(math.ceil(wait * 1000)))
+            actions: list[Action] = []
+            if router in ready:
+                self._drain_router(actions)
+            if sub in ready:
+                self._drain_sub(actions)
+            if wake in ready:
+                self._drain_wakeups()
+            now = time.monotonic()
+            if self.stop_requested and grace_end is None:
+                grace_end = now + self.settings.shutdown_grace
+                quiet_after = now + min(self.settings.shutdown_grace,
+                                        2 * node.config.gossip_interval)
+                self._step(Shutdown(), now, actions)
+            if now >= node.next_wakeup():
+                self._step(Tick(), now, actions)
+            self._apply(actions)
+            self._reconcile()
+            if now >= next_sample:
+                next_sample = now + MAX_POLL
+                self._sample()
+            if grace_end is not None and (now >= grace_end or (
+                    now >= quiet_after and not node.coordinator.ops)):
+                break
+        return self._finish()
+
+    def _drain_router(self, actions: list[Action]) -> None:
+        router = self.router
+        for _ in range(DRAIN_CAP):
+            try:
+                frames = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                self._reject(frames[0], f"expected one frame, got {len(frames) - 1}")
+                continue
+            identity, payload = frames
+            try:
+                message = decode(payload)
+            except DecodeError as exc:
+                self._reject(identity, str(exc))
+                continue
+            if isinstance(message, _CLIENT_MESSAGES):
+                event: Input = ClientCall(identity, message)
+            else:
+                sender = _peer_id(identity)
+                if sender is None:
+                    self._reject(identity, f"{type(message).__name__} is a peer message; "
+                                           "clients may send ClientRequest and RingQuery")
+                    continue
+                event = Deliver(sender, message)
+            self._step(event, time.monotonic(), actions)
+
+    def _drain_sub(self, actions: list[Action]) -> None:
+        sub = self.sub
+        for _ in range(DRAIN_CAP):
+            try:
+                frames = sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                if len(frames) != 1:
+                    raise DecodeError(f"gossip must be one frame, got {len(frames)}")
+                message = decode(frames[0])
+                if not isinstance(message, Gossip):
+                    raise DecodeError(f"{type(message).__name__} on the gossip channel")
+            except DecodeError as exc:
+                self.rejected_frames += 1
+                self._log("rejected_frame", {"channel": "gossip", "reason": str(exc)})
+                continue
+            self._step(Deliver(message.sender, message), time.monotonic(), actions)
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def _reject(self, identity: bytes, reason: str) -> None:
+        self.rejected_frames += 1
+        self._log("rejected_frame", {"channel": "request", "reason": reason})
+        try:
+            self.router.send_multipart([identity, encode(ErrorReply(-1, reason))], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+    def _step(self, event: Input, now: float, actions: list[Action]) -> None:
+        try:
+            actions.extend(self.node.step(event, now))
+        except Exception as exc:  # a bug in the core: report it loudly, keep serving
+            self.step_errors += 1
+            self._turn_failed = True
+            self._log("step_error", {"event": type(event).__name__,
+                                     "message": type(getattr(event, "message", None)).__name__,
+                                     "error": repr(exc)})
+            traceback.print_exc(file=sys.stderr)
+
+    def _apply(self, actions: list[Action]) -> None:
+        """Commit, then send: the order that makes every acknowledgement durable."""
+        if not actions:
+            return
+        ts = time.time()
+        after: list[Action] = []
+        # A store that refuses a write (StoreFull) drops every write since the last
+        # commit, including earlier steps' of this turn whose acknowledgements are
+        # queued here; a step that raised may have left the same. Then nothing of
+        # the turn that acknowledges or reveals a write may leave.
+        writes_lost = self._turn_failed
+        self._turn_failed = False
+        for action in actions:
+            if type(action) is Send:
+                if isinstance(action.message, _BEFORE_COMMIT):
+                    self._send(action.address, encode(action.message))
+                else:
+                    after.append(action)
+            elif type(action) is Event:
+                self._log(action.kind, action.fields, ts)
+                if action.kind == "store_full":
+                    writes_lost = True
+                if self.metrics is not None:
+                    self.metrics.observe_event(action.kind, action.fields)
+            else:
+                after.append(action)
+        try:
+            self.store.commit()
+        except StoreFull as exc:
+            self._log("store_full", {"detail": str(exc)}, ts)
+            writes_lost = True
+        if writes_lost:
+            withheld = [a for a in after if type(a) is not Publish]
+            after = [a for a in after if type(a) is Publish]
+            self.withheld_messages += len(withheld)
+            self._log("acks_withheld", {"messages": len(withheld)}, ts)
+        self.events.flush()  # the log shows an outcome before anyone hears of it
+        for action in after:
+            if type(action) is Send:
+                self._send(action.address, encode(action.message))
+            elif type(action) is Reply:
+                client = action.client
+                if isinstance(client, str):
+                    client = client.encode()
+                try:
+                    self.router.send_multipart([client, encode(action.message)], zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    self.dropped_messages += 1
+            elif type(action) is Publish:
+                try:
+                    self.pub.send(encode(action.message), zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    self.dropped_messages += 1
+
+    def _send(self, address: str, payload: bytes) -> None:
+        try:
+            self._dealer(address).send(payload, zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped_messages += 1
+
+    def _reconcile(self) -> None:
+        """Follow the members' gossip and keep one DEALER per member."""
+        wanted = self.node.subscriptions()
+        if wanted == self.subscribed:
+            return
+        for address in wanted - self.subscribed:
+            self.sub.connect(gossip_address(address))
+            self._dealer(address)
+        keep = wanted | set(self.node.config.seeds)
+        for address in self.subscribed - wanted:
+            try:
+                self.sub.disconnect(gossip_address(address))
+            except zmq.ZMQError:
+                pass
+            if address not in keep:
+                sock = self.dealers.pop(address, None)
+                if sock is not None:
+                    sock.close(0)
+        self.subscribed = wanted
+
+    def _sample(self) -> None:
+        if self.metrics is None:
+            return
+        members: dict[str, int] = {}
+        for member in self.node.membership.members.values():
+            members[member.status] = members.get(member.status, 0) + 1
+        self.metrics.refresh(len(self.store), members, len(self.node.settling))
+
+    def _log(self, kind: str, fields: dict[str, Any], ts: float | None = None) -> None:
+        self.events.append(kind, fields, time.time() if ts is None else ts)
+
+    def _write_node_file(self, status: str) -> None:
+        s = self.settings
+        port = s.effective_metrics_port
+        info = {
+            "id": self.node_id,
+            "address": s.address,
+            "gossip": gossip_address(s.address),
+            "metrics": f"http://{s.host}:{port}/metrics" if port is not None else None,
+            "pid": os.getpid(),
+            "data_dir": str(self.data_dir),
+            "incarnation": self.node.incarnation,
+            "status": status,
+            "updated": time.time(),
+        }
+        tmp = self.data_dir / (NODE_FILE + ".tmp")
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        os.replace(tmp, self.data_dir / NODE_FILE)
+
+    # ----------------------------------------------------------------- stopping
+
+    def request_stop(self) -> None:
+        """Begin a graceful stop (safe from a signal handler)."""
+        self.stop_requested = True
+
+    def _finish(self) -> int:
+        self.store.commit()
+        self._log("stopped", {"pid": os.getpid()})
+        self._write_node_file("stopped")
+        self.close()
+        return 0
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+        for sock in self.dealers.values():
+            sock.close(0)
+        self.dealers.clear()
+        self.router.close(0)
+        self.sub.close(0)
+        self.pub.close()  # lingers briefly so the last gossip ("left") goes out
+        self.ctx.term()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        self.events.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+def _peer_id(identity: bytes) -> str | None:
+    """The node id a peer connected with, or None for an anonymous client (ZeroMQ
+    names those with a leading zero byte, which no chosen identity may have)."""
+    if identity[:1] == b"\0":
+        return None
+    try:
+        return identity.decode()
+    except UnicodeDecodeError:
+        return None
+
+
+def serve(settings: NodeSettings) -> int:
+    """Run one node until SIGTERM/SIGINT; returns the process exit code (0 on a clean stop)."""
+    try:
+        process = NodeProcess(settings)
+    except StartupError as exc:
+        print(f"zkv node {settings.node.node_id}: {exc}", file=sys.stderr)
+        return 1
+    previous: dict[int, Any] = {}
+    old_wakeup = None
+    in_main = _in_main_thread()
+    if in_main:
+        def on_signal(signum: int, frame: Any) -> None:
+            process.request_stop()
+
+        process._wake_w.setblocking(False)
+        old_wakeup = signal.set_wakeup_fd(process._wake_w.fileno(), warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, on_signal)
+    try:
+        return process.run()
+    finally:
+        if in_main:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            signal.set_wakeup_fd(old_wakeup if old_wakeup is not None else -1)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def settings_from_args(argv: list[str] | None = None) -> NodeSettings:
+    """NodeSettings from ``--config FILE`` and/or flags, checked by ``zkv.config``."""
+    p = argparse.ArgumentParser(prog="python -m zkv.net.runtime",
+                                description="Run one zkv node in the foreground.")
+    p.add_argument("--config", type=Path, help="TOML file; flags override it")
+    p.add_argument("--id", help="node id, unique in the cluster")
+    p.add_argument("--host", help="address others reach this node at (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="request port; gossip uses port+1, metrics port+2")
+    p.add_argument("--data-dir", help="LMDB store, event log and node.json")
+    p.add_argument("--seeds", help="comma-separated seed addresses")
+    p.add_argument("--metrics-port", type=int, help="0 disables metrics")
+    p.add_argument("--no-sync", dest="sync", action="store_const", const=False,
+                   help="do not fsync each group commit (unsafe: for benchmarks)")
+    p.add_argument("--event-log-max-bytes", type=int,
+                   help="rotate events.jsonl past this size")
+    p.add_argument("--map-size", help="initial LMDB map size, e.g. 64MiB")
+    p.add_argument("--max-map-size", help="largest the LMDB map may grow, e.g. 64GiB")
+    for name in ("replicas", "vnodes"):
+        p.add_argument(f"--{name}", type=int)
+    for name in ("gossip_interval", "t_fail", "t_remove", "t_transition", "retry_interval",
+                 "anti_entropy_interval", "default_timeout", "tombstone_grace",
+                 "shutdown_grace"):
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=float, metavar="SECONDS")
+    args = vars(p.parse_args(argv))
+    path = args.pop("config")
+    log_max = args.pop("event_log_max_bytes")
+    try:
+        settings = load_settings(path, args)
+    except ConfigError as exc:
+        p.error(str(exc))
+    if log_max is not None:
+        settings = dataclasses.replace(settings, event_log_max_bytes=log_max)
+    return settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(serve(settings_from_args(argv)))
+
+
+if __name__ == "__main__":
+    main()
