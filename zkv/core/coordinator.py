@@ -129,10 +129,11 @@ class Coordinator:
             elif now - op.sent_at >= retry_interval:
                 self._send_phase(op, now, out, resend=True)
 
-    def next_deadline(self) -> float | None:
+    def next_wakeup(self, retry_interval: float) -> float | None:
+        """When the next deadline expires or the next resend is due."""
         if not self.ops:
             return None
-        return min(min(op.deadline, op.sent_at) for op in self.ops.values())
+        return min(min(op.deadline, op.sent_at + retry_interval) for op in self.ops.values())
 
     # ----------------------------------------------------------------- phases
 
@@ -198,6 +199,8 @@ class Coordinator:
     def _late_read(self, sender: str, msg: ReadReply, op: Operation | None, out: Outbox) -> None:
         """A replica answered after the read was decided: repair it if it is behind."""
         if op is not None:
+            if op.phase != REPAIR:
+                return  # a write phase already sends its record to every target
             newest = op.record
         else:
             recent = self._recent_reads.get(msg.op_id)

@@ -135,9 +135,9 @@ class Node:
     def next_wakeup(self) -> float:
         times = [self._next_gossip, self._next_check, self._next_anti_entropy,
                  self._next_tombstone_gc]
-        deadline = self.coordinator.next_deadline()
-        if deadline is not None:
-            times.append(deadline + self.config.retry_interval)
+        due = self.coordinator.next_wakeup(self.config.retry_interval)
+        if due is not None:
+            times.append(due)
         if self.stabilizer.batches:
             times.append(min(b.sent_at for b in self.stabilizer.batches.values())
                          + self.config.retry_interval)

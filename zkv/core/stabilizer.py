@@ -23,6 +23,9 @@ from zkv.storage.base import Store
 from zkv.storage.record import Record
 
 
+BATCH_BYTES = 4 * 1024 * 1024
+
+
 def _entry_hash(key: bytes, record: Record) -> int:
     v = record.version
     data = b"%s\x00%d\x00%d\x00%s" % (key, v.wall_ms, v.counter, v.node_id.encode())
@@ -73,12 +76,25 @@ class Stabilizer:
 
     def _push(self, target: str, records: list[tuple[bytes, Record]], now: float, out: Outbox,
               strays: bool) -> None:
-        for i in range(0, len(records), self.batch_size):
+        for chunk in self._chunks(records):
             self._next += 1
-            chunk = records[i:i + self.batch_size]
             self.batches[self._next] = Batch(target, chunk, now, strays)
             out.send(target, Handoff(self._next, chunk))
             self.moved += len(chunk)
+
+    def _chunks(self, records: list[tuple[bytes, Record]]):
+        """Batches of at most ``batch_size`` records and about BATCH_BYTES (one frame each)."""
+        chunk: list[tuple[bytes, Record]] = []
+        size = 0
+        for key, record in records:
+            weight = len(key) + len(record.value) + 32
+            if chunk and (len(chunk) >= self.batch_size or size + weight > BATCH_BYTES):
+                yield chunk
+                chunk, size = [], 0
+            chunk.append((key, record))
+            size += weight
+        if chunk:
+            yield chunk
 
     def collect_strays(self, ring: Ring, now: float, out: Outbox) -> None:
         """Hand each copy this node does not own to its owners, to drop it on their acks."""
