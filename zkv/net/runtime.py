@@ -222,7 +222,6 @@ class NodeProcess:
     # ----------------------------------------------------------------- the loop
 
     def run(self) -> int:
-        node = self.node
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.sub, zmq.POLLIN)
@@ -230,13 +229,14 @@ class NodeProcess:
         self._reconcile()
         self._write_node_file("ready")
         self._log("ready", {"address": self.settings.address, "pid": os.getpid(),
-                            "incarnation": node.incarnation})
+                            "incarnation": self.node.incarnation})
         self.events.flush()
         grace_end: float | None = None
         quiet_after = 0.0
         next_sample = 0.0
         router, sub, wake = self.router, self.sub, self._wake_r.fileno()
         while True:
+            node = self.node  # replaced when a lost turn forces a reboot
             now = time.monotonic()
             wait = min(max(node.next_wakeup() - now, 0.0), MAX_POLL)
             ready = dict(poller.poll(math.ceil(wait * 1000)))
@@ -373,6 +373,7 @@ class NodeProcess:
             after = [a for a in after if type(a) is Publish]
             self.withheld_messages += len(withheld)
             self._log("acks_withheld", {"messages": len(withheld)}, ts)
+            self._reboot_node()
         self.events.flush()  # the log shows an outcome before anyone hears of it
         for action in after:
             if type(action) is Send:
@@ -390,6 +391,21 @@ class NodeProcess:
                     self.pub.send(encode(action.message), zmq.NOBLOCK)
                 except zmq.ZMQError:
                     self.dropped_messages += 1
+
+    def _reboot_node(self) -> None:
+        """Start the node afresh from its store, as after a crash.
+
+        The lost turn's writes are gone, yet the node's memory (say, a coordinator
+        that counted its own write) still believes in them; forgetting that memory
+        is what a crash does, and the protocol is built to survive crashes.
+        """
+        config = self.node.config
+        try:
+            self.node = Node(config, self.store, time.monotonic())
+        except StoreFull as exc:  # not even the incarnation fits: keep the old memory
+            self._log("reboot_failed", {"detail": str(exc)})
+            return
+        self._log("rebooted", {"incarnation": self.node.incarnation})
 
     def _send(self, address: str, payload: bytes) -> None:
         try:
