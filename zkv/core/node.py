@@ -198,7 +198,10 @@ class Node:
 
     def _on_peer(self, sender: str, msg: Message, now: float, out: _StepOutbox) -> None:
         if isinstance(msg, ReadRequest):
-            out.send(sender, ReadReply(msg.op_id, msg.key, self.store.get(msg.key)))
+            record = self.store.get(msg.key)
+            out.event("replica_read", key=msg.key, op_id=msg.op_id,
+                      version=list(record.version) if record else None)
+            out.send(sender, ReadReply(msg.op_id, msg.key, record))
         elif isinstance(msg, WriteRequest):
             self._replica_write(sender, msg, out)
         elif isinstance(msg, ReadReply):
