@@ -49,6 +49,7 @@ class Operation:
     record: Record | None = None  # what the repair or write phase stores
     outcome: tuple[str, bytes | None] = ("ok", None)
     sent_at: float = 0.0
+    resends: int = 0  # of the current phase; each waits twice as long as the last
 
 
 class Coordinator:
@@ -126,18 +127,20 @@ class Coordinator:
                 self._finish(op, "unavailable", None, now, out,
                              detail=f"{op.request.consistency} not reached in time "
                                     f"({got} of {len(op.tracker.targets)} answered)")
-            elif now - op.sent_at >= retry_interval:
-                self._send_phase(op, now, out, resend=True)
+            elif now >= op.sent_at + _backoff(retry_interval, op.resends):
+                op.resends += 1
+                self._send_phase(op, now, out)
 
     def next_wakeup(self, retry_interval: float) -> float | None:
         """When the next deadline expires or the next resend is due."""
         if not self.ops:
             return None
-        return min(min(op.deadline, op.sent_at + retry_interval) for op in self.ops.values())
+        return min(min(op.deadline, op.sent_at + _backoff(retry_interval, op.resends))
+                   for op in self.ops.values())
 
     # ----------------------------------------------------------------- phases
 
-    def _send_phase(self, op: Operation, now: float, out: Outbox, resend: bool = False) -> None:
+    def _send_phase(self, op: Operation, now: float, out: Outbox) -> None:
         op.sent_at = now
         key = op.request.key
         if op.phase == READ:
@@ -173,6 +176,7 @@ class Coordinator:
                 op.record = Record(version, False, op.request.value or b"")
             op.phase = WRITE
             op.outcome = ("ok", None)
+            op.resends = 0
             self._send_phase(op, now, out)
 
     def _read_outcome(self, op: Operation, newest: Record | None,
@@ -186,6 +190,7 @@ class Coordinator:
             self._finish(op, *outcome, now, out)
             return
         op.phase = REPAIR
+        op.resends = 0
         op.record = newest
         op.outcome = outcome
         op.acks = {n for n, r in op.reads.items() if _version(r) == newest.version}
@@ -223,6 +228,11 @@ class Coordinator:
 
     def _wall_ms(self, now: float) -> int:
         return int((now + self.wall_offset) * 1000)
+
+
+def _backoff(retry_interval: float, resends: int) -> float:
+    """Resend delays double, so a busy cluster is not buried under its own resends."""
+    return retry_interval * (1 << min(resends, 4))
 
 
 def _version(record: Record | None) -> tuple:

@@ -107,6 +107,7 @@ class Node:
         self._coordinate_from = now + config.t_fail if self.joined else float("inf")
         self._isolated = False
         self._gossip_turn = 0
+        self._anti_entropy_skipped = 0
         self.rejected_frames = 0
         self._next_gossip = now
         self._next_check = now + config.gossip_interval
@@ -214,7 +215,7 @@ class Node:
             self._on_join(msg.member, now, out)
         elif isinstance(msg, Handoff):
             try:
-                self.stabilizer.on_handoff(sender, msg, out)
+                self.stabilizer.on_handoff(sender, msg, self.ring, out)
             except StoreFull as exc:
                 out.event("store_full", detail=str(exc))
         elif isinstance(msg, HandoffAck):
@@ -229,7 +230,7 @@ class Node:
             self._on_client(sender, msg, now, out)
         else:
             self.rejected_frames += 1
-            out.event("rejected_message", sender=sender, kind=type(msg).__name__)
+            out.event("rejected_message", sender=sender, message=type(msg).__name__)
 
     def _replica_write(self, sender: str, msg: WriteRequest, out: _StepOutbox) -> None:
         self.clock.observe(msg.record.version)
@@ -316,7 +317,12 @@ class Node:
         self.stabilizer.resend(now, cfg.retry_interval, self.ring, out)
         if now >= self._next_anti_entropy:
             self._next_anti_entropy = now + cfg.anti_entropy_interval
-            if self.joined and not self.settling:
+            # A round walks the whole store: put it off while clients keep us busy,
+            # but never more than a few rounds in a row.
+            if self.coordinator.ops and self._anti_entropy_skipped < 4:
+                self._anti_entropy_skipped += 1
+            elif self.joined and not self.settling:
+                self._anti_entropy_skipped = 0
                 self.stabilizer.collect_strays(self.ring, now, out)
                 alive = {n for n in self.ring.nodes if self.membership.alive(n)}
                 self.stabilizer.start_round(self.ring, alive, out)

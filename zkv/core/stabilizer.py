@@ -117,9 +117,15 @@ class Stabilizer:
 
     # ----------------------------------------------------------------- messages
 
-    def on_handoff(self, sender: str, msg: Handoff, out: Outbox) -> None:
-        changed = sum(merge(self.store, key, record) for key, record in msg.records)
-        if changed:
+    def on_handoff(self, sender: str, msg: Handoff, ring: Ring, out: Outbox) -> None:
+        changed = 0
+        for key, record in msg.records:
+            if merge(self.store, key, record):
+                changed += 1
+                if self.node_id not in ring.locate(key):
+                    # A sender with another view of the ring handed us a key we do
+                    # not own: pass it on to its owners later.
+                    self.strays_possible = True
             out.event("handoff_merged", sender=sender, records=len(msg.records), changed=changed)
         out.send(sender, HandoffAck(msg.batch_id))
 
