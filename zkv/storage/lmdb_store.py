@@ -273,19 +273,7 @@ class LmdbStore:
 
     def _decode(self, skey: bytes, raw: bytes | memoryview) -> tuple[bytes, Record] | None:
         """(key, record) from a stored value, or None if it is corrupt."""
-        payload = _unframe(skey, raw)
-        if payload is None:
-            return None
-        try:
-            fields = cbor2.loads(payload)
-            if len(skey) != _LONG_KEY_LEN:
-                return skey, Record.decode(fields)
-            key = fields[0]
-            if not (isinstance(key, bytes) and storage_key(key) == skey):
-                return None
-            return key, Record.decode(fields[1:])
-        except Exception:  # a payload that passed its CRC yet does not decode
-            return None
+        return _decode_stored(skey, raw)
 
     def _count_corrupt(self, key: bytes) -> None:
         self.corrupt_reads += 1
@@ -432,6 +420,57 @@ class LmdbStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _decode_stored(skey: bytes, raw: bytes | memoryview) -> tuple[bytes, Record] | None:
+    """(key, record) from a stored value, or None if it is corrupt."""
+    payload = _unframe(skey, raw)
+    if payload is None:
+        return None
+    try:
+        fields = cbor2.loads(payload)
+        if len(skey) != _LONG_KEY_LEN:
+            return skey, Record.decode(fields)
+        key = fields[0]
+        if not (isinstance(key, bytes) and storage_key(key) == skey):
+            return None
+        return key, Record.decode(fields[1:])
+    except Exception:  # a payload that passed its CRC yet does not decode
+        return None
+
+
+def read_records(path: str | Path, corrupt: list[bytes] | None = None) -> dict[bytes, Record]:
+    """Every record of the store at ``path``, read in one read-only snapshot.
+
+    Safe while the node that owns the store is running in another process: the
+    environment is opened read-only, with LMDB's lock file, so the reader sees
+    one committed state and never blocks or disturbs the writer. (LMDB forbids a
+    second open in the process that holds the store open.)
+    Corrupt records are left out; pass ``corrupt`` to collect their storage keys.
+    A path that holds no store yet reads as empty.
+    """
+    path = Path(path)
+    if not (path / "data.mdb").exists():
+        return {}
+    env = lmdb.open(str(path), readonly=True, lock=True, max_dbs=4, readahead=False,
+                    create=False)
+    try:
+        with env.begin(buffers=True) as txn:
+            try:
+                records_db = env.open_db(_RECORDS, txn=txn, create=False)
+            except lmdb.NotFoundError:
+                return {}
+            out: dict[bytes, Record] = {}
+            for skey, raw in txn.cursor(db=records_db):
+                found = _decode_stored(bytes(skey), raw)
+                if found is None:
+                    if corrupt is not None:
+                        corrupt.append(bytes(skey))
+                    continue
+                out[found[0]] = found[1]
+            return out
+    finally:
+        env.close()
 
 
 def corrupt_record_on_disk(path: str | Path, key: bytes) -> None:

@@ -1,0 +1,62 @@
+"""Copies pushed to a node by a peer whose ring briefly differed must not stay there.
+
+Found by ``zkv chaos`` (seed 3, with network faults): node-3's links were
+slowed; it stopped hearing node-2 for ``t_remove`` and, still seeing a
+majority, removed node-2 from *its* ring alone for 19 ms, pushing node-2's
+ranges to their new owners in its ring (node-4 among them). Every other ring
+still held node-2, so node-4's ring never changed: it had already looked for
+strays and found none, and never looked again. Its copies of keys it does not
+own stayed there for good (still there 33 s later, when the run ended).
+
+The same can happen whenever a record for a key a node does not own reaches it
+after its last stray scan (a hand-off from a peer with another ring, a write of
+a coordinator still in its transition). The unit test below shows it without a
+cluster: the stabilizer of the core never scans again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+from zkv.core.messages import Handoff
+from zkv.core.ring import Ring
+from zkv.core.stabilizer import Stabilizer
+from zkv.core.versions import Version
+from zkv.storage.memory import MemoryStore
+from zkv.storage.record import Record
+
+
+class Outbox:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any]] = []
+        self.events: list[tuple[str, dict]] = []
+
+    def send(self, to: str, message: Any) -> None:
+        self.sent.append((to, message))
+
+    def reply(self, client: Any, message: Any) -> None:
+        pass
+
+    def event(self, kind: str, **fields: Any) -> None:
+        self.events.append((kind, fields))
+
+
+def test_a_copy_handed_to_a_node_that_does_not_own_it_is_passed_on_and_dropped():
+    ring = Ring([f"node-{i}" for i in range(1, 6)], 3, 64)
+    key = next(k for i in range(1000) if "node-4" not in ring.locate(k := b"k%d" % i))
+    store = MemoryStore()
+    stabilizer = Stabilizer("node-4", store, 256, 1 << 32)
+    out = Outbox()
+    stabilizer.collect_strays(ring, 0.0, out)  # the scan after its last ring change: none
+    assert not out.sent
+
+    # node-3, whose ring lacked node-2 for a moment, hands node-4 a copy it does not own.
+    stabilizer.on_handoff("node-3", Handoff(7, [(key, Record(Version(5, 0, "node-1"), False,
+                                                             b"v"))]), ring, out)
+    assert store.get(key) is not None
+    for tick in range(1, 4):  # anti-entropy rounds, ring unchanged
+        stabilizer.collect_strays(ring, float(tick), out)
+    pushed = {to for to, message in out.sent if isinstance(message, Handoff)
+              and any(k == key for k, _ in message.records)}
+    assert pushed == set(ring.locate(key)), "the stray goes to its owners, then is dropped"

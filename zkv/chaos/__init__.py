@@ -1,0 +1,15 @@
+"""``zkv chaos``: record a history under real faults, then check it (the Jepsen way).
+
+- ``workload``: client processes doing get/put/delete on a few contended keys;
+- ``nemesis``: kills, pauses and network faults on a schedule, never more than
+  ``max_down`` replicas of any key at once;
+- ``netns``: nodes as separate hosts in Linux network namespaces;
+- ``cluster``: the supervised cluster under test, its processes and signals;
+- ``checks``: linearizability, lost writes, placement after settling;
+- ``report``: the summary table;
+- ``run``: one run, start to verdict (``run_chaos``).
+"""
+
+from zkv.chaos.run import ChaosError, ChaosOptions, ChaosResult, run_chaos
+
+__all__ = ["ChaosError", "ChaosOptions", "ChaosResult", "run_chaos"]
