@@ -1,0 +1,47 @@
+"""``zkv bench`` runs end to end against its own cluster and reports clean numbers.
+
+These check that the benchmark works, not how fast the store is.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from zkv.errors import KeyNotFound
+
+
+def bench(*args: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", "zkv", "bench", "--nodes", "3", "--json",
+                           *args], capture_output=True, timeout=150)
+    assert done.returncode == 0, done.stderr.decode()
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("workload, pipeline", [("put", "1"), ("mixed", "4")])
+def test_bench_on_its_own_cluster_reports_ops_and_no_errors(workload: str,
+                                                            pipeline: str) -> None:
+    result = bench("--duration", "2", "--workload", workload, "--clients", "2",
+                   "--pipeline", pipeline, "--keys", "200")
+    assert result["total"]["ops"] > 0
+    assert result["total"]["errors"] == 0, result["error_samples"]
+    assert result["total"]["p50_ms"] > 0
+    assert result["generator"]["processes"] >= 1
+
+
+def test_submitted_requests_settle_like_blocking_calls(cluster3) -> None:
+    client = cluster3.client()
+    futures = [client.submit("put", f"async-{i}", f"v{i}".encode()) for i in range(20)]
+    while client.in_flight:
+        client.poll(0.1)
+    assert all(f.result() is None for f in futures)
+    gets = [client.submit("get", f"async-{i}") for i in range(20)]
+    missing = client.submit("delete", "async-never-written")
+    while client.in_flight:
+        client.poll(0.1)
+    assert [f.result() for f in gets] == [f"v{i}".encode() for i in range(20)]
+    assert isinstance(missing.exception(), KeyNotFound)
+    assert client.get("async-3") == b"v3"  # the blocking API still works beside it

@@ -1,0 +1,440 @@
+"""``zkv bench``: a load generator that drives a cluster through the public client.
+
+Clients are spread over worker processes (so the generator is not one GIL's
+worth of CPU); inside a process each client runs in its own thread and owns its
+``Client`` (one client per thread). With ``pipeline`` 1 a client uses the
+blocking API; above 1 it keeps that many requests in flight with
+``Client.submit``/``Client.poll``.
+
+Before the clock starts, ``get``, ``mixed`` and ``delete`` runs load every key
+once (split over the workers), so reads find values. ``mixed`` is half gets,
+half puts; ``delete`` deletes keys in turn (a key deleted already counts as
+``not_found``, not as an error).
+
+The result holds, per operation kind and overall: completed operations, ops/s
+over the measured window, latency percentiles (milliseconds) and errors; and the
+generator's own CPU use (psutil, all worker processes), so a reader sees when
+the generator rather than the cluster was the limit.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import platform
+import random
+import shutil
+import tempfile
+import threading
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+WORKLOADS = ("put", "get", "mixed", "delete")
+PRELOAD_DEPTH = 64  # requests in flight per worker while loading keys
+MAX_ERROR_SAMPLES = 5
+
+
+@dataclass
+class BenchOptions:
+    workload: str = "put"
+    clients: int = 1
+    duration: float = 5.0
+    keys: int = 10_000
+    value_size: int = 100
+    consistency: str = "quorum"
+    pipeline: int = 1
+    timeout: float = 2.0
+    processes: int = 0  # 0: min(clients, CPUs)
+    seeds: list[str] = field(default_factory=list)
+    seed: int = 1
+    preload: bool = True  # load every key first (get, mixed, delete)
+
+
+class BenchError(Exception):
+    """The benchmark could not run (no cluster, bad option); the message says why."""
+
+
+def key_name(i: int) -> str:
+    return f"bench-{i:08d}"
+
+
+# --------------------------------------------------------------------------- workers
+
+
+@dataclass
+class _Tally:
+    latencies: dict[str, array] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    not_found: int = 0
+    samples: list[str] = field(default_factory=list)
+
+    def ok(self, kind: str, seconds: float) -> None:
+        lat = self.latencies.get(kind)
+        if lat is None:
+            lat = self.latencies[kind] = array("d")
+        lat.append(seconds)
+
+    def fail(self, kind: str, exc: BaseException) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+        if len(self.samples) < MAX_ERROR_SAMPLES:
+            self.samples.append(f"{kind}: {type(exc).__name__}: {exc}")
+
+
+def _chooser(options: BenchOptions, index: int) -> Callable[[], tuple[str, str, bytes | None]]:
+    rng = random.Random(options.seed * 1_000_003 + index)
+    value = rng.randbytes(options.value_size)
+    keys = options.keys
+    workload = options.workload
+    if workload == "delete":
+        counter = iter(range(index, 1 << 62, max(1, options.clients)))
+
+        def delete() -> tuple[str, str, bytes | None]:
+            return "delete", key_name(next(counter) % keys), None
+        return delete
+    if workload == "mixed":
+        def mixed() -> tuple[str, str, bytes | None]:
+            k = key_name(rng.randrange(keys))
+            return ("get", k, None) if rng.random() < 0.5 else ("put", k, value)
+        return mixed
+    if workload == "get":
+        return lambda: ("get", key_name(rng.randrange(keys)), None)
+    return lambda: ("put", key_name(rng.randrange(keys)), value)
+
+
+def _drive(client: Any, options: BenchOptions, index: int, end: float, tally: _Tally,
+           counts: Any) -> None:
+    """One client's loop until ``end`` (monotonic), then drain what is in flight."""
+    from zkv.errors import KeyNotFound
+
+    choose = _chooser(options, index)
+    clock = time.perf_counter
+    monotonic = time.monotonic
+    done_ops = 0
+    if options.pipeline <= 1:
+        calls = {"get": client.get, "put": client.put, "delete": client.delete}
+        while monotonic() < end:
+            kind, key, value = choose()
+            t0 = clock()
+            try:
+                if value is None:
+                    calls[kind](key)
+                else:
+                    calls[kind](key, value)
+                tally.ok(kind, clock() - t0)
+            except KeyNotFound:
+                tally.not_found += 1
+                tally.ok(kind, clock() - t0)
+            except Exception as exc:  # noqa: BLE001 - every failure is counted
+                tally.fail(kind, exc)
+            done_ops += 1
+            counts[index] = done_ops
+        return
+
+    depth = options.pipeline
+
+    def settled(future: Any, kind: str, t0: float) -> None:
+        nonlocal done_ops
+        exc = future.exception()
+        if exc is None:
+            tally.ok(kind, clock() - t0)
+        elif isinstance(exc, KeyNotFound):
+            tally.not_found += 1
+            tally.ok(kind, clock() - t0)
+        else:
+            tally.fail(kind, exc)
+        done_ops += 1
+        counts[index] = done_ops
+
+    while True:
+        now = monotonic()
+        if now >= end:
+            break
+        while client.in_flight < depth:
+            kind, key, value = choose()
+            t0 = clock()
+            future = client.submit(kind, key, value)
+            future.add_done_callback(lambda f, kind=kind, t0=t0: settled(f, kind, t0))
+        client.poll(min(0.05, end - now))
+    drain_end = monotonic() + options.timeout + 0.5
+    while client.in_flight and monotonic() < drain_end:
+        client.poll(0.05)
+
+
+def _preload(client: Any, key_ids: range, value: bytes, depth: int, timeout: float) -> int:
+    """Put every key in ``key_ids`` (pipelined); returns how many failed."""
+    failed = 0
+    pending: list[Any] = []
+    ids = iter(key_ids)
+    exhausted = False
+    while True:
+        while not exhausted and client.in_flight < depth:
+            i = next(ids, None)
+            if i is None:
+                exhausted = True
+                break
+            pending.append(client.submit("put", key_name(i), value))
+        if exhausted and not client.in_flight:
+            break
+        client.poll(0.05)
+    for future in pending:
+        if future.exception() is not None:
+            failed += 1
+    return failed
+
+
+def _worker(wid: int, client_ids: list[int], options: BenchOptions, barrier: Any,
+            counts: Any, results: Any) -> None:
+    from zkv.client import Client
+
+    try:
+        clients = [Client(options.seeds, timeout=options.timeout,
+                          consistency=options.consistency) for _ in client_ids]
+        for client in clients:
+            client.ring()  # learn the ring before the clock starts: requests go to replicas
+        preload_failed = 0
+        if options.preload and options.workload in ("get", "mixed", "delete"):
+            share = range(wid, options.keys, max(1, options.processes))
+            value = random.Random(wid).randbytes(options.value_size)
+            preload_failed = _preload(clients[0], share, value, PRELOAD_DEPTH, options.timeout)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        barrier.abort()
+        results.put({"worker": wid, "fatal": f"{type(exc).__name__}: {exc}"})
+        return
+    try:
+        barrier.wait()
+    except threading.BrokenBarrierError:
+        return
+    proc = psutil.Process()
+    cpu0 = proc.cpu_times()
+    t_start = time.monotonic()
+    end = t_start + options.duration
+    tallies = [_Tally() for _ in clients]
+    threads = [threading.Thread(target=_drive, args=(c, options, i, end, t, counts),
+                                daemon=True)
+               for c, i, t in zip(clients, client_ids, tallies)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - t_start
+    cpu1 = proc.cpu_times()
+    for client in clients:
+        client.close()
+    latencies: dict[str, bytes] = {}
+    errors: dict[str, int] = {}
+    samples: list[str] = []
+    not_found = 0
+    for tally in tallies:
+        for kind, lat in tally.latencies.items():
+            latencies[kind] = latencies.get(kind, b"") + lat.tobytes()
+        for kind, n in tally.errors.items():
+            errors[kind] = errors.get(kind, 0) + n
+        samples += tally.samples
+        not_found += tally.not_found
+    results.put({"worker": wid, "latencies": latencies, "errors": errors,
+                 "samples": samples[:MAX_ERROR_SAMPLES], "not_found": not_found,
+                 "elapsed": elapsed, "preload_failed": preload_failed,
+                 "cpu": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)})
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    i = min(len(sorted_values) - 1, max(0, int(round(q * len(sorted_values))) - 1))
+    return sorted_values[i]
+
+
+def _summary(values: list[float], errors: int, elapsed: float) -> dict[str, Any]:
+    values.sort()
+    ms = 1000.0
+    return {
+        "ops": len(values),
+        "ops_per_s": round(len(values) / elapsed, 1) if elapsed > 0 else 0.0,
+        "p50_ms": round(_percentile(values, 0.50) * ms, 3),
+        "p95_ms": round(_percentile(values, 0.95) * ms, 3),
+        "p99_ms": round(_percentile(values, 0.99) * ms, 3),
+        "max_ms": round((values[-1] if values else 0.0) * ms, 3),
+        "errors": errors,
+    }
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def run(options: BenchOptions, progress: Callable[[int, float], None] | None = None
+        ) -> dict[str, Any]:
+    """Run the benchmark against ``options.seeds``; returns the result (JSON-ready).
+
+    ``progress(ops_so_far, seconds_elapsed)`` is called a few times a second.
+    """
+    if options.workload not in WORKLOADS:
+        raise BenchError(f"--workload must be one of {', '.join(WORKLOADS)}")
+    if not options.seeds:
+        raise BenchError("no node addresses to benchmark")
+    processes = options.processes or min(options.clients, os.cpu_count() or 1)
+    processes = max(1, min(processes, options.clients))
+    options.processes = processes
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    barrier = ctx.Barrier(processes + 1)
+    counts = ctx.Array("q", options.clients, lock=False)
+    results = ctx.Queue()
+    workers = []
+    for wid in range(processes):
+        ids = list(range(wid, options.clients, processes))
+        p = ctx.Process(target=_worker, args=(wid, ids, options, barrier, counts, results),
+                        daemon=True)
+        p.start()
+        workers.append(p)
+    collected: list[dict] = []
+    try:
+        try:
+            barrier.wait(timeout=120 + options.keys / 500)
+        except threading.BrokenBarrierError:
+            pass
+        start = time.monotonic()
+        while len(collected) < processes:
+            try:
+                collected.append(results.get(timeout=0.25))
+            except Exception:  # noqa: BLE001 - queue.Empty
+                pass
+            if progress is not None:
+                progress(sum(counts), time.monotonic() - start)
+            if not any(p.is_alive() for p in workers) and results.empty():
+                break
+            if time.monotonic() - start > options.duration + options.timeout + 60:
+                break
+    finally:
+        for p in workers:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+    fatal = [r["fatal"] for r in collected if "fatal" in r]
+    if fatal:
+        raise BenchError(f"a worker could not start: {fatal[0]}")
+    if len(collected) < processes:
+        raise BenchError(f"only {len(collected)} of {processes} workers reported")
+    elapsed = max(r["elapsed"] for r in collected)
+    by_kind: dict[str, list[float]] = {}
+    errors: dict[str, int] = {}
+    for r in collected:
+        for kind, raw in r["latencies"].items():
+            lat = array("d")
+            lat.frombytes(raw)
+            by_kind.setdefault(kind, []).extend(lat)
+        for kind, n in r["errors"].items():
+            errors[kind] = errors.get(kind, 0) + n
+    rows = {kind: _summary(list(values), errors.get(kind, 0), elapsed)
+            for kind, values in sorted(by_kind.items())}
+    for kind, n in errors.items():
+        rows.setdefault(kind, _summary([], n, elapsed))
+    everything = [v for values in by_kind.values() for v in values]
+    total = _summary(everything, sum(errors.values()), elapsed)
+    cpu = sum(r["cpu"] for r in collected)
+    return {
+        "options": {k: v for k, v in asdict(options).items() if k != "seed"},
+        "elapsed_s": round(elapsed, 3),
+        "total": total,
+        "by_op": rows,
+        "not_found": sum(r["not_found"] for r in collected),
+        "preload_failed": sum(r["preload_failed"] for r in collected),
+        "error_samples": [s for r in collected for s in r["samples"]][:MAX_ERROR_SAMPLES],
+        "generator": {"processes": processes, "cpu_s": round(cpu, 3),
+                      "cores_used": round(cpu / elapsed, 2) if elapsed else 0.0},
+        "machine": machine(),
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The result as a plain-text table."""
+    o = result["options"]
+    head = (f"workload {o['workload']}, {o['clients']} clients x pipeline {o['pipeline']}, "
+            f"{o['keys']} keys, {o['value_size']}-byte values, {o['consistency']}, "
+            f"{result['elapsed_s']:g}s")
+    cols = ("OP", "OPS", "OPS/S", "P50 MS", "P95 MS", "P99 MS", "MAX MS", "ERRORS")
+    table = [cols]
+    rows = list(result["by_op"].items())
+    if len(rows) != 1:
+        rows.append(("all", result["total"]))
+    for kind, r in rows:
+        table.append((kind, str(r["ops"]), f"{r['ops_per_s']:.0f}", f"{r['p50_ms']:.3f}",
+                      f"{r['p95_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['max_ms']:.3f}",
+                      str(r["errors"])))
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    lines = [head]
+    for row in table:
+        lines.append("  ".join(c.rjust(w) if i else c.ljust(w)
+                               for i, (c, w) in enumerate(zip(row, widths))))
+    g = result["generator"]
+    lines.append(f"generator: {g['processes']} processes, {g['cores_used']:.2f} cores busy "
+                 f"(of {result['machine']['nproc']})")
+    if result["not_found"]:
+        lines.append(f"not found: {result['not_found']}")
+    for sample in result["error_samples"]:
+        lines.append(f"error: {sample}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- own cluster
+
+
+class LocalCluster:
+    """A supervised cluster of ``nodes`` nodes in a directory of its own, for one run."""
+
+    def __init__(self, nodes: int, data_dir: Path | None = None, sync: bool = True,
+                 keep: bool = False, timeout: float = 60.0) -> None:
+        from zkv import supervisor as sup
+
+        self.sup = sup
+        self.own_dir = data_dir is None
+        self.data_dir = Path(tempfile.mkdtemp(prefix="zkv-bench-")) if data_dir is None \
+            else Path(data_dir)
+        self.keep = keep
+        base = _free_base_port(nodes * sup.PORTS_PER_NODE)
+        argv = ["--nodes", str(nodes), "--data-dir", str(self.data_dir.resolve()),
+                "--base-port", str(base), "--daemon", "--sync" if sync else "--no-sync"]
+        try:
+            info = sup.start_detached(self.data_dir, argv, timeout)
+        except sup.ControlError as exc:
+            self._remove()
+            raise BenchError(f"could not start a {nodes}-node cluster: {exc}") from None
+        self.seeds: list[str] = list(info["seeds"])
+
+    def stop(self) -> None:
+        try:
+            self.sup.stop_cluster(self.data_dir)
+        finally:
+            self._remove()
+
+    def _remove(self) -> None:
+        if self.own_dir and not self.keep:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _free_base_port(count: int) -> int:
+    from zkv.supervisor import ports_in_use
+
+    rng = random.Random(os.getpid() ^ time.time_ns())
+    for _ in range(200):
+        base = rng.randrange(20000, 32000 - count)
+        if not ports_in_use("127.0.0.1", range(base, base + count)):
+            return base
+    raise BenchError("no free range of loopback ports for the cluster")
