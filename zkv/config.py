@@ -46,6 +46,9 @@ class NodeSettings:
     event_log_max_bytes: int = 64 * 1024 * 1024
     shutdown_grace: float = 2.0  # seconds to finish in-flight work after SIGTERM
     extra: dict = field(default_factory=dict)
+    curve: bool = False  # CurveZMQ on every socket (see zkv.net.security)
+    secret_key: Path | None = None  # the cluster's key pair (a zmq.auth .key_secret file)
+    authorized_keys: Path | None = None  # directory of public keys (.key) allowed to connect
 
     @property
     def address(self) -> str:
@@ -167,6 +170,16 @@ def _data_dir(v: Any) -> Path:
     return path
 
 
+def _optional_path(v: Any) -> Path | None:
+    if v is None or v == "":
+        return None
+    if isinstance(v, Path):
+        return v
+    if not isinstance(v, str):
+        raise ValueError(f"must be a path, got {_show(v)}")
+    return Path(v).expanduser()
+
+
 def parse_address(v: Any) -> str:
     """``tcp://host:port`` from that form or from a bare ``host:port``."""
     if not isinstance(v, str):
@@ -258,6 +271,13 @@ FIELDS: tuple[SettingField, ...] = (
                  "initial LMDB map size (it grows on demand)"),
     SettingField("durability.max_map_size", _size_in(1 << 20, 1 << 44), 64 * 1024 * 1024 * 1024,
                  "largest the LMDB map may grow"),
+    SettingField("security.curve", _bool, False,
+                 "encrypt and authenticate every socket with CurveZMQ"),
+    SettingField("security.secret_key", _optional_path, None,
+                 "the cluster key pair, a .key_secret file from `zkv keys generate`"),
+    SettingField("security.authorized_keys", _optional_path, None,
+                 "directory of public .key files allowed to connect (clients and the "
+                 "cluster key)"),
 )
 _FIELD_BY_KEY = {f.key: f for f in FIELDS}
 _FIELD_BY_PATH = {f.path: f for f in FIELDS}
@@ -367,6 +387,8 @@ def load_settings(path: str | Path | None = None,
         raise fail("t_remove", f"must be greater than t_fail ({get('t_fail')})")
     if get("map_size") > get("max_map_size"):
         raise fail("map_size", f"must not exceed max_map_size ({get('max_map_size')})")
+    if get("curve"):
+        _check_security(get, fail)
     address = node_address(get("host"), port)
 
     node = NodeConfig(
@@ -402,4 +424,26 @@ def load_settings(path: str | Path | None = None,
         map_size=get("map_size"),
         max_map_size=get("max_map_size"),
         shutdown_grace=get("shutdown_grace"),
+        curve=get("curve"),
+        secret_key=get("secret_key"),
+        authorized_keys=get("authorized_keys"),
     )
+
+
+def _check_security(get: Callable[[str], Any], fail: Callable[[str, str], ConfigError]) -> None:
+    """With curve on, both key settings must name usable files, checked before start."""
+    from zkv.net.security import KeyFileError, load_keypair
+
+    secret, authorized = get("secret_key"), get("authorized_keys")
+    if secret is None:
+        raise fail("secret_key", "is required when security.curve is true")
+    if authorized is None:
+        raise fail("authorized_keys", "is required when security.curve is true")
+    try:
+        load_keypair(secret)
+    except KeyFileError as exc:
+        raise fail("secret_key", str(exc)) from None
+    if not authorized.is_dir():
+        raise fail("authorized_keys", f"{str(authorized)!r} is not a directory")
+    if not any(authorized.glob("*.key")):
+        raise fail("authorized_keys", f"{str(authorized)!r} holds no public .key file")

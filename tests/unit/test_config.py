@@ -163,3 +163,64 @@ def test_a_data_dir_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "taken").write_text("")
     err = error_of(tmp_path, f'id = "a"\ndata_dir = "{tmp_path / "taken"}"\n')
     assert err.field == "data_dir" and "not a directory" in err.problem
+
+
+# --------------------------------------------------------------------------- security
+
+
+@pytest.fixture
+def key_dir(tmp_path):
+    from zkv.net.security import generate
+
+    public, secret = generate(tmp_path / "private", "cluster")
+    authorized = tmp_path / "authorized"
+    authorized.mkdir()
+    (authorized / public.name).write_bytes(public.read_bytes())
+    return tmp_path
+
+
+def test_security_fields_are_read_and_checked(tmp_path, key_dir):
+    text = (f'id = "a"\n[security]\ncurve = true\n'
+            f'secret_key = "{key_dir / "private" / "cluster.key_secret"}"\n'
+            f'authorized_keys = "{key_dir / "authorized"}"\n')
+    s = load_settings(write(tmp_path, text))
+    assert s.curve is True
+    assert s.secret_key == key_dir / "private" / "cluster.key_secret"
+    assert s.authorized_keys == key_dir / "authorized"
+    assert load_settings(write(tmp_path, text), {"curve": False}).curve is False
+
+
+def test_security_is_off_by_default(tmp_path):
+    s = load_settings(write(tmp_path, 'id = "a"\n'))
+    assert s.curve is False and s.secret_key is None and s.authorized_keys is None
+
+
+@pytest.mark.parametrize(("section", "field", "problem"), [
+    ('curve = true\n', "security.secret_key", "is required when security.curve is true"),
+    ('curve = true\nsecret_key = "{d}/private/cluster.key_secret"\n',
+     "security.authorized_keys", "is required"),
+    ('curve = true\nsecret_key = "{d}/authorized/cluster.key"\nauthorized_keys = "{d}"\n',
+     "security.secret_key", "holds no secret key"),
+    ('curve = true\nsecret_key = "{d}/absent.key_secret"\nauthorized_keys = "{d}"\n',
+     "security.secret_key", "cannot read a key"),
+    ('curve = true\nsecret_key = "{d}/private/cluster.key_secret"\n'
+     'authorized_keys = "{d}/nowhere"\n', "security.authorized_keys", "is not a directory"),
+    ('curve = true\nsecret_key = "{d}/private/cluster.key_secret"\n'
+     'authorized_keys = "{d}/private/empty"\n', "security.authorized_keys",
+     "holds no public .key file"),
+    ('curve = "yes"\n', "security.curve", "must be true or false"),
+    ('secret_key = 3\n', "security.secret_key", "must be a path"),
+    ('cruve = true\n', "security.cruve", "did you mean curve?"),
+])
+def test_each_bad_security_field_is_named(tmp_path, key_dir, section, field, problem):
+    (key_dir / "private" / "empty").mkdir()
+    err = error_of(tmp_path, 'id = "a"\n[security]\n' + section.replace("{d}", str(key_dir)))
+    assert err.field == field and problem in err.problem, str(err)
+    assert "\n" not in str(err)
+
+
+def test_a_bad_security_flag_is_named_as_a_flag(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, {"id": "a", "curve": True})
+    assert str(info.value).startswith("command line: security.secret_key: is required") or \
+        str(info.value).startswith("command line: --secret-key: is required")

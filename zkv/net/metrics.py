@@ -9,9 +9,12 @@ the loop itself every ``refresh`` call.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import psutil
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
@@ -31,9 +34,30 @@ class NodeMetrics:
         self.latency = Histogram("zkv_request_latency_seconds", "Time from a client request "
                                  "reaching this coordinator to its answer", ["op"],
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.replica_latency = Histogram(
+            "zkv_replica_latency_seconds", "Time the group commit took in a loop turn that "
+            "answered replica reads or writes (one observation each): how long a replica "
+            "holds its answer until the turn's writes are durable", ["op"],
+            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.quorum_failures = Counter("zkv_quorum_failures", "Client operations that did "
+                                       "not reach their consistency level in time", ["op"],
+                                       registry=self.registry)
+        self.events = Counter("zkv_events", "Protocol events: ring changes, stabilization and "
+                              "anti-entropy steps, repairs, corrupt records, store full...",
+                              ["kind"], registry=self.registry)
+        self.records_moved = Counter("zkv_records_moved", "Records sent or merged by "
+                                     "stabilization, anti-entropy and stray hand-off",
+                                     ["how"], registry=self.registry)
         self._request_children: dict[tuple[str, str], Any] = {}
         self._latency_children: dict[str, Any] = {}
+        self._event_children: dict[str, Any] = {}
+        self._replica_reads = self._replica_writes = 0  # in the current turn
         self.keys_stored = 0
+        self.bytes_stored = 0
+        self.cpu_percent = 0.0
+        self.rss_bytes = 0
+        self._process = psutil.Process(os.getpid())
+        self._process.cpu_percent(None)  # the first call only starts the measurement
         self.members: dict[str, int] = dict.fromkeys(MEMBER_STATUSES, 0)
         self.settling_rings = 0
         self.registry.register(_Sampled(self, counters))
@@ -41,7 +65,14 @@ class NodeMetrics:
         self._server: Any = None
 
     def observe_event(self, kind: str, fields: dict[str, Any]) -> None:
+        if kind == "replica_write":
+            self._replica_writes += 1
+            return
+        if kind == "replica_read":
+            self._replica_reads += 1
+            return
         if kind != "coordinator_done":
+            self._count_event(kind, fields)
             return
         op = fields.get("op", "?")
         status = fields.get("status", "?")
@@ -53,10 +84,41 @@ class NodeMetrics:
         if hist is None:
             hist = self._latency_children[op] = self.latency.labels(op)
         hist.observe(fields.get("latency") or 0.0)
+        if status == "unavailable":
+            self.quorum_failures.labels(op).inc()
 
-    def refresh(self, keys_stored: int, members: dict[str, int], settling_rings: int) -> None:
+    def _count_event(self, kind: str, fields: dict[str, Any]) -> None:
+        child = self._event_children.get(kind)
+        if child is None:
+            child = self._event_children[kind] = self.events.labels(kind)
+        child.inc()
+        moved = _MOVED.get(kind)
+        if moved is not None:
+            how, field = moved
+            count = fields.get(field) or 0
+            if count:
+                self.records_moved.labels(how).inc(count)
+
+    def end_turn(self, commit_seconds: float) -> None:
+        """The loop committed a turn: time the replica reads and writes it held."""
+        for op, count in (("read", self._replica_reads), ("write", self._replica_writes)):
+            if count:
+                hist = self.replica_latency.labels(op)
+                for _ in range(count):
+                    hist.observe(commit_seconds)
+        self._replica_reads = self._replica_writes = 0
+
+    def refresh(self, keys_stored: int, members: dict[str, int], settling_rings: int,
+                store_dir: Path | None = None) -> None:
         """Called by the node loop (the only thread that may touch the store)."""
         self.keys_stored = keys_stored
+        if store_dir is not None:
+            self.bytes_stored = _disk_bytes(store_dir)
+        try:
+            self.cpu_percent = self._process.cpu_percent(None)
+            self.rss_bytes = self._process.memory_info().rss
+        except psutil.Error:
+            pass
         self.members = {**dict.fromkeys(MEMBER_STATUSES, 0), **members}
         self.settling_rings = settling_rings
 
@@ -95,6 +157,13 @@ class _Sampled(Collector):
                                   value=c["withheld_messages"])
         yield GaugeMetricFamily("zkv_keys_stored", "Records (values and tombstones) this "
                                 "replica holds", value=m.keys_stored)
+        yield GaugeMetricFamily("zkv_store_bytes", "Bytes the store's files take on disk",
+                                value=m.bytes_stored)
+        yield GaugeMetricFamily("zkv_process_cpu_percent", "CPU use of the node process "
+                                "since the previous sample (psutil; 100 = one core)",
+                                value=m.cpu_percent)
+        yield GaugeMetricFamily("zkv_process_rss_bytes", "Resident memory of the node "
+                                "process (psutil)", value=m.rss_bytes)
         yield GaugeMetricFamily("zkv_ops_in_flight", "Client operations this node is "
                                 "coordinating", value=c["ops_in_flight"])
         yield GaugeMetricFamily("zkv_settling_rings", "Earlier rings still counted in quorums "
@@ -104,3 +173,25 @@ class _Sampled(Collector):
         for status, count in m.members.items():
             members.add_metric([status], count)
         yield members
+
+
+# Events that move records, and the field that says how many.
+_MOVED: dict[str, tuple[str, str]] = {
+    "stabilize_push": ("stabilization_sent", "records"),
+    "handoff_merged": ("handoff_received", "records"),
+    "anti_entropy": ("anti_entropy_sent", "pushed"),
+    "strays_handoff": ("strays_sent", "keys"),
+    "strays_dropped": ("strays_dropped", "keys"),
+}
+
+
+def _disk_bytes(directory: Path) -> int:
+    total = 0
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_blocks * 512
+    except OSError:
+        return 0
+    return total

@@ -66,11 +66,13 @@ from zkv.core.actions import (
     Tick,
 )
 from zkv.core.messages import (
+    ClientReply,
     ClientRequest,
     DecodeError,
     ErrorReply,
     Gossip,
     ReadRequest,
+    RingInfo,
     RingQuery,
     WriteRequest,
     decode,
@@ -79,6 +81,7 @@ from zkv.core.messages import (
 from zkv.core.node import Node
 from zkv.net.eventlog import EventLog
 from zkv.net.metrics import NodeMetrics
+from zkv.net.security import KeyFileError, NodeSecurity
 from zkv.storage.base import Store, StoreFull
 
 STORE_DIR = "store"
@@ -93,6 +96,8 @@ PUB_LINGER_MS = 500  # time to flush the last ("left") gossip at exit
 # uncommitted writes, so they may leave before the turn's commit.
 _BEFORE_COMMIT = (ReadRequest, WriteRequest)
 _CLIENT_MESSAGES = (ClientRequest, RingQuery)
+# Messages only ever sent to clients: arriving at a node they are forged or misrouted.
+_ANSWERS_TO_CLIENTS = (ClientReply, RingInfo, ErrorReply)
 
 
 def store_path(data_dir: Path | str) -> Path:
@@ -126,6 +131,7 @@ class NodeProcess:
         self.router = self.ctx.socket(zmq.ROUTER)
         self.pub = self.ctx.socket(zmq.PUB)
         self.sub = self.ctx.socket(zmq.SUB)
+        self.security: NodeSecurity | None = None
         self.dealers: dict[str, zmq.Socket] = {}
         self.subscribed: set[str] = set()
         self.metrics: NodeMetrics | None = None
@@ -139,6 +145,7 @@ class NodeProcess:
         self._turn_failed = False
         self.stop_requested = False
         try:
+            self.security = self._start_security()
             self._bind()
             self.store = store if store is not None else self._open_store()
             try:
@@ -155,8 +162,21 @@ class NodeProcess:
 
     # ----------------------------------------------------------------- setup
 
+    def _start_security(self) -> NodeSecurity | None:
+        s = self.settings
+        if not s.curve:
+            return None
+        try:
+            return NodeSecurity(self.ctx, s.secret_key, s.authorized_keys)
+        except KeyFileError as exc:
+            raise StartupError(f"cannot set up CurveZMQ: {exc}") from None
+
     def _bind(self) -> None:
         s = self.settings
+        if self.security is not None:
+            self.security.server(self.router)
+            self.security.server(self.pub)
+            self.security.client(self.sub)
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self.router.setsockopt(zmq.LINGER, 0)
@@ -215,6 +235,8 @@ class NodeProcess:
             # tolerates (idempotent, versioned) like any delayed message.
             sock.setsockopt(zmq.SNDHWM, PEER_SNDHWM)
             sock.setsockopt(zmq.RCVHWM, 16)  # peers never answer on it; bound the waste
+            if self.security is not None:
+                self.security.client(sock)
             sock.connect(address)
             self.dealers[address] = sock
         return sock
@@ -283,6 +305,10 @@ class NodeProcess:
                 continue
             if isinstance(message, _CLIENT_MESSAGES):
                 event: Input = ClientCall(identity, message)
+            elif isinstance(message, _ANSWERS_TO_CLIENTS):
+                self._reject(identity, f"{type(message).__name__} is an answer to a client; "
+                                       "no node accepts one")
+                continue
             else:
                 sender = _peer_id(identity)
                 if sender is None:
@@ -363,11 +389,14 @@ class NodeProcess:
                     self.metrics.observe_event(action.kind, action.fields)
             else:
                 after.append(action)
+        commit_start = time.monotonic()
         try:
             self.store.commit()
         except StoreFull as exc:
             self._log("store_full", {"detail": str(exc)}, ts)
             writes_lost = True
+        if self.metrics is not None:
+            self.metrics.end_turn(time.monotonic() - commit_start)
         if writes_lost:
             withheld = [a for a in after if type(a) is not Publish]
             after = [a for a in after if type(a) is Publish]
@@ -400,11 +429,13 @@ class NodeProcess:
         is what a crash does, and the protocol is built to survive crashes.
         """
         config = self.node.config
+        carried = self.node.rejected_frames  # counters exported as totals never go back
         try:
             self.node = Node(config, self.store, time.monotonic())
         except StoreFull as exc:  # not even the incarnation fits: keep the old memory
             self._log("reboot_failed", {"detail": str(exc)})
             return
+        self.rejected_frames += carried
         self._log("rebooted", {"incarnation": self.node.incarnation})
 
     def _send(self, address: str, payload: bytes) -> None:
@@ -439,7 +470,8 @@ class NodeProcess:
         members: dict[str, int] = {}
         for member in self.node.membership.members.values():
             members[member.status] = members.get(member.status, 0) + 1
-        self.metrics.refresh(len(self.store), members, len(self.node.settling))
+        self.metrics.refresh(len(self.store), members, len(self.node.settling),
+                             store_path(self.data_dir))
 
     def _log(self, kind: str, fields: dict[str, Any], ts: float | None = None) -> None:
         self.events.append(kind, fields, time.time() if ts is None else ts)
@@ -484,6 +516,8 @@ class NodeProcess:
         self.router.close(0)
         self.sub.close(0)
         self.pub.close()  # lingers briefly so the last gossip ("left") goes out
+        if self.security is not None:
+            self.security.close()
         self.ctx.term()
         if self.store is not None:
             self.store.close()
@@ -559,6 +593,13 @@ def settings_from_args(argv: list[str] | None = None) -> NodeSettings:
     p.add_argument("--max-map-size", help="largest the LMDB map may grow, e.g. 64GiB")
     for name in ("replicas", "vnodes"):
         p.add_argument(f"--{name}", type=int)
+    p.add_argument("--consistency", help="default level: one, quorum or all")
+    p.add_argument("--max-key", help="largest key, e.g. 1KiB")
+    p.add_argument("--max-value", help="largest value, e.g. 1MiB")
+    p.add_argument("--curve", nargs="?", const=True, type=lambda v: v.lower() == "true",
+                   help="CurveZMQ on every socket (needs --secret-key, --authorized-keys)")
+    p.add_argument("--secret-key", help="the cluster key pair (.key_secret file)")
+    p.add_argument("--authorized-keys", help="directory of public keys allowed to connect")
     for name in ("gossip_interval", "t_fail", "t_remove", "t_transition", "retry_interval",
                  "anti_entropy_interval", "default_timeout", "tombstone_grace",
                  "shutdown_grace"):

@@ -1,0 +1,106 @@
+"""Each node's /metrics: every family the operator guide lists exists and moves with work."""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+
+import zmq
+from prometheus_client.parser import text_string_to_metric_families
+
+from zkv.core.messages import ClientReply, ClientRequest, decode, encode
+from zkv.net.eventlog import EVENT_LOG, EventLog, read_events
+
+from .conftest import Cluster, wait_for
+
+FAMILIES = (
+    "zkv_requests", "zkv_request_latency_seconds", "zkv_replica_latency_seconds",
+    "zkv_quorum_failures", "zkv_members", "zkv_keys_stored", "zkv_store_bytes",
+    "zkv_handoff_records", "zkv_records_moved", "zkv_events", "zkv_settling_rings",
+    "zkv_checksum_failures", "zkv_rejected_frames", "zkv_process_cpu_percent",
+    "zkv_process_rss_bytes", "process_cpu_seconds", "process_resident_memory_bytes",
+)
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """Every sample of a node's /metrics, by (name, sorted labels)."""
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    samples: dict[tuple[str, tuple], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def families(url: str) -> set[str]:
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return {f.name for f in text_string_to_metric_families(text)}
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_every_documented_family_is_served(cluster3: Cluster) -> None:
+    served = families(cluster3.nodes["n1"].metrics_url)
+    missing = [f for f in FAMILIES if f not in served]
+    assert not missing, f"missing from /metrics: {missing}"
+
+
+def test_the_figures_move_with_operations(cluster3: Cluster) -> None:
+    kv = cluster3.client()
+    primary = cluster3.nodes[kv.locate("metered-0")[0]]
+    before = scrape(primary.metrics_url)
+    for i in range(20):
+        kv.put("metered-0", b"x" * 1000)
+        kv.get("metered-0")
+    kv.put(f"metered-{len(before)}", b"y")
+    with_ops = scrape(primary.metrics_url)
+    assert value(with_ops, "zkv_requests_total", op="put", status="ok") >= \
+        value(before, "zkv_requests_total", op="put", status="ok") + 20
+    assert value(with_ops, "zkv_request_latency_seconds_count", op="get") >= \
+        value(before, "zkv_request_latency_seconds_count", op="get") + 20
+    assert value(with_ops, "zkv_replica_latency_seconds_count", op="write") > \
+        value(before, "zkv_replica_latency_seconds_count", op="write")
+    assert value(with_ops, "zkv_members", status="alive") == 3
+
+    def sampled() -> dict | None:  # gauges the loop samples about once a second
+        now = scrape(primary.metrics_url)
+        return now if value(now, "zkv_keys_stored") >= 1 and \
+            value(now, "zkv_store_bytes") > 0 and value(now, "zkv_process_rss_bytes") > 0 \
+            else None
+
+    wait_for(sampled, 5.0, "keys, bytes and memory to be sampled")
+
+
+def test_a_quorum_failure_is_counted(cluster3: Cluster) -> None:
+    node = cluster3.nodes["n1"]
+    before = scrape(node.metrics_url)
+    # A deadline too short to hear from every replica's fsync: most of these fail.
+    sock = cluster3.ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(node.address)
+    statuses = []
+    for i in range(20):
+        sock.send(encode(ClientRequest(i + 1, "put", b"rushed-%d" % i, b"v", "all", 1)))
+        assert sock.poll(5000)
+        reply = decode(sock.recv())
+        assert isinstance(reply, ClientReply)
+        statuses.append(reply.status)
+    sock.close()
+    after = scrape(node.metrics_url)
+    failures = statuses.count("unavailable")
+    assert failures > 0, statuses
+    assert value(after, "zkv_quorum_failures_total", op="put") - \
+        value(before, "zkv_quorum_failures_total", op="put") == failures
+
+
+def test_the_event_log_rotates_by_size(tmp_path: Path) -> None:
+    log = EventLog(tmp_path, "n1", max_bytes=2000)
+    for i in range(100):
+        log.append("tick", {"i": i, "pad": "x" * 50}, ts=float(i))
+    log.close()
+    assert (tmp_path / EVENT_LOG).stat().st_size <= 2000 + 200
+    assert (tmp_path / (EVENT_LOG + ".1")).exists()
+    kept = [e["fields"]["i"] for e in read_events(tmp_path)]
+    assert kept == sorted(kept) and kept[-1] == 99 and len(kept) < 100
