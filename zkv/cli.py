@@ -27,6 +27,8 @@ import typer
 
 from zkv import supervisor as sup
 from zkv.config import ConfigError, load_settings, parse_address
+from zkv.keys_cli import keys_app
+from zkv.net.figures import human_bytes, node_figures
 
 OK, FAILED, USAGE, UNAVAILABLE = 0, 1, 2, 3
 DEFAULT_DATA_DIR = Path("zkv-data")
@@ -51,6 +53,7 @@ node_app = typer.Typer(help="Run one node, or start, stop and kill nodes of a lo
 cluster_app = typer.Typer(help="A local cluster of node processes under a supervisor.", **_TYPER)
 app.add_typer(node_app, name="node")
 app.add_typer(cluster_app, name="cluster")
+app.add_typer(keys_app, name="keys")
 
 
 class Consistency(str, Enum):
@@ -157,9 +160,16 @@ def run_client(seeds: str | None, data_dir: Path, consistency: Consistency, time
     from zkv.client import Client
     from zkv.errors import InvalidRequest, KeyExists, KeyNotFound, Unavailable, ZkvError
 
+    from zkv.net.security import KeyFileError, curve_from_env
+
     addresses = resolve_seeds(seeds, data_dir)
     try:
-        with Client(addresses, timeout=timeout, consistency=consistency.value) as client:
+        curve = curve_from_env()
+    except KeyFileError as exc:
+        die(str(exc), USAGE)
+    try:
+        with Client(addresses, timeout=timeout, consistency=consistency.value,
+                    curve=curve) as client:
             return action(client)
     except KeyNotFound:
         die(f"key not found: {key}", FAILED)
@@ -313,6 +323,13 @@ def node_start(
                                              "[--sync]."),
     map_size: str | None = typer.Option(None, "--map-size", help="Initial LMDB map size "
                                                                     "[64MiB]."),
+    curve: bool | None = typer.Option(None, "--curve/--no-curve",
+                                      help="CurveZMQ on every socket [--no-curve]."),
+    secret_key: Path | None = typer.Option(None, "--secret-key",
+                                           help="Cluster key pair (.key_secret file)."),
+    authorized_keys: Path | None = typer.Option(None, "--authorized-keys",
+                                                help="Directory of public keys allowed to "
+                                                     "connect."),
 ) -> None:
     """Run one node in the foreground (until SIGTERM or Ctrl-C), or start a cluster node again.
 
@@ -342,6 +359,7 @@ def node_start(
         "consistency": consistency.value if consistency is not None else None,
         "gossip_interval": gossip_interval, "t_fail": t_fail, "t_remove": t_remove,
         "max_key": max_key, "max_value": max_value, "sync": sync, "map_size": map_size,
+        "curve": curve, "secret_key": secret_key, "authorized_keys": authorized_keys,
     }
     try:
         settings = load_settings(config, overrides)
@@ -471,26 +489,6 @@ def cluster_down(data_dir: Path = DataDirOption) -> None:
         typer.echo(f"nothing was running in {data_dir}")
 
 
-def _keys_stored(url: str | None) -> int | None:
-    """The node's zkv_keys_stored gauge, or None if its metrics do not answer."""
-    if not url:
-        return None
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=0.5) as response:
-            text = response.read().decode()
-    except Exception:  # noqa: BLE001 - any failure means "unknown"
-        return None
-    for line in text.splitlines():
-        if line.startswith(("zkv_keys_stored ", "zkv_keys_stored{")):
-            try:
-                return int(float(line.rsplit(" ", 1)[1]))
-            except ValueError:
-                return None
-    return None
-
-
 def _uptime(seconds: float) -> str:
     s = int(seconds)
     if s < 60:
@@ -507,15 +505,17 @@ def cluster_status(
     data_dir: Path = DataDirOption,
     as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
 ) -> None:
-    """A table of the cluster's nodes: address, status, keys held, PID, uptime, restarts."""
+    """A table of the cluster's nodes: address, status, keys held, PID, uptime, restarts, and
+    from each node's metrics: operations coordinated, how many failed (unavailable), CPU and
+    memory."""
     cluster = _control(sup.require_cluster, data_dir)
     supervised = sup.supervisor_running(data_dir)
     records = cluster["nodes"]
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(records)))) as pool:
-        keys = list(pool.map(lambda r: _keys_stored(r.get("metrics")), records))
+        figures = list(pool.map(lambda r: node_figures(r.get("metrics")), records))
     now = time.time()
     rows = []
-    for record, held in zip(records, keys):
+    for record, fig in zip(records, figures):
         status = record.get("status", "?")
         alive = sup.live_process(record.get("pid"), record.get("pid_create_time")) is not None
         if status in ("running", "stopping") and not alive:
@@ -523,9 +523,10 @@ def cluster_status(
         started = record.get("started_at")
         rows.append({
             "node": record.get("id"), "address": record.get("address"), "status": status,
-            "keys": held, "pid": record.get("pid") if alive else None,
+            "keys": fig.keys if fig else None, "pid": record.get("pid") if alive else None,
             "uptime": _uptime(now - started) if alive and started else "-",
             "restarts": record.get("restarts", 0),
+            "metrics": fig.as_dict() if fig else None,
         })
     if as_json:
         typer.echo(json.dumps({"supervisor_running": supervised,
@@ -539,9 +540,15 @@ def cluster_status(
     else:
         head = "no supervisor running (statuses as last recorded)"
     typer.echo(f"cluster {data_dir}: {head}; seeds {','.join(cluster.get('seeds', []))}")
-    table = [("NODE", "ADDRESS", "STATUS", "KEYS", "PID", "UPTIME", "RESTARTS")]
-    table += [(r["node"], r["address"], r["status"], "-" if r["keys"] is None else str(r["keys"]),
-               str(r["pid"] or "-"), r["uptime"], str(r["restarts"])) for r in rows]
+    table = [("NODE", "ADDRESS", "STATUS", "KEYS", "PID", "UPTIME", "RESTARTS", "OPS", "FAILED",
+              "CPU%", "MEM")]
+    for r in rows:
+        m = r["metrics"]
+        table.append((r["node"], r["address"], r["status"],
+                      "-" if r["keys"] is None else str(r["keys"]), str(r["pid"] or "-"),
+                      r["uptime"], str(r["restarts"]),
+                      *((str(m["ops"]), str(m["failed"]), f"{m['cpu_percent']:.0f}",
+                         human_bytes(m["rss_bytes"])) if m else ("-",) * 4)))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
     for row in table:
         typer.echo("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -661,6 +668,100 @@ def chaos(
         keep=keep, progress=progress)
     code = chaos_run.run_and_exit_code(options, fail=lambda message: die(message, USAGE))
     raise typer.Exit(code)
+
+
+# --------------------------------------------------------------------------- bench
+
+
+class Workload(str, Enum):
+    put = "put"
+    get = "get"
+    mixed = "mixed"
+    delete = "delete"
+
+
+@app.command()
+def bench(
+    workload: Workload = typer.Option(Workload.put, "--workload", "-w",
+                                      help="put, get (keys loaded first), mixed (half gets, "
+                                           "half puts) or delete."),
+    clients: int = typer.Option(1, "--clients", min=1, max=1024,
+                                help="Concurrent clients (spread over processes)."),
+    duration: float = typer.Option(5.0, "--duration", min=0.1, help="Seconds of load."),
+    keys: int = typer.Option(10_000, "--keys", min=1, help="Distinct keys (uniform)."),
+    value_size: int = typer.Option(100, "--value-size", min=0, help="Bytes per value."),
+    consistency: Consistency = ConsistencyOption,
+    pipeline: int = typer.Option(1, "--pipeline", min=1, max=4096,
+                                 help="Requests in flight per client."),
+    processes: int = typer.Option(0, "--processes", min=0,
+                                  help="Generator processes [min(clients, CPUs)]."),
+    timeout: float = typer.Option(2.0, "--timeout", "-t", min=0.001,
+                                  help="Per-operation timeout, seconds."),
+    seeds: str | None = SeedsOption,
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", "-d",
+        help="Attach to this cluster directory [zkv-data]; with --nodes, where to put the "
+             "own cluster [a temporary directory, removed afterwards]."),
+    nodes: int | None = typer.Option(None, "--nodes", "-n", min=1, max=100,
+                                     help="Start an own local cluster of NODES nodes for the "
+                                          "run (stopped at the end)."),
+    sync: bool = typer.Option(True, "--sync/--no-sync",
+                              help="With --nodes: fsync each group commit."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    progress: bool = typer.Option(True, "--progress/--no-progress",
+                                  help="Show a progress bar (on a terminal)."),
+) -> None:
+    """Load a cluster through the client library and report ops/s and latency.
+
+    \b
+    zkv bench --nodes 3 --workload put --clients 32 --pipeline 32
+    zkv bench --data-dir zkv-data --workload mixed --clients 8 --json
+    """
+    from zkv import bench as zb
+
+    options = zb.BenchOptions(
+        workload=workload.value, clients=clients, duration=duration, keys=keys,
+        value_size=value_size, consistency=consistency.value, pipeline=pipeline,
+        timeout=timeout, processes=processes)
+    cluster = None
+    try:
+        if nodes is not None:
+            if seeds:
+                die("--nodes starts an own cluster; do not combine it with --seeds", USAGE)
+            cluster = zb.LocalCluster(nodes, data_dir, sync=sync)
+            options.seeds = cluster.seeds
+        else:
+            options.seeds = resolve_seeds(seeds, data_dir or DEFAULT_DATA_DIR)
+        result = _bench_with_progress(zb, options, progress and not as_json)
+    except zb.BenchError as exc:
+        die(str(exc), UNAVAILABLE)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+    result["options"]["nodes"] = nodes
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(zb.format_table(result))
+
+
+def _bench_with_progress(zb: Any, options: Any, show: bool) -> dict:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    if not show or not console.is_terminal:
+        return zb.run(options)
+    columns = (TextColumn("bench"), BarColumn(), TextColumn("{task.fields[rate]}"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("bench", total=options.duration, rate="")
+
+        def update(ops: int, elapsed: float) -> None:
+            rate = f"{ops / elapsed:,.0f} ops/s" if elapsed > 0 else ""
+            bar.update(task, completed=min(elapsed, options.duration), rate=rate)
+
+        return zb.run(options, update)
 
 
 def main() -> None:

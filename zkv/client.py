@@ -32,12 +32,22 @@ Guarantees:
 
 A Client is not thread-safe: give each thread its own (they share one ZeroMQ
 context, and a client holds one DEALER socket per node).
+
+Pipelining: ``submit(op, key, value)`` sends a request without waiting and
+returns a ``concurrent.futures.Future``; ``poll(timeout)`` takes the replies
+that have arrived and settles their futures (with the value, or the error the
+blocking call would raise). Many requests may be in flight on one client; they
+are matched to replies by request id. A submitted request goes to one
+coordinator (a replica of the key) and is not retried elsewhere: a refusal or
+a deadline settles it with ``Unavailable``. Blocking calls made meanwhile also
+settle whatever async replies they receive.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from concurrent.futures import Future
 import os
 import threading
 import time
@@ -58,6 +68,7 @@ from zkv.core.messages import (
 )
 from zkv.core.ring import Ring
 from zkv.errors import InvalidRequest, KeyExists, KeyNotFound, Unavailable
+from zkv.net.security import CurveKeys
 
 CONSISTENCY_LEVELS = ("one", "quorum", "all")
 MAX_KEY = 1024
@@ -89,6 +100,18 @@ def _address(seed: str) -> str:
     return seed if "://" in seed else f"tcp://{seed}"
 
 
+class _Pending:
+    """A submitted request waiting for its reply."""
+
+    __slots__ = ("future", "op", "key", "deadline")
+
+    def __init__(self, future: Future, op: str, key: bytes, deadline: float) -> None:
+        self.future = future
+        self.op = op
+        self.key = key
+        self.deadline = deadline
+
+
 class Client:
     """A connection to a zkv cluster; see the module docstring for the guarantees."""
 
@@ -101,7 +124,10 @@ class Client:
         max_key: int = MAX_KEY,
         max_value: int = MAX_VALUE,
         ring_refresh: float = RING_REFRESH,
+        curve: CurveKeys | None = None,
     ) -> None:
+        """``curve``: this client's key pair and the cluster public key, for a cluster
+        that runs CurveZMQ (see ``zkv.net.security``)."""
         if isinstance(seeds, str):
             seeds = seeds.split(",")
         self.seeds = [_address(s) for s in seeds if s.strip()]
@@ -114,6 +140,7 @@ class Client:
         self.max_key = max_key
         self.max_value = max_value
         self.ring_refresh = ring_refresh
+        self.curve = curve
         self._ctx = _shared_context()
         self._poller = zmq.Poller()
         self._sockets: dict[str, zmq.Socket] = {}
@@ -130,6 +157,8 @@ class Client:
         self._ring_query_at = -math.inf
         self._ring_cursor = itertools.count()
         self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}  # submitted requests by req_id
+        self._expired_at = 0.0  # when poll last looked for overdue requests
         self._closed = False
         for address in self.seeds:
             self._socket(address)
@@ -175,10 +204,90 @@ class Client:
         self._fetch_ring(time.monotonic() + self.timeout)
         return dict(self._node_address)
 
+    # ----------------------------------------------------------------- pipelining
+
+    def submit(self, op: str, key: str | bytes, value: bytes | str | None = None, *,
+               consistency: str | None = None, timeout: float | None = None) -> Future:
+        """Send one request without waiting; ``poll`` settles the returned future.
+
+        The future's result is what the blocking call returns (the value for a get,
+        None otherwise); its exception is what that call would raise.
+        """
+        if self._closed:
+            raise InvalidRequest("the client is closed")
+        if op not in ("get", "put", "delete", "create", "update"):
+            raise InvalidRequest(f"unknown operation {op!r}")
+        kb = self._key(key)
+        vb = self._value(value if value is not None else b"") \
+            if op in ("put", "create", "update") else None
+        level = self.consistency if consistency is None else self._level(consistency)
+        limit = self.timeout if timeout is None else float(timeout)
+        if not limit > 0:
+            raise InvalidRequest("timeout: must be positive")
+        now = time.monotonic()
+        self._maybe_refresh_ring(now)
+        future: Future = Future()
+        req_id = next(self._ids)
+        budget_ms = max(1, int(limit * 900))  # the coordinator answers before we give up
+        frame = encode(ClientRequest(req_id, op, kb, vb, level, budget_ms))
+        for address in self._route(kb):
+            if self._send(address, frame):
+                self._pending[req_id] = _Pending(future, op, kb, now + limit)
+                return future
+            self._suspect(address, now)
+        future.set_exception(Unavailable(f"{op} {kb!r}: no node is connected"))
+        return future
+
+    def poll(self, timeout: float = 0.0) -> int:
+        """Wait up to ``timeout`` seconds for replies to submitted requests and settle
+        their futures (and those past their deadline); returns how many settled."""
+        before = len(self._pending)
+        if before == 0:
+            return 0
+        self._receive(timeout)
+        now = time.monotonic()
+        if self._pending and (now - self._expired_at >= 0.01):
+            self._expired_at = now
+            for req_id, pending in list(self._pending.items()):
+                if now >= pending.deadline:
+                    del self._pending[req_id]
+                    pending.future.set_exception(Unavailable(
+                        f"{pending.op} {pending.key!r}: no answer in time"))
+        return before - len(self._pending)
+
+    @property
+    def in_flight(self) -> int:
+        """Submitted requests whose futures are not settled yet."""
+        return len(self._pending)
+
+    def _settle(self, pending: _Pending, message: ClientReply) -> None:
+        status, future = message.status, pending.future
+        if status == "ok":
+            future.set_result(message.value if pending.op == "get" else None)
+        elif status == "not_found":
+            if pending.op == "get":
+                future.set_result(None)
+            else:
+                future.set_exception(KeyNotFound(f"{pending.op} {pending.key!r}: the key "
+                                                 "holds no value"))
+        elif status == "exists":
+            future.set_exception(KeyExists(f"create {pending.key!r}: the key already "
+                                           "holds a value"))
+        elif status == "invalid":
+            future.set_exception(InvalidRequest(f"{pending.op} {pending.key!r}: "
+                                                f"{message.detail}"))
+        else:
+            self._ring_stale = True
+            future.set_exception(Unavailable(f"{pending.op} {pending.key!r}: "
+                                             f"{message.detail or status}"))
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        for pending in self._pending.values():
+            pending.future.set_exception(Unavailable("the client was closed"))
+        self._pending.clear()
         for sock in self._sockets.values():
             sock.close(0)
         self._sockets.clear()
@@ -429,6 +538,8 @@ class Client:
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a node that is not there
+            if self.curve is not None:
+                self.curve.client(sock)
             sock.connect(address)
             self._sockets[address] = sock
             self._socket_address[sock] = address
@@ -493,6 +604,9 @@ class Client:
                 if type(message) is RingInfo:
                     if message.req_id == self._ring_query:
                         ring_info = message
+                    continue
+                if type(message) is ClientReply and message.req_id in self._pending:
+                    self._settle(self._pending.pop(message.req_id), message)
                     continue
                 messages.append(message)
         if ring_info is not None:  # after the loop: learning may close sockets in ``ready``

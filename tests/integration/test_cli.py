@@ -116,7 +116,8 @@ def test_cluster_status_shows_every_node_with_keys_and_pid(cluster):
     result = cluster.run("cluster", "status")
     assert result.returncode == 0
     lines = result.stdout.decode().splitlines()
-    assert lines[1].split() == ["NODE", "ADDRESS", "STATUS", "KEYS", "PID", "UPTIME", "RESTARTS"]
+    assert lines[1].split() == ["NODE", "ADDRESS", "STATUS", "KEYS", "PID", "UPTIME", "RESTARTS",
+                                "OPS", "FAILED", "CPU%", "MEM"]
     info = cluster.info()
     rows = {line.split()[0]: line.split() for line in lines[2:]}
     assert set(rows) == {"node-1", "node-2", "node-3"}
@@ -125,12 +126,15 @@ def test_cluster_status_shows_every_node_with_keys_and_pid(cluster):
         assert row[1] == node["address"] and row[2] == "running"
         assert row[3].isdigit() and int(row[3]) >= 1  # every node replicates every key of 3
         assert row[4] == str(node["pid"])
+        assert row[7].isdigit() and row[8].isdigit() and row[10].endswith("iB")
+    assert sum(int(row[7]) for row in rows.values()) >= 1  # the put was coordinated somewhere
 
 
 def test_every_command_has_help():
     commands = [[], ["put"], ["get"], ["delete"], ["create"], ["update"], ["locate"], ["sim"],
                 ["node"], ["node", "start"], ["node", "stop"], ["node", "kill"], ["cluster"],
-                ["cluster", "up"], ["cluster", "down"], ["cluster", "status"]]
+                ["cluster", "up"], ["cluster", "down"], ["cluster", "status"], ["keys"],
+                ["keys", "generate"]]
     runner = CliRunner()
     for command in commands:
         result = runner.invoke(app, [*command, "--help"], prog_name="zkv")
@@ -218,3 +222,25 @@ def test_the_cli_refuses_a_second_cluster_in_the_same_directory(cluster):
 
 if os.name != "posix":  # pragma: no cover
     pytestmark = pytest.mark.skip("needs POSIX signals")
+
+
+def test_keys_generate_writes_a_pair_and_refuses_to_overwrite_it(tmp_path):
+    result = zkv("keys", "generate", "--out", tmp_path / "keys", "--name", "cluster")
+    assert result.returncode == 0, result.stderr
+    public, secret = tmp_path / "keys" / "cluster.key", tmp_path / "keys" / "cluster.key_secret"
+    assert "curve" in public.read_text() and "secret-key" in secret.read_text()
+    assert secret.stat().st_mode & 0o077 == 0
+    again = zkv("keys", "generate", "--out", tmp_path / "keys", "--name", "cluster")
+    assert again.returncode == 2 and b"refusing to overwrite" in again.stderr
+
+
+def test_a_node_with_curve_and_a_bad_key_stops_with_one_line(tmp_path):
+    config = tmp_path / "node.toml"
+    (tmp_path / "authorized").mkdir()
+    config.write_text(f'id = "n1"\n[security]\ncurve = true\n'
+                      f'secret_key = "{tmp_path}/missing.key_secret"\n'
+                      f'authorized_keys = "{tmp_path}/authorized"\n')
+    result = zkv("node", "start", "--config", config)
+    assert result.returncode == 2
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"zkv: {config}: security.secret_key: ")
