@@ -16,7 +16,7 @@ import difflib
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,6 @@ class NodeSettings:
     max_map_size: int = 64 * 1024 * 1024 * 1024
     event_log_max_bytes: int = 64 * 1024 * 1024
     shutdown_grace: float = 2.0  # seconds to finish in-flight work after SIGTERM
-    extra: dict = field(default_factory=dict)
     curve: bool = False  # CurveZMQ on every socket (see zkv.net.security)
     secret_key: Path | None = None  # the cluster's key pair (a zmq.auth .key_secret file)
     authorized_keys: Path | None = None  # directory of public keys (.key) allowed to connect

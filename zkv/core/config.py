@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +26,6 @@ class NodeConfig:
     max_value: int = 1024 * 1024
     default_timeout: float = 2.0
     wall_offset: float = 0.0  # added to ``now`` to get wall-clock seconds for versions
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise ValueError naming the first field that cannot work."""
