@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +26,7 @@ class NodeConfig:
     max_value: int = 1024 * 1024
     default_timeout: float = 2.0
     wall_offset: float = 0.0  # added to ``now`` to get wall-clock seconds for versions
+    extra: dict = field(default_factory=dict)  # settings of experimental or test nodes
 
     def validate(self) -> None:
         """Raise ValueError naming the first field that cannot work."""
