@@ -108,6 +108,7 @@ class Node:
         self._isolated = False
         self._gossip_turn = 0
         self._anti_entropy_skipped = 0
+        self._catch_up: list[str] = []  # peers to run anti-entropy with soon
         self.rejected_frames = 0
         self._next_gossip = now
         self._next_check = now + config.gossip_interval
@@ -308,6 +309,10 @@ class Node:
             self._push_gossip(gossip, out)
             if not self.joined or len(self.ring.nodes) == 1:
                 self._ask_to_join(out)
+            elif self._catch_up and not self.settling:
+                peer = self._catch_up.pop()
+                if self.membership.alive(peer) and peer in self.ring.nodes:
+                    self.stabilizer.start_round(self.ring, set(), out, peer=peer)
         if now >= self._next_check:
             self._next_check = now + cfg.gossip_interval
             self._membership_changed(self.membership.check(now), now, out)
@@ -350,6 +355,8 @@ class Node:
         it, entering a transition whose joint quorums cover both rings.
         """
         self._coordinate_from = now + self.config.t_fail
+        # Whatever was written meanwhile: catch up with every peer, one per gossip interval.
+        self._catch_up = sorted(n for n in self.ring.nodes if n != self.node_id)
 
     def _push_gossip(self, gossip: Gossip, out: _StepOutbox) -> None:
         """Also send the table straight to one member, in turn.

@@ -180,12 +180,15 @@ class Stabilizer:
                 digests[seg] ^= _entry_hash(key, record)
         return digests
 
-    def start_round(self, ring: Ring, alive: set[str], out: Outbox) -> None:
-        peers = sorted(n for n in ring.nodes if n != self.node_id and n in alive)
-        if not peers:
-            return
-        self._peer_cursor = (self._peer_cursor + 1) % len(peers)
-        peer = peers[self._peer_cursor]
+    def start_round(self, ring: Ring, alive: set[str], out: Outbox,
+                    peer: str | None = None) -> None:
+        """Compare digests with ``peer``, or with the next live peer in turn."""
+        if peer is None:
+            peers = sorted(n for n in ring.nodes if n != self.node_id and n in alive)
+            if not peers:
+                return
+            self._peer_cursor = (self._peer_cursor + 1) % len(peers)
+            peer = peers[self._peer_cursor]
         shared = ring.shared_segments(self.node_id, peer)
         if not shared:
             return
