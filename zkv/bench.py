@@ -430,11 +430,9 @@ class LocalCluster:
 
 
 def _free_base_port(count: int) -> int:
-    from zkv.supervisor import ports_in_use
+    from zkv.supervisor import free_base_port
 
-    rng = random.Random(os.getpid() ^ time.time_ns())
-    for _ in range(200):
-        base = rng.randrange(20000, 32000 - count)
-        if not ports_in_use("127.0.0.1", range(base, base + count)):
-            return base
-    raise BenchError("no free range of loopback ports for the cluster")
+    try:
+        return free_base_port(count)
+    except RuntimeError as exc:
+        raise BenchError(f"{exc} for the cluster") from None

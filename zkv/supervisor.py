@@ -34,6 +34,7 @@ import errno
 import fcntl
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -167,6 +168,17 @@ def ports_in_use(host: str, ports: Iterable[int]) -> list[int]:
             except OSError:
                 busy.append(port)
     return busy
+
+
+def free_base_port(count: int, host: str = HOST) -> int:
+    """A base port with ``count`` free consecutive ports from it, below the ephemeral
+    range so that outgoing connections cannot take one meanwhile."""
+    rng = random.Random(os.getpid() ^ time.time_ns())
+    for _ in range(200):
+        base = rng.randrange(20000, 32000 - count)
+        if not ports_in_use(host, range(base, base + count)):
+            return base
+    raise RuntimeError("no free range of loopback ports")
 
 
 def node_port(base_port: int, index: int) -> int:

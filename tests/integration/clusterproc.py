@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -21,22 +20,14 @@ from typing import Any
 
 import psutil
 
-from zkv.supervisor import CLUSTER_FILE, ports_in_use
+from zkv.supervisor import CLUSTER_FILE, free_base_port
 
 # Short timers so failures are noticed in about a second (the defaults are 0.2 / 2 / 8).
 FAST_TIMERS = ["--gossip-interval", "0.1", "--t-fail", "1", "--t-remove", "4"]
 CLI_TIMEOUT = 60.0  # no single command may take longer
 
 
-def free_base_port(count: int) -> int:
-    """A base port with ``count`` free consecutive loopback ports after it, below the
-    ephemeral range so that outgoing connections cannot take one meanwhile."""
-    rng = random.Random(os.getpid() ^ time.time_ns())
-    for _ in range(200):
-        base = rng.randrange(20000, 32000 - count)
-        if not ports_in_use("127.0.0.1", range(base, base + count)):
-            return base
-    raise RuntimeError("no free range of loopback ports")
+
 
 
 def zkv(*args: str, stdin: bytes | None = None, env: dict | None = None,

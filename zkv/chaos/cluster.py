@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -181,13 +180,10 @@ class ChaosCluster:
 
 
 def _free_base_port(nodes: int) -> int:
-    rng = random.Random(os.getpid() ^ time.time_ns())
-    count = sup.PORTS_PER_NODE * nodes
-    for _ in range(200):
-        base = rng.randrange(20000, 32000 - count)
-        if not sup.ports_in_use(sup.HOST, range(base, base + count)):
-            return base
-    raise ClusterError("no free range of loopback ports")
+    try:
+        return sup.free_base_port(sup.PORTS_PER_NODE * nodes)
+    except RuntimeError as exc:
+        raise ClusterError(str(exc)) from None
 
 
 def _start_supervisor(cmd: list[str], data_dir: Path, timeout: float) -> None:
