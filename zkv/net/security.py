@@ -52,12 +52,16 @@ def generate(out_dir: Path | str, name: str) -> tuple[Path, Path]:
     return Path(pub), Path(sec)
 
 
-def load_keypair(path: Path | str) -> tuple[bytes, bytes]:
-    """(public, secret) from a ``.key_secret`` file."""
+def _read_certificate(path: Path | str) -> tuple[bytes | None, bytes | None]:
     try:
-        public, secret = zmq.auth.load_certificate(path)
+        return zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:
         raise KeyFileError(f"cannot read a key from {str(path)!r}: {exc}") from None
+
+
+def load_keypair(path: Path | str) -> tuple[bytes, bytes]:
+    """(public, secret) from a ``.key_secret`` file."""
+    public, secret = _read_certificate(path)
     if not secret:
         raise KeyFileError(f"{str(path)!r} holds no secret key (give the .key_secret file)")
     return public, secret
@@ -65,10 +69,7 @@ def load_keypair(path: Path | str) -> tuple[bytes, bytes]:
 
 def load_public(path: Path | str) -> bytes:
     """The public key from a ``.key`` or ``.key_secret`` file."""
-    try:
-        public, _ = zmq.auth.load_certificate(path)
-    except (OSError, ValueError) as exc:
-        raise KeyFileError(f"cannot read a key from {str(path)!r}: {exc}") from None
+    public, _ = _read_certificate(path)
     if not public:
         raise KeyFileError(f"{str(path)!r} holds no public key")
     return public
