@@ -160,3 +160,27 @@ def test_malformed_frames_get_an_error_reply_and_the_node_keeps_serving(
                 if line.startswith("zkv_rejected_frames_total ")]
     assert rejected and float(rejected[0].split()[1]) >= len(bad_frames)
     assert "zkv_requests_total{" in metrics and "zkv_keys_stored " in metrics
+
+
+def test_a_peer_batch_is_read_frame_by_frame_and_a_bad_frame_spoils_only_itself(
+        cluster3: Cluster) -> None:
+    node = cluster3.nodes["n1"]
+    sock = cluster3.ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IDENTITY, b"batching-peer")  # a named identity: taken as a peer
+    sock.connect(node.address)
+    try:
+        sock.send_multipart([encode(ClientRequest(1, "put", b"bk", b"v1", "quorum", 2000)),
+                             b"\xff not cbor",
+                             encode(ClientRequest(2, "get", b"bk", None, "quorum", 2000))])
+        replies = []
+        while len(replies) < 3 and sock.poll(5000):
+            replies.append(decode(sock.recv()))  # batched replies read one frame at a time
+    finally:
+        sock.close()
+    errors = [r for r in replies if isinstance(r, ErrorReply)]
+    answers = {r.req_id: r for r in replies if isinstance(r, ClientReply)}
+    assert len(errors) == 1 and errors[0].reason
+    assert answers[1].status == "ok"
+    assert answers[2].status in ("ok", "not_found")  # the get may overtake the put
+    assert node.running

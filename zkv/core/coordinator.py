@@ -9,6 +9,14 @@ Quorum operations are linearizable per key (ABD):
 An operation that cannot meet its level before its deadline answers
 ``unavailable``; for a write that means "unknown": it may have reached some
 replicas and may still become visible.
+
+A read phase first asks only as many replicas as the level needs (this node
+first when it is one), like Cassandra: for a quorum get that is one message
+out and one back instead of two each. When they have not all answered after
+a speculative delay (a few times the recent read-phase time, at most
+``retry_interval``) it asks every replica. Writes always go to every replica,
+so all three copies stay current without waiting for anti-entropy. During a
+ring change (joint quorums) every phase asks every replica.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from zkv.core.versions import HybridClock
 from zkv.storage.record import Record
 
 READ, REPAIR, WRITE = "read", "repair", "write"
+MIN_SPECULATION = 0.002  # seconds: a narrow read waits at least this before asking all
 _CONDITION = {"create": "absent", "update": "present"}
 _REJECTED = {"create": "exists", "update": "not_found"}
 
@@ -50,6 +59,7 @@ class Operation:
     outcome: tuple[str, bytes | None] = ("ok", None)
     sent_at: float = 0.0
     resends: int = 0  # of the current phase; each waits twice as long as the last
+    narrow: bool = False  # the read phase asked only the replicas it needs
 
 
 class Coordinator:
@@ -61,6 +71,8 @@ class Coordinator:
         self.ops: dict[int, Operation] = {}
         self._next = op_base
         self._recent_reads: dict[int, tuple[bytes, Record | None]] = {}  # for late read repair
+        self._read_time = 0.0  # moving average of read-phase durations; 0: none seen yet
+        self._spread = 0  # rotates the replicas a narrow read asks
 
     # ----------------------------------------------------------------- entry
 
@@ -84,7 +96,30 @@ class Coordinator:
         self._next += 1
         op = Operation(self._next, client, request, tracker, now, now + timeout)
         self.ops[op.op_id] = op
-        self._send_phase(op, now, out)
+        asked = self._narrow_targets(tracker, reachable)
+        if asked:
+            op.narrow = True
+            op.sent_at = now
+            for target in asked:
+                out.send(target, ReadRequest(op.op_id, request.key))
+        else:
+            self._send_phase(op, now, out)
+
+    def _narrow_targets(self, tracker: QuorumTracker, reachable: set[str]) -> list[str]:
+        """The fewest replicas whose answers meet the level (this node first, then
+        the others in turn), or [] when every replica should be asked."""
+        if len(tracker.sets) != 1 or tracker.need[0] >= len(tracker.targets):
+            return []
+        need = tracker.need[0]
+        asked = [self.node_id] if self.node_id in reachable and self.node_id in \
+            tracker.targets else []
+        others = [n for n in tracker.targets if n in reachable and n != self.node_id]
+        if len(asked) + len(others) < need:
+            return []
+        self._spread += 1
+        start = self._spread % len(others) if others else 0
+        asked.extend((others[start:] + others[:start])[:need - len(asked)])
+        return asked
 
     def _answer_now(self, client: Hashable, request: ClientRequest, status: str, detail: str,
                     out: Outbox) -> None:
@@ -104,6 +139,10 @@ class Coordinator:
             return
         op.reads[sender] = msg.record
         if op.tracker.met(op.reads):
+            if op.resends == 0:
+                took = now - op.sent_at
+                self._read_time = took if not self._read_time else \
+                    0.9 * self._read_time + 0.1 * took
             self._after_read(op, now, out)
 
     def on_write_reply(self, sender: str, msg: WriteReply, now: float, out: Outbox) -> None:
@@ -127,16 +166,24 @@ class Coordinator:
                 self._finish(op, "unavailable", None, now, out,
                              detail=f"{op.request.consistency} not reached in time "
                                     f"({got} of {len(op.tracker.targets)} answered)")
-            elif now >= op.sent_at + _backoff(retry_interval, op.resends):
+            elif now >= op.sent_at + self._resend_after(op, retry_interval):
                 op.resends += 1
+                op.narrow = False
                 self._send_phase(op, now, out)
 
     def next_wakeup(self, retry_interval: float) -> float | None:
         """When the next deadline expires or the next resend is due."""
         if not self.ops:
             return None
-        return min(min(op.deadline, op.sent_at + _backoff(retry_interval, op.resends))
+        return min(min(op.deadline, op.sent_at + self._resend_after(op, retry_interval))
                    for op in self.ops.values())
+
+    def _resend_after(self, op: Operation, retry_interval: float) -> float:
+        if op.narrow:  # speculate: ask the other replicas when these seem slow
+            if not self._read_time:
+                return retry_interval
+            return min(retry_interval, max(MIN_SPECULATION, 4 * self._read_time))
+        return _backoff(retry_interval, op.resends)
 
     # ----------------------------------------------------------------- phases
 
