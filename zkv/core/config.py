@@ -18,10 +18,10 @@ class NodeConfig:
     t_remove: float = 8.0  # no fresh heartbeat for this long: removed from the ring
     t_transition: float = 3.0  # after a ring change, quorums span old and new replica sets
     retry_interval: float = 0.1  # resend unanswered replica requests and hand-offs
-    anti_entropy_interval: float = 5.0  # each round walks the store: not too often
+    anti_entropy_interval: float = 5.0  # one digest message per round; cheap
     handoff_batch: int = 256
     tombstone_grace: float = 86400.0  # a tombstone older than this is dropped (see README)
-    tombstone_gc_interval: float = 60.0
+    tombstone_gc_interval: float = 3600.0  # each collection walks the store
     max_key: int = 1024
     max_value: int = 1024 * 1024
     default_timeout: float = 2.0

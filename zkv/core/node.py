@@ -26,6 +26,7 @@ from zkv.core.actions import (
 )
 from zkv.core.config import NodeConfig
 from zkv.core.coordinator import Coordinator
+from zkv.core.digests import DigestedStore
 from zkv.core.membership import LEFT, Membership, StatusChange
 from zkv.core.messages import (
     ClientReply,
@@ -84,7 +85,7 @@ class Node:
         self.config = config
         self.node_id = config.node_id
         self.address = config.address
-        self.store = store
+        self.store = store = DigestedStore(store)
         incarnation = int.from_bytes(store.get_meta("incarnation") or b"\0", "big") + 1
         store.put_meta("incarnation", incarnation.to_bytes(8, "big"))
         self.incarnation = incarnation
@@ -107,7 +108,6 @@ class Node:
         self._coordinate_from = now + config.t_fail if self.joined else float("inf")
         self._isolated = False
         self._gossip_turn = 0
-        self._anti_entropy_skipped = 0
         self._catch_up: list[str] = []  # peers to run anti-entropy with soon
         self.rejected_frames = 0
         self._next_gossip = now
@@ -140,6 +140,8 @@ class Node:
         due = self.coordinator.next_wakeup(self.config.retry_interval)
         if due is not None:
             times.append(due)
+        if self.stabilizer.sync_queue:
+            times.append(0.0)  # answer the queued listings at the next tick
         if self.stabilizer.batches:
             times.append(min(b.sent_at for b in self.stabilizer.batches.values())
                          + self.config.retry_interval)
@@ -224,7 +226,7 @@ class Node:
         elif isinstance(msg, SyncDigest):
             self.stabilizer.on_sync_digest(sender, msg, self.ring, out)
         elif isinstance(msg, SyncKeys):
-            self.stabilizer.on_sync_keys(sender, msg, self.ring, now, out)
+            self.stabilizer.on_sync_keys(sender, msg)
         elif isinstance(msg, SyncPull):
             self.stabilizer.on_sync_pull(sender, msg, now, out)
         elif isinstance(msg, (ClientRequest, RingQuery)):
@@ -301,6 +303,7 @@ class Node:
 
     def _on_tick(self, now: float, out: _StepOutbox) -> None:
         cfg = self.config
+        self.stabilizer.answer_sync_keys(self.ring, now, out)
         if now >= self._next_gossip:
             self._next_gossip = now + cfg.gossip_interval
             self.membership.beat()
@@ -322,12 +325,7 @@ class Node:
         self.stabilizer.resend(now, cfg.retry_interval, self.ring, out)
         if now >= self._next_anti_entropy:
             self._next_anti_entropy = now + cfg.anti_entropy_interval
-            # A round walks the whole store: put it off while clients keep us busy,
-            # but never more than a few rounds in a row.
-            if self.coordinator.ops and self._anti_entropy_skipped < 4:
-                self._anti_entropy_skipped += 1
-            elif self.joined and not self.settling:
-                self._anti_entropy_skipped = 0
+            if self.joined and not self.settling:
                 self.stabilizer.collect_strays(self.ring, now, out)
                 alive = {n for n in self.ring.nodes if self.membership.alive(n)}
                 self.stabilizer.start_round(self.ring, alive, out)

@@ -6,30 +6,24 @@
   dropped only after every owner acknowledged it, and never while a ring
   change is still settling (the old owners may still be read).
 - Anti-entropy: periodically, a node and one peer compare one digest per
-  ring segment they both replicate, then exchange what differs; a node that
-  was down, or held a corrupt record, catches up this way.
+  ring segment they both replicate (kept current on every write, see
+  ``digests``), then exchange what differs; a node that was down, or held a
+  corrupt record, catches up this way.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
+from zkv.core.digests import DigestedStore
 from zkv.core.messages import Handoff, HandoffAck, SyncDigest, SyncKeys, SyncPull
 from zkv.core.outbox import Outbox
 from zkv.core.replica import merge
 from zkv.core.ring import Ring
-from zkv.storage.base import Store
 from zkv.storage.record import Record
 
 
 BATCH_BYTES = 4 * 1024 * 1024
-
-
-def _entry_hash(key: bytes, record: Record) -> int:
-    v = record.version
-    data = b"%s\x00%d\x00%d\x00%s" % (key, v.wall_ms, v.counter, v.node_id.encode())
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
 @dataclass(slots=True)
@@ -47,7 +41,8 @@ class StrayCopy:
 
 
 class Stabilizer:
-    def __init__(self, node_id: str, store: Store, batch_size: int, batch_base: int) -> None:
+    def __init__(self, node_id: str, store: DigestedStore, batch_size: int,
+                 batch_base: int) -> None:
         self.node_id = node_id
         self.store = store
         self.batch_size = batch_size
@@ -56,6 +51,7 @@ class Stabilizer:
         self.strays_possible = True
         self._next = batch_base
         self._peer_cursor = 0
+        self.sync_queue: list[tuple[str, SyncKeys]] = []
         self.moved = 0  # records pushed to new owners (for metrics and tests)
 
     # ----------------------------------------------------------------- ring changes
@@ -172,14 +168,6 @@ class Stabilizer:
 
     # ----------------------------------------------------------------- anti-entropy
 
-    def _digests(self, ring: Ring, segments: set[int]) -> dict[int, int]:
-        digests = dict.fromkeys(segments, 0)
-        for key, record in self.store.items():
-            seg = ring.segment(key)
-            if seg in digests:
-                digests[seg] ^= _entry_hash(key, record)
-        return digests
-
     def start_round(self, ring: Ring, alive: set[str], out: Outbox,
                     peer: str | None = None) -> None:
         """Compare digests with ``peer``, or with the next live peer in turn."""
@@ -192,7 +180,7 @@ class Stabilizer:
         shared = ring.shared_segments(self.node_id, peer)
         if not shared:
             return
-        digests = self._digests(ring, set(shared))
+        digests = self.store.digests(ring, set(shared))
         self._next += 1
         out.send(peer, SyncDigest(self._next, [
             (ring.segment_token(s), d.to_bytes(8, "big")) for s, d in sorted(digests.items())
@@ -206,7 +194,7 @@ class Stabilizer:
                 theirs[seg] = int.from_bytes(digest, "big")
         if not theirs:
             return
-        mine = self._digests(ring, set(theirs))
+        mine = self.store.digests(ring, set(theirs))
         differing = {s for s in theirs if mine[s] != theirs[s]}
         if not differing:
             return
@@ -218,29 +206,49 @@ class Stabilizer:
         for seg, listing in entries.items():
             out.send(sender, SyncKeys(msg.round_id, ring.segment_token(seg), listing))
 
-    def on_sync_keys(self, sender: str, msg: SyncKeys, ring: Ring, now: float,
-                     out: Outbox) -> None:
-        seg = ring.segment_of_token(msg.segment)
-        if seg is None:
+    def on_sync_keys(self, sender: str, msg: SyncKeys) -> None:
+        """Queue a peer's listing; ``answer_sync_keys`` answers every queued one with
+        one walk of the store (a peer that differs in every segment sends one listing
+        per segment, and a walk per listing would cost minutes at a million keys)."""
+        self.sync_queue.append((sender, msg))
+
+    def answer_sync_keys(self, ring: Ring, now: float, out: Outbox) -> None:
+        """Push what the queued listings lack, pull what they have newer."""
+        wanted: dict[int, list[tuple[str, SyncKeys, dict]]] = {}
+        for sender, msg in self.sync_queue:
+            seg = ring.segment_of_token(msg.segment)
+            if seg is not None:
+                wanted.setdefault(seg, []).append((sender, msg, dict(msg.entries)))
+        self.sync_queue.clear()
+        if not wanted:
             return
-        theirs = dict(msg.entries)
-        push: list[tuple[bytes, Record]] = []
+        push: dict[str, list[tuple[bytes, Record]]] = {}
         for key, record in self.store.items():
-            if ring.segment(key) != seg:
+            for sender, _, theirs in wanted.get(ring.segment(key), ()):
+                their_version = theirs.pop(key, None)
+                if their_version is None or record.version > their_version:
+                    push.setdefault(sender, []).append((key, record))
+                elif their_version > record.version:
+                    theirs[key] = their_version
+        pull: dict[str, list[bytes]] = {}
+        round_ids: dict[str, int] = {}
+        for listings in wanted.values():
+            for sender, msg, theirs in listings:
+                round_ids.setdefault(sender, msg.round_id)
+                # Left in ``theirs``: keys we lack or hold older (or, in another view
+                # of the ring, in another segment: hence the check).
+                pull.setdefault(sender, []).extend(
+                    k for k, v in theirs.items()
+                    if (mine := self.store.get(k)) is None or v > mine.version)
+        for sender in sorted(set(push) | set(pull)):
+            if not push.get(sender) and not pull.get(sender):
                 continue
-            their_version = theirs.pop(key, None)
-            if their_version is None or record.version > their_version:
-                push.append((key, record))
-            elif their_version > record.version:
-                theirs[key] = their_version
-        pull = [k for k, v in theirs.items() if (mine := self.store.get(k)) is None
-                or v > mine.version]
-        if push:
-            self._push(sender, push, now, out, strays=False)
-        if pull:
-            out.send(sender, SyncPull(msg.round_id, pull))
-        if push or pull:
-            out.event("anti_entropy", peer=sender, pushed=len(push), pulled=len(pull))
+            if push.get(sender):
+                self._push(sender, push[sender], now, out, strays=False)
+            if pull.get(sender):
+                out.send(sender, SyncPull(round_ids[sender], pull[sender]))
+            out.event("anti_entropy", peer=sender, pushed=len(push.get(sender, ())),
+                      pulled=len(pull.get(sender, ())))
 
     def on_sync_pull(self, sender: str, msg: SyncPull, now: float, out: Outbox) -> None:
         records = [(k, r) for k in msg.keys if (r := self.store.get(k)) is not None]
