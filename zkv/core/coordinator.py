@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Hashable
 
+from zkv.core.backoff import backoff
 from zkv.core.messages import (
     ClientReply,
     ClientRequest,
@@ -183,7 +184,7 @@ class Coordinator:
             if not self._read_time:
                 return retry_interval
             return min(retry_interval, max(MIN_SPECULATION, 4 * self._read_time))
-        return _backoff(retry_interval, op.resends)
+        return backoff(retry_interval, op.resends)
 
     # ----------------------------------------------------------------- phases
 
@@ -275,11 +276,6 @@ class Coordinator:
 
     def _wall_ms(self, now: float) -> int:
         return int((now + self.wall_offset) * 1000)
-
-
-def _backoff(retry_interval: float, resends: int) -> float:
-    """Resend delays double, so a busy cluster is not buried under its own resends."""
-    return retry_interval * (1 << min(resends, 4))
 
 
 def _version(record: Record | None) -> tuple:

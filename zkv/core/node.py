@@ -142,9 +142,9 @@ class Node:
             times.append(due)
         if self.stabilizer.sync_queue:
             times.append(0.0)  # answer the queued listings at the next tick
-        if self.stabilizer.batches:
-            times.append(min(b.sent_at for b in self.stabilizer.batches.values())
-                         + self.config.retry_interval)
+        resend = self.stabilizer.next_resend(self.config.retry_interval)
+        if resend is not None:
+            times.append(resend)
         return min(times)
 
     def subscriptions(self) -> set[str]:
@@ -222,7 +222,7 @@ class Node:
             except StoreFull as exc:
                 out.event("store_full", detail=str(exc))
         elif isinstance(msg, HandoffAck):
-            self.stabilizer.on_handoff_ack(sender, msg, out)
+            self.stabilizer.on_handoff_ack(sender, msg, now, out)
         elif isinstance(msg, SyncDigest):
             self.stabilizer.on_sync_digest(sender, msg, self.ring, out)
         elif isinstance(msg, SyncKeys):

@@ -1,7 +1,11 @@
 """Stabilization and anti-entropy: every record ends on exactly its replica set.
 
-- On a ring change, a node pushes each record it holds to the replicas the
-  record gained; receivers merge by version and acknowledge.
+- On a ring change, each record is pushed to the replicas it gained by one of
+  its old replicas (the first still in the ring; every holder, if none is);
+  receivers merge by version and acknowledge. A node keeps at most ``WINDOW``
+  unacknowledged batches per peer and queues the rest, so moving a million
+  keys is a steady stream, not a burst that overflows the sockets and comes
+  back as a storm of resends.
 - A copy this node no longer owns (a stray) is pushed to all its owners and
   dropped only after every owner acknowledged it, and never while a ring
   change is still settling (the old owners may still be read).
@@ -13,8 +17,10 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
+from zkv.core.backoff import backoff
 from zkv.core.digests import DigestedStore
 from zkv.core.messages import Handoff, HandoffAck, SyncDigest, SyncKeys, SyncPull
 from zkv.core.outbox import Outbox
@@ -24,6 +30,7 @@ from zkv.storage.record import Record
 
 
 BATCH_BYTES = 4 * 1024 * 1024
+WINDOW = 4  # unacknowledged hand-off batches per peer
 
 
 @dataclass(slots=True)
@@ -32,6 +39,7 @@ class Batch:
     records: list[tuple[bytes, Record]]
     sent_at: float
     strays: bool = False  # drop our copies once every owner has them
+    resends: int = 0
 
 
 @dataclass(slots=True)
@@ -46,7 +54,8 @@ class Stabilizer:
         self.node_id = node_id
         self.store = store
         self.batch_size = batch_size
-        self.batches: dict[int, Batch] = {}
+        self.batches: dict[int, Batch] = {}  # sent, not yet acknowledged
+        self.queued: dict[str, deque[tuple[list[tuple[bytes, Record]], bool]]] = {}
         self.strays: dict[bytes, StrayCopy] = {}
         self.strays_possible = True
         self._next = batch_base
@@ -61,9 +70,14 @@ class Stabilizer:
         for key, record in self.store.items():
             old_set = old.locate(key)
             new_set = new.locate(key)
-            for target in new_set:
-                if target != self.node_id and target not in old_set:
-                    gained.setdefault(target, []).append((key, record))
+            targets = [t for t in new_set if t != self.node_id and t not in old_set]
+            if not targets:
+                continue
+            pusher = next((n for n in old_set if n in new.nodes), self.node_id)
+            if pusher != self.node_id:
+                continue
+            for target in targets:
+                gained.setdefault(target, []).append((key, record))
         for target, records in gained.items():
             self._push(target, records, now, out, strays=False)
             out.event("stabilize_push", to=target, records=len(records))
@@ -72,11 +86,26 @@ class Stabilizer:
 
     def _push(self, target: str, records: list[tuple[bytes, Record]], now: float, out: Outbox,
               strays: bool) -> None:
+        queue = self.queued.setdefault(target, deque())
         for chunk in self._chunks(records):
+            queue.append((chunk, strays))
+        self._fill(target, now, out)
+
+    def _fill(self, target: str, now: float, out: Outbox) -> None:
+        """Send queued batches to ``target`` while fewer than WINDOW await an ack."""
+        queue = self.queued.get(target)
+        if not queue:
+            return
+        in_flight = sum(1 for b in self.batches.values() if b.target == target)
+        while queue and in_flight < WINDOW:
+            chunk, strays = queue.popleft()
             self._next += 1
             self.batches[self._next] = Batch(target, chunk, now, strays)
             out.send(target, Handoff(self._next, chunk))
             self.moved += len(chunk)
+            in_flight += 1
+        if not queue:
+            del self.queued[target]
 
     def _chunks(self, records: list[tuple[bytes, Record]]):
         """Batches of at most ``batch_size`` records and about BATCH_BYTES (one frame each)."""
@@ -125,11 +154,12 @@ class Stabilizer:
             out.event("handoff_merged", sender=sender, records=len(msg.records), changed=changed)
         out.send(sender, HandoffAck(msg.batch_id))
 
-    def on_handoff_ack(self, sender: str, msg: HandoffAck, out: Outbox) -> None:
+    def on_handoff_ack(self, sender: str, msg: HandoffAck, now: float, out: Outbox) -> None:
         batch = self.batches.get(msg.batch_id)
         if batch is None or batch.target != sender:
             return
         del self.batches[msg.batch_id]
+        self._fill(sender, now, out)
         if not batch.strays:
             return
         dropped = 0
@@ -148,14 +178,23 @@ class Stabilizer:
             out.event("strays_dropped", keys=dropped, acked_by=sender)
 
     def resend(self, now: float, retry_interval: float, ring: Ring, out: Outbox) -> None:
+        for target in [t for t in self.queued if t not in ring.nodes]:
+            del self.queued[target]  # the target left the ring; a later change re-plans
         for batch_id, batch in list(self.batches.items()):
             if batch.target not in ring.nodes:
-                del self.batches[batch_id]  # the target left the ring; a later change re-plans
+                del self.batches[batch_id]
                 self.strays.clear()
                 self.strays_possible = True
-            elif now - batch.sent_at >= retry_interval:
+            elif now >= batch.sent_at + backoff(retry_interval, batch.resends):
                 batch.sent_at = now
+                batch.resends += 1
                 out.send(batch.target, Handoff(batch_id, batch.records))
+
+    def next_resend(self, retry_interval: float) -> float | None:
+        if not self.batches:
+            return None
+        return min(b.sent_at + backoff(retry_interval, b.resends)
+                   for b in self.batches.values())
 
     def collect_tombstones(self, older_than_ms: int, out: Outbox) -> None:
         """Forget deletes older than the grace period; every replica has had time to learn them."""
@@ -254,3 +293,4 @@ class Stabilizer:
         records = [(k, r) for k in msg.keys if (r := self.store.get(k)) is not None]
         if records:
             self._push(sender, records, now, out, strays=False)
+

@@ -1,0 +1,91 @@
+"""Hand-off flow control and who pushes what on a ring change."""
+
+import pytest
+
+from zkv.core.digests import DigestedStore
+from zkv.core.messages import Handoff, HandoffAck
+from zkv.core.ring import Ring
+from zkv.core.stabilizer import WINDOW, Stabilizer
+from zkv.core.versions import Version
+from zkv.storage.memory import MemoryStore
+from zkv.storage.record import Record
+
+RETRY = 0.1
+
+
+class Outbox:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, object]] = []
+
+    def send(self, to, message) -> None:
+        self.sent.append((to, message))
+
+    def reply(self, client, message) -> None:
+        pass
+
+    def event(self, kind, **fields) -> None:
+        pass
+
+    def handoffs(self) -> list[Handoff]:
+        got = [m for _, m in self.sent if isinstance(m, Handoff)]
+        self.sent.clear()
+        return got
+
+
+def filled_store(keys: int) -> DigestedStore:
+    store = DigestedStore(MemoryStore())
+    for i in range(keys):
+        store.put(b"k%05d" % i, Record(Version(1, 0, "a"), False, b"v"))
+    return store
+
+
+def test_a_big_push_keeps_at_most_a_window_of_batches_unacknowledged():
+    store = filled_store(1000)
+    stabilizer = Stabilizer("a", store, 10, 0)
+    out = Outbox()
+    stabilizer._push("b", list(store.items()), 0.0, out, strays=False)
+    first = out.handoffs()
+    assert len(first) == WINDOW and len(stabilizer.batches) == WINDOW
+    received = {k for m in first for k, _ in m.records}
+    t = 0.0
+    while stabilizer.batches:
+        t += 0.001
+        for batch_id in list(stabilizer.batches):
+            stabilizer.on_handoff_ack("b", HandoffAck(batch_id), t, out)
+        sent = out.handoffs()
+        assert len(sent) <= WINDOW
+        received |= {k for m in sent for k, _ in m.records}
+    assert received == {k for k, _ in store.items()}
+    assert stabilizer.moved == 1000
+
+
+def test_unacknowledged_batches_are_resent_less_and_less_often():
+    store = filled_store(5)
+    stabilizer = Stabilizer("a", store, 10, 0)
+    out = Outbox()
+    ring = Ring(["a", "b"], 2, 8)
+    stabilizer._push("b", list(store.items()), 0.0, out, strays=False)
+    out.handoffs()
+    resent_at = []
+    t = 0.0
+    while t < 3.2:
+        t = round(t + 0.01, 2)
+        stabilizer.resend(t, RETRY, ring, out)
+        if out.handoffs():
+            resent_at.append(t)
+    gaps = [b - a for a, b in zip([0.0] + resent_at, resent_at)]
+    assert gaps[:5] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6], abs=0.011)  # 10 ms steps
+
+
+def test_on_a_join_only_the_first_old_replica_still_in_the_ring_pushes():
+    old = Ring(["a", "b", "c"], 3, 16)
+    new = Ring(["a", "b", "c", "d"], 3, 16)
+    pushed: dict[str, set[bytes]] = {}
+    for node in "abc":
+        store = filled_store(300)  # every old node holds every key (3 replicas, 3 nodes)
+        out = Outbox()
+        Stabilizer(node, store, 1000, 0).on_ring_change(old, new, 0.0, out)
+        pushed[node] = {k for m in out.handoffs() for k, _ in m.records}
+    gained = {b"k%05d" % i for i in range(300) if "d" in new.locate(b"k%05d" % i)}
+    assert set().union(*pushed.values()) == gained
+    assert sum(len(keys) for keys in pushed.values()) == len(gained)  # each key once
