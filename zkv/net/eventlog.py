@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 EVENT_LOG = "events.jsonl"
 
 
@@ -28,8 +30,19 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
-_encode = json.JSONEncoder(default=_jsonable, separators=(",", ":"),
-                           ensure_ascii=False).encode
+_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+_slow_encode = json.JSONEncoder(default=_jsonable, separators=(",", ":"),
+                                ensure_ascii=False).encode
+
+
+def _encode(event: dict[str, Any]) -> bytes:
+    """One line; orjson is ten times faster than json here, and the log takes an
+    event per replica read or write. json only for what orjson refuses (an integer
+    beyond 64 bits)."""
+    try:
+        return orjson.dumps(event, default=_jsonable, option=_OPTIONS)
+    except orjson.JSONEncodeError:
+        return (_slow_encode(event) + "\n").encode()
 
 
 class EventLog:
@@ -37,12 +50,12 @@ class EventLog:
         self.path = Path(data_dir) / EVENT_LOG
         self.node_id = node_id
         self.max_bytes = max_bytes
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file = open(self.path, "ab")
         self._size = self._file.tell()
 
     def append(self, kind: str, fields: dict[str, Any], ts: float) -> None:
         line = _encode({"ts": round(ts, 6), "node": self.node_id, "kind": kind,
-                        "fields": fields}) + "\n"
+                        "fields": fields})
         self._file.write(line)
         self._size += len(line)
         if self._size > self.max_bytes:
@@ -57,7 +70,7 @@ class EventLog:
     def _rotate(self) -> None:
         self._file.close()
         os.replace(self.path, self.path.with_name(EVENT_LOG + ".1"))
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file = open(self.path, "ab")
         self._size = 0
 
 
