@@ -10,10 +10,15 @@ from zkv.storage.memory import MemoryStore
 from zkv.storage.record import Record
 
 
-def walked(store: MemoryStore, ring: Ring) -> list[int]:
+NOW = 5_000  # wall ms; every version in these tests is within RETAIN_MS of it
+ALL = 10 ** 12  # a horizon after every write
+
+
+def walked(store: MemoryStore, ring: Ring, horizon: int = ALL) -> list[int]:
     digests = [0] * ring.segments
     for key, record in store.items():
-        digests[ring.segment(key)] ^= entry_hash(key, record)
+        if record.version.wall_ms <= horizon:
+            digests[ring.segment(key)] ^= entry_hash(key, record)
     return digests
 
 
@@ -23,7 +28,7 @@ def test_incremental_digests_match_a_full_walk_through_random_writes():
     inner = MemoryStore()
     store = DigestedStore(inner)
     every = set(range(ring.segments))
-    assert store.digests(ring, every) == dict.fromkeys(every, 0)
+    assert store.digests(ring, every, ALL, NOW) == dict.fromkeys(every, 0)
     keys = [f"k{i}".encode() for i in range(60)]
     for step in range(3000):
         key = rng.choice(keys)
@@ -40,7 +45,9 @@ def test_incremental_digests_match_a_full_walk_through_random_writes():
             store.get(rng.choice(keys))  # a read of another key must not mislead the put
             store.remove(key)
         if step % 100 == 0:
-            assert store.digests(ring, every) == dict(enumerate(walked(inner, ring)))
+            for horizon in (ALL, 500, 100):  # as of now, and as of earlier horizons
+                assert store.digests(ring, every, horizon, NOW) == \
+                    dict(enumerate(walked(inner, ring, horizon)))
     assert store.rebuilds == 1  # one walk, at the first question
 
 
@@ -48,7 +55,18 @@ def test_another_ring_rebuilds_the_digests():
     store = DigestedStore(MemoryStore())
     small, big = Ring(["a", "b", "c"], 3, 8), Ring(["a", "b", "c", "d"], 3, 8)
     store.put(b"x", Record(Version(1, 0, "a"), False, b"v"))
-    assert set(store.digests(small, {small.segment(b"x")}).values()) != {0}
-    big_digests = store.digests(big, set(range(big.segments)))
+    assert set(store.digests(small, {small.segment(b"x")}, ALL, NOW).values()) != {0}
+    big_digests = store.digests(big, set(range(big.segments)), ALL, NOW)
     assert big_digests == dict(enumerate(walked(store.inner, big)))
     assert store.rebuilds == 2
+
+
+def test_a_horizon_older_than_the_kept_entries_cannot_be_answered():
+    ring = Ring(["a", "b", "c"], 3, 8)
+    store = DigestedStore(MemoryStore())
+    every = set(range(ring.segments))
+    assert store.digests(ring, every, 100_000, 100_000) is not None
+    store.put(b"x", Record(Version(100_500, 0, "a"), False, b"v"))
+    assert store.digests(ring, every, 100_000, 200_000) is None  # pruned past it
+    later = store.digests(ring, every, 190_000, 200_000)
+    assert later == dict(enumerate(walked(store.inner, ring)))

@@ -6,6 +6,15 @@ keeping them here costs one hash per write. A digest is the XOR of a 64-bit
 hash of (key, version) over the segment's records, so a write updates it in
 place: XOR out the old entry, XOR in the new one.
 
+Under load two replicas are never equal at the same instant: a write is on
+one and still on its way to the other. So digests are compared as of a
+*horizon*, a wall-clock time some seconds back: records written after it are
+left out on both sides. The entries of the last ``RETAIN_MS`` are kept in a
+list besides the digests; the digest as of horizon H is the current one with
+those entries newer than H XORed out again (a write of record ``new`` over
+``old`` toggles both in the digest and appends both to the list, so each
+overwritten record cancels out there as it did in the digest).
+
 The digests belong to one ring; for any other ring they are rebuilt with one
 walk (ring changes are rare and walk the store anyway). A node that reboots
 (crash, lost turn) starts with none, so a write the store discarded can never
@@ -15,11 +24,15 @@ leave a digest behind.
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from collections.abc import Iterator
 
 from zkv.core.ring import Ring
 from zkv.storage.base import Store
 from zkv.storage.record import Record
+
+
+RETAIN_MS = 30_000  # how far back a horizon may lie
 
 
 def entry_hash(key: bytes, record: Record) -> int:
@@ -35,6 +48,8 @@ class DigestedStore:
         self.inner = inner
         self._ring: Ring | None = None
         self._digests: list[int] = []
+        self._recent: deque[tuple[int, int, int]] = deque()  # (wall_ms, segment, hash)
+        self._floor = 0  # entries at or before this are not in _recent
         self._last: tuple[bytes, Record | None] | None = None  # the latest get, for put
         self.rebuilds = 0  # full walks (for tests and metrics)
 
@@ -56,8 +71,8 @@ class DigestedStore:
             old = self._previous(key)
             seg = self._ring.segment(key)
             if old is not None:
-                self._digests[seg] ^= entry_hash(key, old)
-            self._digests[seg] ^= entry_hash(key, record)
+                self._toggle(seg, key, old)
+            self._toggle(seg, key, record)
         self._last = None
         self.inner.put(key, record)
 
@@ -65,9 +80,16 @@ class DigestedStore:
         if self._ring is not None:
             old = self._previous(key)
             if old is not None:
-                self._digests[self._ring.segment(key)] ^= entry_hash(key, old)
+                self._toggle(self._ring.segment(key), key, old)
         self._last = None
         self.inner.remove(key)
+
+    def _toggle(self, seg: int, key: bytes, record: Record) -> None:
+        h = entry_hash(key, record)
+        self._digests[seg] ^= h
+        wall = record.version.wall_ms
+        if wall > self._floor:
+            self._recent.append((wall, seg, h))
 
     def _previous(self, key: bytes) -> Record | None:
         # The replica reads a key just before writing it: reuse that read.
@@ -76,19 +98,41 @@ class DigestedStore:
             return last[1]
         return self.inner.get(key)
 
-    def digests(self, ring: Ring, segments: set[int]) -> dict[int, int]:
-        """The digest of each of ``segments`` of ``ring``."""
+    def digests(self, ring: Ring, segments: set[int], horizon_ms: int,
+                now_ms: int) -> dict[int, int] | None:
+        """The digest of each of ``segments`` of ``ring`` over the records written at
+        or before ``horizon_ms``; None when that lies too far back to tell."""
         if ring != self._ring:
-            self._rebuild(ring)
-        return {s: self._digests[s] for s in segments}
+            self._rebuild(ring, now_ms)
+        floor = now_ms - RETAIN_MS
+        recent = self._recent
+        while recent and recent[0][0] <= floor:
+            recent.popleft()
+        self._floor = max(self._floor, floor)
+        if horizon_ms < self._floor:
+            return None
+        result = {s: self._digests[s] for s in segments}
+        for wall, seg, h in recent:
+            if wall > horizon_ms and seg in result:
+                result[seg] ^= h
+        return result
 
-    def _rebuild(self, ring: Ring) -> None:
+    def _rebuild(self, ring: Ring, now_ms: int) -> None:
+        self._recent.clear()
+        self._floor = now_ms - RETAIN_MS
         if not ring.segments:  # an empty ring has no segments to keep
             self._ring, self._digests = None, []
             return
         digests = [0] * ring.segments
+        recent = []
         for key, record in self.inner.items():
-            digests[ring.segment(key)] ^= entry_hash(key, record)
+            seg = ring.segment(key)
+            h = entry_hash(key, record)
+            digests[seg] ^= h
+            if record.version.wall_ms > self._floor:
+                recent.append((record.version.wall_ms, seg, h))
+        recent.sort()
+        self._recent.extend(recent)
         self._ring, self._digests = ring, digests
         self.rebuilds += 1
 

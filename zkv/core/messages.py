@@ -128,19 +128,23 @@ class HandoffAck(Message):
 
 @dataclass(frozen=True, slots=True)
 class SyncDigest(Message):
-    """Anti-entropy: one hash per ring segment both nodes replicate."""
+    """Anti-entropy: one hash per ring segment both nodes replicate, over the
+    records written at or before ``horizon`` (wall-clock ms)."""
 
     KIND: ClassVar[int] = 22
     round_id: int
+    horizon: int
     digests: list  # [[segment_token, digest_bytes], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class SyncKeys(Message):
-    """Anti-entropy: the (key, version) list of a segment whose digests differ."""
+    """Anti-entropy: the (key, version) list of a segment whose digests differ
+    (records written at or before ``horizon``)."""
 
     KIND: ClassVar[int] = 23
     round_id: int
+    horizon: int
     segment: int
     entries: list  # [[key, Version], ...]
 
@@ -304,8 +308,8 @@ _SCHEMA: dict[type, tuple[Check, ...]] = {
     WriteReply: (_nonneg, _bytes, _bool),
     Handoff: (_nonneg, _list_of(_pair(_bytes, _record))),
     HandoffAck: (_nonneg,),
-    SyncDigest: (_nonneg, _list_of(_pair(_nonneg, _bytes))),
-    SyncKeys: (_nonneg, _nonneg, _list_of(_pair(_bytes, _version))),
+    SyncDigest: (_nonneg, _nonneg, _list_of(_pair(_nonneg, _bytes))),
+    SyncKeys: (_nonneg, _nonneg, _nonneg, _list_of(_pair(_bytes, _version))),
     SyncPull: (_nonneg, _list_of(_bytes)),
     Gossip: (_str, _list_of(_member)),
     JoinRequest: (_member,),

@@ -102,7 +102,8 @@ class Node:
         self.settling: list[tuple[Ring, float]] = []  # earlier rings, until their end time
         op_base = incarnation << 32
         self.coordinator = Coordinator(self.node_id, self.clock, op_base, config.wall_offset)
-        self.stabilizer = Stabilizer(self.node_id, store, config.handoff_batch, op_base)
+        self.stabilizer = Stabilizer(self.node_id, store, config.handoff_batch, op_base,
+                                     config.wall_offset)
         self.stopping = False
         # Coordinate only once every peer can have heard of us: see _hold_coordination.
         self._coordinate_from = now + config.t_fail if self.joined else float("inf")
@@ -224,7 +225,7 @@ class Node:
         elif isinstance(msg, HandoffAck):
             self.stabilizer.on_handoff_ack(sender, msg, now, out)
         elif isinstance(msg, SyncDigest):
-            self.stabilizer.on_sync_digest(sender, msg, self.ring, out)
+            self.stabilizer.on_sync_digest(sender, msg, self.ring, now, out)
         elif isinstance(msg, SyncKeys):
             self.stabilizer.on_sync_keys(sender, msg)
         elif isinstance(msg, SyncPull):
@@ -315,7 +316,7 @@ class Node:
             elif self._catch_up and not self.settling:
                 peer = self._catch_up.pop()
                 if self.membership.alive(peer) and peer in self.ring.nodes:
-                    self.stabilizer.start_round(self.ring, set(), out, peer=peer)
+                    self.stabilizer.start_round(self.ring, set(), now, out, peer=peer)
         if now >= self._next_check:
             self._next_check = now + cfg.gossip_interval
             self._membership_changed(self.membership.check(now), now, out)
@@ -328,7 +329,7 @@ class Node:
             if self.joined and not self.settling:
                 self.stabilizer.collect_strays(self.ring, now, out)
                 alive = {n for n in self.ring.nodes if self.membership.alive(n)}
-                self.stabilizer.start_round(self.ring, alive, out)
+                self.stabilizer.start_round(self.ring, alive, now, out)
         if now >= self._next_tombstone_gc:
             self._next_tombstone_gc = now + cfg.tombstone_gc_interval
             grace_ms = int((now + cfg.wall_offset - cfg.tombstone_grace) * 1000)

@@ -11,8 +11,10 @@
   change is still settling (the old owners may still be read).
 - Anti-entropy: periodically, a node and one peer compare one digest per
   ring segment they both replicate (kept current on every write, see
-  ``digests``), then exchange what differs; a node that was down, or held a
-  corrupt record, catches up this way.
+  ``digests``), as of a horizon ``HORIZON_LAG`` seconds back so writes still
+  on their way do not count as differences; then they exchange what differs
+  (records up to the horizon). A node that was down, or held a corrupt
+  record, catches up this way.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from zkv.storage.record import Record
 
 BATCH_BYTES = 4 * 1024 * 1024
 WINDOW = 4  # unacknowledged hand-off batches per peer
+HORIZON_LAG = 10.0  # seconds: anti-entropy compares records older than this
 
 
 @dataclass(slots=True)
@@ -50,8 +53,9 @@ class StrayCopy:
 
 class Stabilizer:
     def __init__(self, node_id: str, store: DigestedStore, batch_size: int,
-                 batch_base: int) -> None:
+                 batch_base: int, wall_offset: float = 0.0) -> None:
         self.node_id = node_id
+        self.wall_offset = wall_offset
         self.store = store
         self.batch_size = batch_size
         self.batches: dict[int, Batch] = {}  # sent, not yet acknowledged
@@ -207,9 +211,17 @@ class Stabilizer:
 
     # ----------------------------------------------------------------- anti-entropy
 
-    def start_round(self, ring: Ring, alive: set[str], out: Outbox,
+    def _wall_ms(self, now: float) -> int:
+        return int((now + self.wall_offset) * 1000)
+
+    def start_round(self, ring: Ring, alive: set[str], now: float, out: Outbox,
                     peer: str | None = None) -> None:
-        """Compare digests with ``peer``, or with the next live peer in turn."""
+        """Compare digests with ``peer``, or with the next live peer in turn.
+
+        A round with a chosen peer is a catch-up after this node was away: it
+        compares up to now, as what this node missed is surely different, and
+        the walk that writes in flight may cost is paid once."""
+        catch_up = peer is not None
         if peer is None:
             peers = sorted(n for n in ring.nodes if n != self.node_id and n in alive)
             if not peers:
@@ -219,13 +231,18 @@ class Stabilizer:
         shared = ring.shared_segments(self.node_id, peer)
         if not shared:
             return
-        digests = self.store.digests(ring, set(shared))
+        now_ms = self._wall_ms(now)
+        horizon = now_ms - (0 if catch_up else int(HORIZON_LAG * 1000))
+        digests = self.store.digests(ring, set(shared), horizon, now_ms)
+        if digests is None:
+            return
         self._next += 1
-        out.send(peer, SyncDigest(self._next, [
+        out.send(peer, SyncDigest(self._next, horizon, [
             (ring.segment_token(s), d.to_bytes(8, "big")) for s, d in sorted(digests.items())
         ]))
 
-    def on_sync_digest(self, sender: str, msg: SyncDigest, ring: Ring, out: Outbox) -> None:
+    def on_sync_digest(self, sender: str, msg: SyncDigest, ring: Ring, now: float,
+                       out: Outbox) -> None:
         theirs: dict[int, int] = {}
         for tok, digest in msg.digests:
             seg = ring.segment_of_token(tok)
@@ -233,17 +250,22 @@ class Stabilizer:
                 theirs[seg] = int.from_bytes(digest, "big")
         if not theirs:
             return
-        mine = self.store.digests(ring, set(theirs))
+        mine = self.store.digests(ring, set(theirs), msg.horizon, self._wall_ms(now))
+        if mine is None:  # a horizon this node can no longer compare at
+            return
         differing = {s for s in theirs if mine[s] != theirs[s]}
         if not differing:
             return
         entries: dict[int, list] = {s: [] for s in differing}
         for key, record in self.store.items():
+            if record.version.wall_ms > msg.horizon:
+                continue
             seg = ring.segment(key)
             if seg in entries:
                 entries[seg].append((key, record.version))
         for seg, listing in entries.items():
-            out.send(sender, SyncKeys(msg.round_id, ring.segment_token(seg), listing))
+            out.send(sender, SyncKeys(msg.round_id, msg.horizon, ring.segment_token(seg),
+                                      listing))
 
     def on_sync_keys(self, sender: str, msg: SyncKeys) -> None:
         """Queue a peer's listing; ``answer_sync_keys`` answers every queued one with
@@ -263,7 +285,9 @@ class Stabilizer:
             return
         push: dict[str, list[tuple[bytes, Record]]] = {}
         for key, record in self.store.items():
-            for sender, _, theirs in wanted.get(ring.segment(key), ()):
+            for sender, msg, theirs in wanted.get(ring.segment(key), ()):
+                if record.version.wall_ms > msg.horizon:
+                    continue  # newer than the comparison: on its way, or next round's
                 their_version = theirs.pop(key, None)
                 if their_version is None or record.version > their_version:
                     push.setdefault(sender, []).append((key, record))
