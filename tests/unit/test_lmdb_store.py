@@ -15,11 +15,13 @@ from hypothesis import strategies as st
 
 from zkv.core.versions import Version
 from zkv.storage.base import StoreFull
+from zkv.core.ring import Ring, token
 from zkv.storage.lmdb_store import (
     SHORT_KEY_MAX,
     CorruptMeta,
     LmdbStore,
     corrupt_record_on_disk,
+    storage_key,
 )
 from zkv.storage.record import Record
 
@@ -32,6 +34,12 @@ def live(value: bytes, wall: int = 1, node: str = "n1") -> Record:
 
 def tomb(wall: int = 1) -> Record:
     return Record.tomb(Version(wall, 0, "n1"))
+
+
+def ring_order(items):
+    """Keys, or (key, value) pairs, in the order the store keeps them."""
+    return sorted(items, key=lambda item: storage_key(item if isinstance(item, bytes)
+                                                      else item[0]))
 
 
 def long_key(tail: bytes, length: int = 1024, fill: bytes = b"k") -> bytes:
@@ -173,7 +181,8 @@ def test_corrupt_record_reads_as_missing_and_is_reported(tmp_path: Path) -> None
         assert s.get(b"b") is None
         assert s.corrupt_reads == 1
         assert list(s.corrupt_keys) == [b"b"]
-        assert list(s.items()) == [(b"a", live(b"value of a")), (b"c", live(b"value of c"))]
+        assert list(s.items()) == ring_order([(b"a", live(b"value of a")),
+                                              (b"c", live(b"value of c"))])
         assert s.corrupt_reads == 2
         assert s.get(b"a") == live(b"value of a")
         # A repair overwrites the corrupt copy.
@@ -294,13 +303,13 @@ def test_long_keys_round_trip(store: LmdbStore) -> None:
     assert store.get(a) == live(b"A")
     assert store.get(b) == tomb()
     assert store.get(long_key(b"c")) is None
-    assert list(store.items()) == [(a, live(b"A")), (b, tomb())]
+    assert list(store.items()) == ring_order([(a, live(b"A")), (b, tomb())])
     store.remove(a)
     assert store.get(a) is None
     assert len(store) == 1
 
 
-def test_items_yields_keys_in_byte_order_across_the_long_key_limit(store: LmdbStore) -> None:
+def test_items_yields_keys_in_ring_order_across_the_long_key_limit(store: LmdbStore) -> None:
     prefix = b"p" * SHORT_KEY_MAX
     keys = [
         prefix,  # exactly at the limit: stored as itself
@@ -317,9 +326,9 @@ def test_items_yields_keys_in_byte_order_across_the_long_key_limit(store: LmdbSt
     ]
     for i, key in enumerate(reversed(keys)):
         store.put(key, live(b"%d" % i))
-    assert [k for k, _ in store.items()] == sorted(keys)  # through the write transaction
+    assert [k for k, _ in store.items()] == ring_order(keys)  # through the write transaction
     store.commit()
-    assert [k for k, _ in store.items()] == sorted(keys)
+    assert [k for k, _ in store.items()] == ring_order(keys)
     assert len(store) == len(keys)
 
 
@@ -328,7 +337,23 @@ def test_items_streams_many_records_in_order(store: LmdbStore) -> None:
     for key in keys:
         store.put(key, live(b"v"))
     store.commit()
-    assert [k for k, _ in store.items()] == sorted(keys)
+    assert [k for k, _ in store.items()] == ring_order(keys)
+
+
+def test_a_token_range_reads_exactly_the_keys_whose_tokens_lie_in_it(store: LmdbStore) -> None:
+    keys = [b"%05d" % i for i in range(600)] + [long_key(b"%05d" % i) for i in range(100)]
+    for key in keys:
+        store.put(key, live(b"v"))
+    store.commit()
+    ring = Ring(["a", "b", "c"], 3, 8)
+    seen: list[bytes] = []
+    for segment in range(ring.segments):
+        for first, last in ring.segment_ranges(segment):
+            got = [k for k, _ in store.token_range(first, last)]
+            assert got == ring_order([k for k in keys if first <= token(k) <= last])
+            assert all(ring.segment(k) == segment for k in got)
+            seen.extend(got)
+    assert sorted(seen) == sorted(keys)  # the segments cover the ring once
 
 
 def test_items_tolerates_writes_and_commits_while_iterating(store: LmdbStore) -> None:
@@ -338,12 +363,13 @@ def test_items_tolerates_writes_and_commits_while_iterating(store: LmdbStore) ->
     store.commit()
     seen = []
     for key, _ in store.items():
-        seen.append(key)
-        store.put(b"+" + key, live(b"w"))  # sorts before every key seen
+        if key in keys:
+            seen.append(key)
+        store.put(b"+" + key, live(b"w"))  # anywhere in ring order: seen or not
         if len(seen) % 100 == 0:
             store.commit()
-    assert seen == keys
-    assert len(store) == 2000
+    assert seen == ring_order(keys)  # each key present throughout, once
+    assert len(store) >= 2000
 
 
 def test_second_open_of_the_same_store_is_refused(tmp_path: Path) -> None:
@@ -390,7 +416,7 @@ def test_behaves_like_a_dict_that_forgets_uncommitted_writes(operations: list) -
                     s.close()
                     s = LmdbStore(tmp, sync=False)
                     model = dict(committed)
-                assert list(s.items()) == sorted(model.items())
+                assert list(s.items()) == ring_order(model.items())
                 assert len(s) == len(model)
             for key, record in model.items():
                 assert s.get(key) == record

@@ -5,7 +5,7 @@ import pytest
 from zkv.core.digests import DigestedStore
 from zkv.core.messages import Handoff, HandoffAck
 from zkv.core.ring import Ring
-from zkv.core.stabilizer import WINDOW, Stabilizer
+from zkv.core.stabilizer import SYNC_SEGMENTS, WINDOW, Stabilizer
 from zkv.core.versions import Version
 from zkv.storage.memory import MemoryStore
 from zkv.storage.record import Record
@@ -89,3 +89,36 @@ def test_on_a_join_only_the_first_old_replica_still_in_the_ring_pushes():
     gained = {b"k%05d" % i for i in range(300) if "d" in new.locate(b"k%05d" % i)}
     assert set().union(*pushed.values()) == gained
     assert sum(len(keys) for keys in pushed.values()) == len(gained)  # each key once
+
+
+def test_an_anti_entropy_round_lists_a_bounded_number_of_differing_segments():
+    ring = Ring(["a", "b"], 2, 32)  # 64 segments, all shared
+    full, empty = filled_store(2000), DigestedStore(MemoryStore())
+    a, b = Stabilizer("a", full, 10_000, 0), Stabilizer("b", empty, 10_000, 1 << 32)
+    out_a, out_b = Outbox(), Outbox()
+    a.start_round(ring, {"b"}, 1000.0, out_a, peer="b")
+    [(_, digest)] = out_a.sent
+    b.on_sync_digest("a", digest, ring, 1000.0, out_b)
+    listings = [m for _, m in out_b.sent]
+    assert len(listings) == SYNC_SEGMENTS and all(m.entries == [] for m in listings)
+    for listing in listings:
+        a.on_sync_keys("b", listing)
+    out_a.sent.clear()
+    a.answer_sync_keys(ring, 1000.0, out_a)
+    listed = {ring.segment_of_token(m.segment) for m in listings}
+    pushed = {k for m in out_a.handoffs() for k, _ in m.records}
+    assert pushed and {ring.segment(k) for k in pushed} <= listed
+    assert pushed == {k for k, _ in full.items() if ring.segment(k) in listed}
+
+
+def test_no_periodic_round_starts_while_records_wait_to_be_handed_over():
+    store = filled_store(100)
+    stabilizer = Stabilizer("a", store, 10, 0)
+    ring = Ring(["a", "b"], 2, 8)
+    out = Outbox()
+    stabilizer._push("b", list(store.items()), 0.0, out, strays=False)
+    out.sent.clear()
+    stabilizer.start_round(ring, {"b"}, 1000.0, out)
+    assert out.sent == []
+    stabilizer.start_round(ring, {"b"}, 1000.0, out, peer="b")  # a catch-up still runs
+    assert len(out.sent) == 1

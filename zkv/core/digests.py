@@ -139,6 +139,15 @@ class DigestedStore:
     def items(self) -> Iterator[tuple[bytes, Record]]:
         return self.inner.items()
 
+    def token_range(self, first: int, last: int) -> Iterator[tuple[bytes, Record]]:
+        return self.inner.token_range(first, last)
+
+    def segment_items(self, ring: Ring, segments: set[int]) -> Iterator[tuple[bytes, Record]]:
+        """The records of ``segments`` of ``ring``, each segment a range read."""
+        for segment in sorted(segments):
+            for first, last in ring.segment_ranges(segment):
+                yield from self.inner.token_range(first, last)
+
     def __len__(self) -> int:
         return len(self.inner)
 

@@ -56,10 +56,24 @@ class Ring:
 
     def segment(self, key: bytes) -> int:
         """Index of the ring segment (vnode) that owns ``key``; -1 on an empty ring."""
+        return self.segment_at(token(key))
+
+    def segment_at(self, tok: int) -> int:
+        """Index of the segment that owns token ``tok``; -1 on an empty ring."""
         if not self._tokens:
             return -1
-        i = bisect.bisect_left(self._tokens, token(key))
-        return i % len(self._tokens)
+        return bisect.bisect_left(self._tokens, tok) % len(self._tokens)
+
+    def segment_ranges(self, segment: int) -> list[tuple[int, int]]:
+        """The token ranges (first, last; both included) a segment owns: from just
+        after the previous token to its own; the first segment also owns the wrap."""
+        tokens = self._tokens
+        if segment > 0:
+            return [(tokens[segment - 1] + 1, tokens[segment])]
+        ranges = [(0, tokens[0])]
+        if tokens[-1] < TOKEN_SPACE - 1:
+            ranges.append((tokens[-1] + 1, TOKEN_SPACE - 1))
+        return ranges
 
     def segment_replicas(self, segment: int) -> tuple[str, ...]:
         """The replica set of a segment: its owner and the next distinct nodes clockwise."""

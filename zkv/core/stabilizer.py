@@ -13,8 +13,9 @@
   ring segment they both replicate (kept current on every write, see
   ``digests``), as of a horizon ``HORIZON_LAG`` seconds back so writes still
   on their way do not count as differences; then they exchange what differs
-  (records up to the horizon). A node that was down, or held a corrupt
-  record, catches up this way.
+  (records up to the horizon), at most ``SYNC_SEGMENTS`` segments a round,
+  each read as one range of the store. A node that was down, or held a
+  corrupt record, catches up this way.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ from zkv.core.digests import DigestedStore
 from zkv.core.messages import Handoff, HandoffAck, SyncDigest, SyncKeys, SyncPull
 from zkv.core.outbox import Outbox
 from zkv.core.replica import merge
-from zkv.core.ring import Ring
+from zkv.core.ring import Ring, token
 from zkv.storage.record import Record
 
 
 BATCH_BYTES = 4 * 1024 * 1024
 WINDOW = 4  # unacknowledged hand-off batches per peer
 HORIZON_LAG = 10.0  # seconds: anti-entropy compares records older than this
+SYNC_SEGMENTS = 16  # differing segments listed per anti-entropy round: bounded work
 
 
 @dataclass(slots=True)
@@ -72,8 +74,9 @@ class Stabilizer:
     def on_ring_change(self, old: Ring, new: Ring, now: float, out: Outbox) -> None:
         gained: dict[str, list[tuple[bytes, Record]]] = {}
         for key, record in self.store.items():
-            old_set = old.locate(key)
-            new_set = new.locate(key)
+            tok = token(key)
+            old_set = old.segment_replicas(old.segment_at(tok))
+            new_set = new.segment_replicas(new.segment_at(tok))
             targets = [t for t in new_set if t != self.node_id and t not in old_set]
             if not targets:
                 continue
@@ -155,7 +158,7 @@ class Stabilizer:
                     # A sender with another view of the ring handed us a key we do
                     # not own: pass it on to its owners later.
                     self.strays_possible = True
-            out.event("handoff_merged", sender=sender, records=len(msg.records), changed=changed)
+        out.event("handoff_merged", sender=sender, records=len(msg.records), changed=changed)
         out.send(sender, HandoffAck(msg.batch_id))
 
     def on_handoff_ack(self, sender: str, msg: HandoffAck, now: float, out: Outbox) -> None:
@@ -222,6 +225,8 @@ class Stabilizer:
         compares up to now, as what this node missed is surely different, and
         the walk that writes in flight may cost is paid once."""
         catch_up = peer is not None
+        if not catch_up and self.queued:
+            return  # busy handing records over; the round would mostly repeat that
         if peer is None:
             peers = sorted(n for n in ring.nodes if n != self.node_id and n in alive)
             if not peers:
@@ -253,24 +258,23 @@ class Stabilizer:
         mine = self.store.digests(ring, set(theirs), msg.horizon, self._wall_ms(now))
         if mine is None:  # a horizon this node can no longer compare at
             return
-        differing = {s for s in theirs if mine[s] != theirs[s]}
+        differing = sorted(s for s in theirs if mine[s] != theirs[s])
         if not differing:
             return
+        if len(differing) > SYNC_SEGMENTS:  # a different few each round
+            start = msg.round_id % len(differing)
+            differing = (differing[start:] + differing[:start])[:SYNC_SEGMENTS]
         entries: dict[int, list] = {s: [] for s in differing}
-        for key, record in self.store.items():
-            if record.version.wall_ms > msg.horizon:
-                continue
-            seg = ring.segment(key)
-            if seg in entries:
-                entries[seg].append((key, record.version))
+        for key, record in self.store.segment_items(ring, set(differing)):
+            if record.version.wall_ms <= msg.horizon:
+                entries[ring.segment(key)].append((key, record.version))
         for seg, listing in entries.items():
             out.send(sender, SyncKeys(msg.round_id, msg.horizon, ring.segment_token(seg),
                                       listing))
 
     def on_sync_keys(self, sender: str, msg: SyncKeys) -> None:
-        """Queue a peer's listing; ``answer_sync_keys`` answers every queued one with
-        one walk of the store (a peer that differs in every segment sends one listing
-        per segment, and a walk per listing would cost minutes at a million keys)."""
+        """Queue a peer's listing; ``answer_sync_keys`` answers the queued ones
+        together (the listings of one round arrive in one batch)."""
         self.sync_queue.append((sender, msg))
 
     def answer_sync_keys(self, ring: Ring, now: float, out: Outbox) -> None:
@@ -284,8 +288,8 @@ class Stabilizer:
         if not wanted:
             return
         push: dict[str, list[tuple[bytes, Record]]] = {}
-        for key, record in self.store.items():
-            for sender, msg, theirs in wanted.get(ring.segment(key), ()):
+        for key, record in self.store.segment_items(ring, set(wanted)):
+            for sender, msg, theirs in wanted[ring.segment(key)]:
                 if record.version.wall_ms > msg.horizon:
                     continue  # newer than the comparison: on its way, or next round's
                 their_version = theirs.pop(key, None)

@@ -31,7 +31,11 @@ class Store(Protocol):
         """Forget a key entirely (a copy the node no longer owns, or a collected tombstone)."""
 
     def items(self) -> Iterator[tuple[bytes, Record]]:
-        """Every (key, record), in key order; skips corrupt records (counting them)."""
+        """Every (key, record); skips corrupt records (counting them)."""
+
+    def token_range(self, first: int, last: int) -> Iterator[tuple[bytes, Record]]:
+        """The records whose keys' ring tokens lie in ``first..last`` (both included):
+        one ring segment's records, without reading the others."""
 
     def __len__(self) -> int: ...
 

@@ -19,13 +19,14 @@ Guarantees:
   transaction. At ``max_map_size``, or when the disk is full, the operation
   raises ``StoreFull``: every write since the last commit is discarded, data
   committed earlier stays readable, and the store stays usable.
+- **Ring order.** A record is stored under its key's ring token (8 bytes,
+  big-endian) followed by the key, so the records of one ring segment are one
+  contiguous range (``token_range``): anti-entropy reads the segments it
+  compares, not the whole store. ``items`` yields records in token order.
 - **Long keys.** LMDB keys are limited to 511 bytes, zkv keys are not. A key of
-  at most ``SHORT_KEY_MAX`` bytes is stored as itself; a longer one is stored
-  under its first ``SHORT_KEY_MAX`` bytes plus a BLAKE2b-256 digest of the whole
-  key, with the whole key inside the checksummed payload. Such storage keys keep
-  every key's order except among long keys sharing their first
-  ``SHORT_KEY_MAX`` bytes; those sit next to each other and ``items`` sorts
-  them, so it still yields keys in byte order.
+  at most ``SHORT_KEY_MAX`` bytes follows its token as itself; a longer one as
+  its first ``SHORT_KEY_MAX`` bytes plus a BLAKE2b-256 digest of the whole
+  key, with the whole key inside the checksummed payload.
 
 Not thread-safe: one thread (the node's loop) owns a store. LMDB forbids opening
 the same environment twice in one process, and so does this module.
@@ -40,7 +41,6 @@ import struct
 from collections import deque
 from collections.abc import Iterator
 from hashlib import blake2b
-from operator import itemgetter
 from pathlib import Path
 from typing import NoReturn
 from zlib import crc32
@@ -48,17 +48,19 @@ from zlib import crc32
 import cbor2
 import lmdb
 
+from zkv.core.ring import token
 from zkv.storage.base import StoreFull
 from zkv.storage.record import Record
 
 MiB = 1 << 20
 GiB = 1 << 30
 
-FORMAT = 1  # first byte of every stored value; bump when the payload changes
+FORMAT = 2  # first byte of every stored value; bump when the payload or layout changes
 _HEADER = struct.Struct(">BI")  # format, crc32(storage key + payload)
+_TOKEN = 8  # the ring token that starts every storage key
 _DIGEST = 32  # BLAKE2b-256 of a long key
-SHORT_KEY_MAX = 511 - _DIGEST  # LMDB's default key limit, less the digest
-_LONG_KEY_LEN = SHORT_KEY_MAX + _DIGEST  # every long key's storage key has this length
+SHORT_KEY_MAX = 511 - _TOKEN - _DIGEST  # LMDB's default key limit, less token and digest
+_LONG_KEY_LEN = _TOKEN + SHORT_KEY_MAX + _DIGEST  # every long key's storage key has this length
 
 _ITEMS_BATCH = 256  # records read per transaction by items()
 _ITEMS_BATCH_BYTES = 4 * MiB  # ...or fewer, once their stored values reach this
@@ -77,9 +79,10 @@ class CorruptMeta(Exception):
 
 def storage_key(key: bytes) -> bytes:
     """The LMDB key under which ``key``'s record is stored."""
+    prefix = token(key).to_bytes(_TOKEN, "big")
     if len(key) <= SHORT_KEY_MAX:
-        return key
-    return key[:SHORT_KEY_MAX] + blake2b(key, digest_size=_DIGEST).digest()
+        return prefix + key
+    return prefix + key[:SHORT_KEY_MAX] + blake2b(key, digest_size=_DIGEST).digest()
 
 
 def _frame(skey: bytes, payload: bytes) -> bytes:
@@ -193,11 +196,10 @@ class LmdbStore:
         the map cannot grow enough or the disk is full."""
         if not key:
             raise ValueError("LMDB cannot store an empty key")
+        skey = storage_key(key)
         if len(key) <= SHORT_KEY_MAX:
-            skey = key
             payload = cbor2.dumps(record.encode())
         else:
-            skey = storage_key(key)
             payload = cbor2.dumps([key, *record.encode()])
         self._write(self._records, skey, _frame(skey, payload))
 
@@ -207,7 +209,7 @@ class LmdbStore:
             self._write(self._records, storage_key(key), None)
 
     def items(self) -> Iterator[tuple[bytes, Record]]:
-        """Every (key, record) in key order, skipping (and counting) corrupt records.
+        """Every (key, record) in token order, skipping (and counting) corrupt records.
 
         Reads a batch at a time, each in its own short transaction (the open write
         transaction when there is one, so buffered writes show), and holds nothing
@@ -215,20 +217,27 @@ class LmdbStore:
         present throughout is yielded exactly once; one written or removed during
         the iteration may or may not be.
         """
+        return self._scan(None, None)
+
+    def token_range(self, first: int, last: int) -> Iterator[tuple[bytes, Record]]:
+        """The records whose keys' ring tokens lie in ``first..last`` (both included),
+        read like ``items``."""
+        return self._scan(first.to_bytes(_TOKEN, "big"), last.to_bytes(_TOKEN, "big"))
+
+    def _scan(self, start: bytes | None, last: bytes | None
+              ) -> Iterator[tuple[bytes, Record]]:
         after: bytes | None = None
         while True:
-            batch, after, done = self._read_batch(after)
+            batch, after, done = self._read_batch(start, after, last)
             yield from batch
             if done:
                 return
 
-    def _read_batch(self, after: bytes | None
+    def _read_batch(self, start: bytes | None, after: bytes | None, last: bytes | None
                     ) -> tuple[list[tuple[bytes, Record]], bytes | None, bool]:
-        """Up to a batch of records whose storage keys follow ``after``, ending at a
-        group boundary; also the last storage key read and whether the end was reached."""
+        """Up to a batch of records from ``start`` on (or following ``after``), up to
+        token ``last``; also the last storage key read and whether the end was reached."""
         out: list[tuple[bytes, Record]] = []
-        group: list[tuple[bytes, Record]] = []  # long keys sharing group_prefix
-        group_prefix: bytes | None = None
         count = size = 0
         txn = self._txn
         own = txn is None
@@ -236,36 +245,29 @@ class LmdbStore:
             txn = self._env.begin(buffers=True)
         try:
             cursor = txn.cursor(db=self._records)
-            if after is None:
-                found = cursor.first()
-            else:
+            if after is not None:
                 found = cursor.set_range(after)
                 if found and cursor.key() == after:
                     found = cursor.next()
+            elif start is not None:
+                found = cursor.set_range(start)
+            else:
+                found = cursor.first()
             if not found:
                 return out, after, True
             for skey, raw in cursor.iternext():
-                prefix = bytes(skey[:SHORT_KEY_MAX]) if len(skey) == _LONG_KEY_LEN else None
-                if prefix is None or prefix != group_prefix:
-                    if group:
-                        group.sort(key=itemgetter(0))
-                        out.extend(group)
-                        group.clear()
-                    if count >= _ITEMS_BATCH or size >= _ITEMS_BATCH_BYTES:
-                        return out, after, False
-                    group_prefix = prefix
+                if last is not None and bytes(skey[:_TOKEN]) > last:
+                    return out, after, True
+                if count >= _ITEMS_BATCH or size >= _ITEMS_BATCH_BYTES:
+                    return out, after, False
                 after = bytes(skey)
                 count += 1
                 size += len(raw)
                 found_record = self._decode(after, raw)
                 if found_record is None:
-                    self._count_corrupt(after)
-                elif prefix is None:
-                    out.append(found_record)
+                    self._count_corrupt(after[_TOKEN:])
                 else:
-                    group.append(found_record)
-            group.sort(key=itemgetter(0))
-            out.extend(group)
+                    out.append(found_record)
             return out, after, True
         finally:
             if own:
@@ -430,7 +432,7 @@ def _decode_stored(skey: bytes, raw: bytes | memoryview) -> tuple[bytes, Record]
     try:
         fields = cbor2.loads(payload)
         if len(skey) != _LONG_KEY_LEN:
-            return skey, Record.decode(fields)
+            return bytes(skey[_TOKEN:]), Record.decode(fields)
         key = fields[0]
         if not (isinstance(key, bytes) and storage_key(key) == skey):
             return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from zkv.core.ring import token
 from zkv.storage.record import Record
 
 
@@ -26,6 +27,12 @@ class MemoryStore:
     def items(self) -> Iterator[tuple[bytes, Record]]:
         for key in sorted(self._data):
             yield key, self._data[key]
+
+    def token_range(self, first: int, last: int) -> Iterator[tuple[bytes, Record]]:
+        # A scan: the simulator's stores are small.
+        for key in sorted(self._data):
+            if first <= token(key) <= last:
+                yield key, self._data[key]
 
     def __len__(self) -> int:
         return len(self._data)
