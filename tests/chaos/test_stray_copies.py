@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 
+from zkv.core.digests import DigestedStore
 from zkv.core.messages import Handoff
 from zkv.core.ring import Ring
 from zkv.core.stabilizer import Stabilizer
@@ -45,10 +46,12 @@ class Outbox:
 def test_a_copy_handed_to_a_node_that_does_not_own_it_is_passed_on_and_dropped():
     ring = Ring([f"node-{i}" for i in range(1, 6)], 3, 64)
     key = next(k for i in range(1000) if "node-4" not in ring.locate(k := b"k%d" % i))
-    store = MemoryStore()
+    store = DigestedStore(MemoryStore())
     stabilizer = Stabilizer("node-4", store, 256, 1 << 32)
     out = Outbox()
-    stabilizer.collect_strays(ring, 0.0, out)  # the scan after its last ring change: none
+    stabilizer.collect_strays(ring)  # the scan after its last ring change: none
+    while stabilizer.has_work():
+        stabilizer.work(0.0, out)
     assert not out.sent
 
     # node-3, whose ring lacked node-2 for a moment, hands node-4 a copy it does not own.
@@ -56,7 +59,8 @@ def test_a_copy_handed_to_a_node_that_does_not_own_it_is_passed_on_and_dropped()
                                                              b"v"))]), ring, out)
     assert store.get(key) is not None
     for tick in range(1, 4):  # anti-entropy rounds, ring unchanged
-        stabilizer.collect_strays(ring, float(tick), out)
+        stabilizer.collect_strays(ring)
+        stabilizer.work(float(tick), out)
     pushed = {to for to, message in out.sent if isinstance(message, Handoff)
               and any(k == key for k, _ in message.records)}
     assert pushed == set(ring.locate(key)), "the stray goes to its owners, then is dropped"

@@ -5,7 +5,7 @@ import pytest
 from zkv.core.digests import DigestedStore
 from zkv.core.messages import Handoff, HandoffAck
 from zkv.core.ring import Ring
-from zkv.core.stabilizer import SYNC_SEGMENTS, WINDOW, Stabilizer
+from zkv.core.stabilizer import SYNC_SEGMENTS, WALK_BUDGET, WINDOW, Stabilizer
 from zkv.core.versions import Version
 from zkv.storage.memory import MemoryStore
 from zkv.storage.record import Record
@@ -30,6 +30,12 @@ class Outbox:
         got = [m for _, m in self.sent if isinstance(m, Handoff)]
         self.sent.clear()
         return got
+
+
+def finish(stabilizer: Stabilizer, out: Outbox) -> None:
+    """Tick until the walks under way (and any digest rebuild) are done."""
+    while stabilizer.has_work():
+        stabilizer.work(0.0, out)
 
 
 def filled_store(keys: int) -> DigestedStore:
@@ -84,7 +90,9 @@ def test_on_a_join_only_the_first_old_replica_still_in_the_ring_pushes():
     for node in "abc":
         store = filled_store(300)  # every old node holds every key (3 replicas, 3 nodes)
         out = Outbox()
-        Stabilizer(node, store, 1000, 0).on_ring_change(old, new, 0.0, out)
+        stabilizer = Stabilizer(node, store, 1000, 0)
+        stabilizer.on_ring_change(old, new, 0.0, out)
+        finish(stabilizer, out)  # the store is read a few segments per tick
         pushed[node] = {k for m in out.handoffs() for k, _ in m.records}
     gained = {b"k%05d" % i for i in range(300) if "d" in new.locate(b"k%05d" % i)}
     assert set().union(*pushed.values()) == gained
@@ -96,7 +104,11 @@ def test_an_anti_entropy_round_lists_a_bounded_number_of_differing_segments():
     full, empty = filled_store(2000), DigestedStore(MemoryStore())
     a, b = Stabilizer("a", full, 10_000, 0), Stabilizer("b", empty, 10_000, 1 << 32)
     out_a, out_b = Outbox(), Outbox()
-    a.start_round(ring, {"b"}, 1000.0, out_a, peer="b")
+    assert not a.start_round(ring, {"b"}, 1000.0, out_a, peer="b")  # digests not built yet
+    b.prepare(ring, 1000.0)
+    finish(a, out_a)
+    finish(b, out_b)
+    assert a.start_round(ring, {"b"}, 1000.0, out_a, peer="b")
     [(_, digest)] = out_a.sent
     b.on_sync_digest("a", digest, ring, 1000.0, out_b)
     listings = [m for _, m in out_b.sent]
@@ -120,5 +132,31 @@ def test_no_periodic_round_starts_while_records_wait_to_be_handed_over():
     out.sent.clear()
     stabilizer.start_round(ring, {"b"}, 1000.0, out)
     assert out.sent == []
-    stabilizer.start_round(ring, {"b"}, 1000.0, out, peer="b")  # a catch-up still runs
+    stabilizer.prepare(ring, 1000.0)
+    finish(stabilizer, out)
+    out.sent.clear()
+    assert stabilizer.start_round(ring, {"b"}, 1000.0, out, peer="b")  # a catch-up runs
     assert len(out.sent) == 1
+
+
+def test_a_walk_reads_a_bounded_number_of_records_per_tick():
+    store = filled_store(20_000)
+    stabilizer = Stabilizer("a", store, 256, 0)
+    old, new = Ring(["a", "b", "c"], 3, 64), Ring(["a", "b", "c", "d"], 3, 64)
+    stabilizer.on_ring_change(old, new, 0.0, Outbox())
+    read = []
+    inner_range = store.inner.token_range
+
+    def counting(first, last):
+        found = list(inner_range(first, last))
+        read.append(len(found))
+        return iter(found)
+
+    store.inner.token_range = counting
+    ticks = 0
+    while stabilizer.has_work():
+        before = sum(read)
+        stabilizer.work(0.0, Outbox())
+        assert sum(read) - before <= WALK_BUDGET + 2 * max(read, default=0)
+        ticks += 1
+    assert ticks > 3 and sum(read) >= 20_000  # the whole store, over several ticks

@@ -15,10 +15,12 @@ those entries newer than H XORed out again (a write of record ``new`` over
 ``old`` toggles both in the digest and appends both to the list, so each
 overwritten record cancels out there as it did in the digest).
 
-The digests belong to one ring; for any other ring they are rebuilt with one
-walk (ring changes are rare and walk the store anyway). A node that reboots
-(crash, lost turn) starts with none, so a write the store discarded can never
-leave a digest behind.
+The digests belong to one ring; for any other ring they are rebuilt, one
+segment (a range read) per ``rebuild_step``, so the node keeps serving and
+gossiping meanwhile. A write to a segment not read yet leaves its digest alone
+(the read will see the write). Until every segment is read, ``digests``
+answers None. A node that reboots (crash, lost turn) starts with none, so a
+write the store discarded can never leave a digest behind.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class DigestedStore:
         self.inner = inner
         self._ring: Ring | None = None
         self._digests: list[int] = []
+        self._valid: list[bool] = []
+        self._todo: list[int] = []  # segments still to read
         self._recent: deque[tuple[int, int, int]] = deque()  # (wall_ms, segment, hash)
         self._floor = 0  # entries at or before this are not in _recent
         self._last: tuple[bytes, Record | None] | None = None  # the latest get, for put
@@ -85,6 +89,8 @@ class DigestedStore:
         self.inner.remove(key)
 
     def _toggle(self, seg: int, key: bytes, record: Record) -> None:
+        if not self._valid[seg]:
+            return
         h = entry_hash(key, record)
         self._digests[seg] ^= h
         wall = record.version.wall_ms
@@ -98,12 +104,19 @@ class DigestedStore:
             return last[1]
         return self.inner.get(key)
 
+    @property
+    def rebuilding(self) -> bool:
+        return bool(self._todo)
+
     def digests(self, ring: Ring, segments: set[int], horizon_ms: int,
                 now_ms: int) -> dict[int, int] | None:
         """The digest of each of ``segments`` of ``ring`` over the records written at
-        or before ``horizon_ms``; None when that lies too far back to tell."""
+        or before ``horizon_ms``; None while they are being rebuilt for this ring,
+        or when the horizon lies too far back to tell."""
         if ring != self._ring:
-            self._rebuild(ring, now_ms)
+            self._reset(ring, now_ms)
+        if self._todo:
+            return None
         floor = now_ms - RETAIN_MS
         recent = self._recent
         while recent and recent[0][0] <= floor:
@@ -117,24 +130,30 @@ class DigestedStore:
                 result[seg] ^= h
         return result
 
-    def _rebuild(self, ring: Ring, now_ms: int) -> None:
+    def _reset(self, ring: Ring, now_ms: int) -> None:
         self._recent.clear()
         self._floor = now_ms - RETAIN_MS
-        if not ring.segments:  # an empty ring has no segments to keep
-            self._ring, self._digests = None, []
-            return
-        digests = [0] * ring.segments
-        recent = []
-        for key, record in self.inner.items():
-            seg = ring.segment(key)
-            h = entry_hash(key, record)
-            digests[seg] ^= h
-            if record.version.wall_ms > self._floor:
-                recent.append((record.version.wall_ms, seg, h))
-        recent.sort()
-        self._recent.extend(recent)
-        self._ring, self._digests = ring, digests
+        n = ring.segments
+        self._ring = ring if n else None  # an empty ring has no segments to keep
+        self._digests, self._valid = [0] * n, [False] * n
+        self._todo = list(range(n))
         self.rebuilds += 1
+
+    def rebuild_step(self) -> bool:
+        """Read one segment for the digests being rebuilt; False when there is none."""
+        if not self._todo or self._ring is None:
+            return False
+        seg = self._todo.pop()
+        digest = 0
+        for first, last in self._ring.segment_ranges(seg):
+            for key, record in self.inner.token_range(first, last):
+                h = entry_hash(key, record)
+                digest ^= h
+                if record.version.wall_ms > self._floor:
+                    self._recent.append((record.version.wall_ms, seg, h))
+        self._digests[seg] = digest
+        self._valid[seg] = True
+        return True
 
     def items(self) -> Iterator[tuple[bytes, Record]]:
         return self.inner.items()

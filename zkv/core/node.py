@@ -104,6 +104,7 @@ class Node:
         self.coordinator = Coordinator(self.node_id, self.clock, op_base, config.wall_offset)
         self.stabilizer = Stabilizer(self.node_id, store, config.handoff_batch, op_base,
                                      config.wall_offset)
+        self.stabilizer.prepare(self.ring, now)
         self.stopping = False
         # Coordinate only once every peer can have heard of us: see _hold_coordination.
         self._coordinate_from = now + config.t_fail if self.joined else float("inf")
@@ -141,8 +142,8 @@ class Node:
         due = self.coordinator.next_wakeup(self.config.retry_interval)
         if due is not None:
             times.append(due)
-        if self.stabilizer.sync_queue:
-            times.append(0.0)  # answer the queued listings at the next tick
+        if self.stabilizer.sync_queue or self.stabilizer.has_work():
+            times.append(0.0)  # at the next tick
         resend = self.stabilizer.next_resend(self.config.retry_interval)
         if resend is not None:
             times.append(resend)
@@ -305,6 +306,7 @@ class Node:
     def _on_tick(self, now: float, out: _StepOutbox) -> None:
         cfg = self.config
         self.stabilizer.answer_sync_keys(self.ring, now, out)
+        self.stabilizer.work(now, out)
         if now >= self._next_gossip:
             self._next_gossip = now + cfg.gossip_interval
             self.membership.beat()
@@ -314,9 +316,10 @@ class Node:
             if not self.joined or len(self.ring.nodes) == 1:
                 self._ask_to_join(out)
             elif self._catch_up and not self.settling:
-                peer = self._catch_up.pop()
-                if self.membership.alive(peer) and peer in self.ring.nodes:
-                    self.stabilizer.start_round(self.ring, set(), now, out, peer=peer)
+                peer = self._catch_up[-1]
+                if not (self.membership.alive(peer) and peer in self.ring.nodes) or \
+                        self.stabilizer.start_round(self.ring, set(), now, out, peer=peer):
+                    self._catch_up.pop()  # else digests are being rebuilt: next gossip round
         if now >= self._next_check:
             self._next_check = now + cfg.gossip_interval
             self._membership_changed(self.membership.check(now), now, out)
@@ -327,13 +330,13 @@ class Node:
         if now >= self._next_anti_entropy:
             self._next_anti_entropy = now + cfg.anti_entropy_interval
             if self.joined and not self.settling:
-                self.stabilizer.collect_strays(self.ring, now, out)
+                self.stabilizer.collect_strays(self.ring)
                 alive = {n for n in self.ring.nodes if self.membership.alive(n)}
                 self.stabilizer.start_round(self.ring, alive, now, out)
         if now >= self._next_tombstone_gc:
             self._next_tombstone_gc = now + cfg.tombstone_gc_interval
             grace_ms = int((now + cfg.wall_offset - cfg.tombstone_grace) * 1000)
-            self.stabilizer.collect_tombstones(grace_ms, out)
+            self.stabilizer.collect_tombstones(self.ring, grace_ms)
 
     def _watch_majority(self, now: float, out: _StepOutbox) -> None:
         majority = self.membership.has_majority()

@@ -6,6 +6,9 @@
   unacknowledged batches per peer and queues the rest, so moving a million
   keys is a steady stream, not a burst that overflows the sockets and comes
   back as a storm of resends.
+- Every pass over the store (a ring change's pushes, the search for strays,
+  tombstone collection, rebuilding digests) reads a few segments per tick
+  (``work``), so a node with a million keys keeps gossiping while it walks.
 - A copy this node no longer owns (a stray) is pushed to all its owners and
   dropped only after every owner acknowledged it, and never while a ring
   change is still settling (the old owners may still be read).
@@ -36,6 +39,7 @@ BATCH_BYTES = 4 * 1024 * 1024
 WINDOW = 4  # unacknowledged hand-off batches per peer
 HORIZON_LAG = 10.0  # seconds: anti-entropy compares records older than this
 SYNC_SEGMENTS = 16  # differing segments listed per anti-entropy round: bounded work
+WALK_BUDGET = 4096  # records a walk reads per tick
 
 
 @dataclass(slots=True)
@@ -45,6 +49,18 @@ class Batch:
     sent_at: float
     strays: bool = False  # drop our copies once every owner has them
     resends: int = 0
+
+
+@dataclass(slots=True)
+class Walk:
+    """A pass over the store, a few segments per tick (see ``Stabilizer.work``)."""
+    kind: str  # "ring": push gained records; "strays"; "tombstones"
+    ring: Ring  # whose segments are read
+    segments: list[int]
+    old: Ring | None = None  # for "ring": the ring before the change
+    older_than_ms: int = 0  # for "tombstones"
+    found: dict[str, list[tuple[bytes, Record]]] = field(default_factory=dict)
+    count: int = 0
 
 
 @dataclass(slots=True)
@@ -67,29 +83,106 @@ class Stabilizer:
         self._next = batch_base
         self._peer_cursor = 0
         self.sync_queue: list[tuple[str, SyncKeys]] = []
+        self._walks: dict[str, Walk] = {}  # at most one of each kind, oldest first
         self.moved = 0  # records pushed to new owners (for metrics and tests)
 
     # ----------------------------------------------------------------- ring changes
 
     def on_ring_change(self, old: Ring, new: Ring, now: float, out: Outbox) -> None:
-        gained: dict[str, list[tuple[bytes, Record]]] = {}
-        for key, record in self.store.items():
-            tok = token(key)
-            old_set = old.segment_replicas(old.segment_at(tok))
-            new_set = new.segment_replicas(new.segment_at(tok))
-            targets = [t for t in new_set if t != self.node_id and t not in old_set]
-            if not targets:
-                continue
-            pusher = next((n for n in old_set if n in new.nodes), self.node_id)
-            if pusher != self.node_id:
-                continue
-            for target in targets:
-                gained.setdefault(target, []).append((key, record))
-        for target, records in gained.items():
-            self._push(target, records, now, out, strays=False)
-            out.event("stabilize_push", to=target, records=len(records))
+        """Plan the pushes; ``work`` reads the store for them, a few segments a tick."""
+        walking = self._walks.get("ring")
+        if walking is not None and walking.old is not None:
+            old = walking.old  # an unfinished change: redo it from where it started
+        self._walks["ring"] = Walk("ring", new, list(range(new.segments)), old=old)
+        self._walks.pop("strays", None)
         self.strays_possible = True
         self.strays.clear()
+        self.prepare(new, now)
+
+    def prepare(self, ring: Ring, now: float) -> None:
+        """Start building ``ring``'s digests now, so anti-entropy finds them ready."""
+        now_ms = self._wall_ms(now)
+        self.store.digests(ring, set(), now_ms, now_ms)
+
+    def has_work(self) -> bool:
+        return bool(self._walks) or self.store.rebuilding
+
+    def work(self, now: float, out: Outbox) -> None:
+        """Read up to about WALK_BUDGET records for the walks under way, then return.
+
+        Walking a million records at once would stop the node for many seconds:
+        no heartbeats, so its peers would think it dead, and it them.
+        """
+        read = 0
+        while read < WALK_BUDGET:
+            walk = next(iter(self._walks.values()), None)
+            if walk is None:
+                if not self.store.rebuild_step():
+                    return
+                read += WALK_BUDGET // 4  # a digest segment costs about as much
+                continue
+            if not walk.segments:
+                del self._walks[walk.kind]
+                self._finish_walk(walk, now, out)
+                continue
+            seg = walk.segments.pop()
+            records = list(self.store.segment_items(walk.ring, {seg}))
+            read += len(records) + 1
+            self._walk_segment(walk, seg, records, now, out)
+
+    def _walk_segment(self, walk: Walk, seg: int, records: list[tuple[bytes, Record]],
+                      now: float, out: Outbox) -> None:
+        if walk.kind == "ring":
+            old, new = walk.old, walk.ring
+            assert old is not None
+            new_set = new.segment_replicas(seg)
+            gained: dict[str, list[tuple[bytes, Record]]] = {}
+            for key, record in records:
+                old_set = old.segment_replicas(old.segment_at(token(key)))
+                targets = [t for t in new_set if t != self.node_id and t not in old_set]
+                if not targets:
+                    continue
+                if next((n for n in old_set if n in new.nodes), self.node_id) != self.node_id:
+                    continue  # another old replica pushes it
+                for target in targets:
+                    gained.setdefault(target, []).append((key, record))
+            for target, found in gained.items():
+                pending = walk.found.setdefault(target, [])
+                pending.extend(found)
+                walk.count += len(found)
+                if len(pending) >= self.batch_size:  # full batches leave at once
+                    cut = len(pending) - len(pending) % self.batch_size
+                    self._push(target, pending[:cut], now, out, strays=False)
+                    del pending[:cut]
+        elif walk.kind == "strays":
+            owners = walk.ring.segment_replicas(seg)
+            for key, record in records:
+                self.strays[key] = StrayCopy(record, set(owners))
+                for owner in owners:
+                    walk.found.setdefault(owner, []).append((key, record))
+        else:  # tombstones
+            old = [key for key, r in records
+                   if r.tombstone and r.version.wall_ms < walk.older_than_ms]
+            for key in old:
+                self.store.remove(key)
+            walk.count += len(old)
+
+    def _finish_walk(self, walk: Walk, now: float, out: Outbox) -> None:
+        if walk.kind == "ring":
+            for target, pending in walk.found.items():
+                if pending:
+                    self._push(target, pending, now, out, strays=False)
+            if walk.count:
+                out.event("stabilize_push", records=walk.count, to=sorted(walk.found))
+        elif walk.kind == "strays":
+            if not self.strays:
+                self.strays_possible = False
+                return
+            for target, records in walk.found.items():
+                self._push(target, records, now, out, strays=True)
+            out.event("strays_handoff", keys=len(self.strays))
+        elif walk.count:
+            out.event("tombstones_collected", keys=walk.count)
 
     def _push(self, target: str, records: list[tuple[bytes, Record]], now: float, out: Outbox,
               strays: bool) -> None:
@@ -128,24 +221,16 @@ class Stabilizer:
         if chunk:
             yield chunk
 
-    def collect_strays(self, ring: Ring, now: float, out: Outbox) -> None:
-        """Hand each copy this node does not own to its owners, to drop it on their acks."""
-        if not self.strays_possible or self.strays:
+    def collect_strays(self, ring: Ring) -> None:
+        """Hand each copy this node does not own to its owners, to drop it on their
+        acks. Only segments this node does not replicate can hold such copies."""
+        if not self.strays_possible or self.strays or "strays" in self._walks:
             return
-        by_target: dict[str, list[tuple[bytes, Record]]] = {}
-        for key, record in self.store.items():
-            owners = ring.locate(key)
-            if self.node_id in owners or not owners:
-                continue
-            self.strays[key] = StrayCopy(record, set(owners))
-            for owner in owners:
-                by_target.setdefault(owner, []).append((key, record))
-        if not self.strays:
+        foreign = [s for s in range(ring.segments) if self.node_id not in ring.segment_replicas(s)]
+        if not foreign:
             self.strays_possible = False
             return
-        for target, records in by_target.items():
-            self._push(target, records, now, out, strays=True)
-        out.event("strays_handoff", keys=len(self.strays))
+        self._walks["strays"] = Walk("strays", ring, foreign)
 
     # ----------------------------------------------------------------- messages
 
@@ -203,14 +288,12 @@ class Stabilizer:
         return min(b.sent_at + backoff(retry_interval, b.resends)
                    for b in self.batches.values())
 
-    def collect_tombstones(self, older_than_ms: int, out: Outbox) -> None:
-        """Forget deletes older than the grace period; every replica has had time to learn them."""
-        old = [key for key, r in self.store.items()
-               if r.tombstone and r.version.wall_ms < older_than_ms]
-        for key in old:
-            self.store.remove(key)
-        if old:
-            out.event("tombstones_collected", keys=len(old))
+    def collect_tombstones(self, ring: Ring, older_than_ms: int) -> None:
+        """Forget deletes older than the grace period; every replica has had time to
+        learn them."""
+        if "tombstones" not in self._walks:
+            self._walks["tombstones"] = Walk("tombstones", ring, list(range(ring.segments)),
+                                             older_than_ms=older_than_ms)
 
     # ----------------------------------------------------------------- anti-entropy
 
@@ -218,33 +301,35 @@ class Stabilizer:
         return int((now + self.wall_offset) * 1000)
 
     def start_round(self, ring: Ring, alive: set[str], now: float, out: Outbox,
-                    peer: str | None = None) -> None:
-        """Compare digests with ``peer``, or with the next live peer in turn.
+                    peer: str | None = None) -> bool:
+        """Compare digests with ``peer``, or with the next live peer in turn; False
+        when no round could start (nothing to compare, or digests not ready).
 
         A round with a chosen peer is a catch-up after this node was away: it
         compares up to now, as what this node missed is surely different, and
         the walk that writes in flight may cost is paid once."""
         catch_up = peer is not None
         if not catch_up and self.queued:
-            return  # busy handing records over; the round would mostly repeat that
+            return False  # busy handing records over; a round would mostly repeat that
         if peer is None:
             peers = sorted(n for n in ring.nodes if n != self.node_id and n in alive)
             if not peers:
-                return
+                return False
             self._peer_cursor = (self._peer_cursor + 1) % len(peers)
             peer = peers[self._peer_cursor]
         shared = ring.shared_segments(self.node_id, peer)
         if not shared:
-            return
+            return False
         now_ms = self._wall_ms(now)
         horizon = now_ms - (0 if catch_up else int(HORIZON_LAG * 1000))
         digests = self.store.digests(ring, set(shared), horizon, now_ms)
         if digests is None:
-            return
+            return False
         self._next += 1
         out.send(peer, SyncDigest(self._next, horizon, [
             (ring.segment_token(s), d.to_bytes(8, "big")) for s, d in sorted(digests.items())
         ]))
+        return True
 
     def on_sync_digest(self, sender: str, msg: SyncDigest, ring: Ring, now: float,
                        out: Outbox) -> None:
