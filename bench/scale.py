@@ -437,7 +437,7 @@ def stabilization(data_dir: Path, seeds: list[str], keys: int, deadline: float) 
         say(f"{JOINER} left (exited {exit_s:.1f} s after SIGTERM)")
 
         def every_key_back(held: dict[str, int], unchanged: dict[str, float]) -> bool:
-            return all(k >= 0.99 * keys for k in held.values())
+            return all(k >= keys for k in held.values())
 
         back = watch_keys(urls, leave_start, leave_start + deadline, "leave", every_key_back)
         gained_total = sum((back["keys"][n] or 0) - before[n] for n in urls)

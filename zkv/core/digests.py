@@ -55,7 +55,7 @@ class DigestedStore:
         self._recent: deque[tuple[int, int, int]] = deque()  # (wall_ms, segment, hash)
         self._floor = 0  # entries at or before this are not in _recent
         self._last: tuple[bytes, Record | None] | None = None  # the latest get, for put
-        self.rebuilds = 0  # full walks (for tests and metrics)
+        self.rebuilds = 0  # rebuilds started (for tests)
 
     @property
     def corrupt_reads(self) -> int:
