@@ -21,7 +21,7 @@ class NodeConfig:
     anti_entropy_interval: float = 5.0  # one digest message per round; cheap
     handoff_batch: int = 256
     tombstone_grace: float = 86400.0  # a tombstone older than this is dropped (see README)
-    tombstone_gc_interval: float = 3600.0  # each collection walks the store
+    tombstone_gc_interval: float = 3600.0  # each collection reads every record (in steps)
     max_key: int = 1024
     max_value: int = 1024 * 1024
     default_timeout: float = 2.0
