@@ -27,7 +27,7 @@ def digests(store: DigestedStore, ring: Ring, segments: set[int], horizon: int =
     """Ask, and when a rebuild for ``ring`` is under way, finish it and ask again."""
     got = store.digests(ring, segments, horizon, now)
     if got is None and store.rebuilding:
-        while store.rebuild_step():
+        while store.rebuild_step() is not None:
             pass
         got = store.digests(ring, segments, horizon, now)
     return got
@@ -93,7 +93,7 @@ def test_writes_during_a_rebuild_leave_the_digests_exact():
         store.put(key, Record(Version(rng.randrange(1000), 0, "a"), False, b"v"))
     every = set(range(ring.segments))
     assert store.digests(ring, every, ALL, NOW) is None and store.rebuilding
-    while store.rebuild_step():  # a segment at a time, with writes in between
+    while store.rebuild_step() is not None:  # a segment at a time, writes in between
         for _ in range(5):
             key = rng.choice(keys)
             apply_write(store, key, Record(Version(rng.randrange(2000), 1, "b"), False, b"w"))

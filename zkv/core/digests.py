@@ -139,21 +139,23 @@ class DigestedStore:
         self._todo = list(range(n))
         self.rebuilds += 1
 
-    def rebuild_step(self) -> bool:
-        """Read one segment for the digests being rebuilt; False when there is none."""
+    def rebuild_step(self) -> int | None:
+        """Read one segment for the digests being rebuilt: how many records it held,
+        or None when no segment is left to read."""
         if not self._todo or self._ring is None:
-            return False
+            return None
         seg = self._todo.pop()
-        digest = 0
+        digest = read = 0
         for first, last in self._ring.segment_ranges(seg):
             for key, record in self.inner.token_range(first, last):
+                read += 1
                 h = entry_hash(key, record)
                 digest ^= h
                 if record.version.wall_ms > self._floor:
                     self._recent.append((record.version.wall_ms, seg, h))
         self._digests[seg] = digest
         self._valid[seg] = True
-        return True
+        return read
 
     def items(self) -> Iterator[tuple[bytes, Record]]:
         return self.inner.items()

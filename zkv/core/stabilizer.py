@@ -117,9 +117,10 @@ class Stabilizer:
         while read < WALK_BUDGET:
             walk = next(iter(self._walks.values()), None)
             if walk is None:
-                if not self.store.rebuild_step():
+                rebuilt = self.store.rebuild_step()
+                if rebuilt is None:
                     return
-                read += WALK_BUDGET // 4  # a digest segment costs about as much
+                read += rebuilt + 1
                 continue
             if not walk.segments:
                 del self._walks[walk.kind]
