@@ -315,11 +315,10 @@ class Node:
             self._push_gossip(gossip, out)
             if not self.joined or len(self.ring.nodes) == 1:
                 self._ask_to_join(out)
-            elif self._catch_up and not self.settling:
-                peer = self._catch_up[-1]
-                if not (self.membership.alive(peer) and peer in self.ring.nodes) or \
-                        self.stabilizer.start_round(self.ring, set(), now, out, peer=peer):
-                    self._catch_up.pop()  # else digests are being rebuilt: next gossip round
+            elif self._catch_up and not self.settling and not self.store.rebuilding:
+                peer = self._catch_up.pop()
+                if self.membership.alive(peer) and peer in self.ring.nodes:
+                    self.stabilizer.start_round(self.ring, set(), now, out, peer=peer)
         if now >= self._next_check:
             self._next_check = now + cfg.gossip_interval
             self._membership_changed(self.membership.check(now), now, out)
