@@ -382,7 +382,7 @@ def start_joiner(data_dir: Path, seeds: list[str]) -> tuple[subprocess.Popen, di
     with open(node.data_dir / sup.NODE_LOG, "ab") as log:
         popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
                                  stderr=subprocess.STDOUT, start_new_session=True,
-                                 close_fds=True, preexec_fn=sup._parent_death_signal(),
+                                 close_fds=True, preexec_fn=sup.parent_death_signal(),
                                  env=dict(os.environ, PYTHONUNBUFFERED="1"))
     return popen, node.record()
 

@@ -431,7 +431,7 @@ def probe_ring(address: str, timeout: float = PROBE_TIMEOUT) -> set[str] | None:
 # --------------------------------------------------------------------------- the supervisor
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
+def parent_death_signal() -> Callable[[], None] | None:
     """A pre-exec hook that makes a child get SIGTERM when the supervisor dies (Linux only).
 
     libc is looked up here, in the parent: the hook runs between fork and exec,
@@ -528,7 +528,7 @@ class Supervisor:
         self._dirty = True
         self._next_probe = 0.0
         self._exiting = False
-        self._pre_exec = _parent_death_signal()
+        self._pre_exec = parent_death_signal()
 
     # ------------------------------------------------------------------ lifecycle
 

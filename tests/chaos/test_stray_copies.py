@@ -16,7 +16,6 @@ cluster: the stabilizer of the core never scans again.
 
 from __future__ import annotations
 
-from typing import Any
 
 
 from zkv.core.digests import DigestedStore
@@ -27,20 +26,7 @@ from zkv.core.versions import Version
 from zkv.storage.memory import MemoryStore
 from zkv.storage.record import Record
 
-
-class Outbox:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, Any]] = []
-        self.events: list[tuple[str, dict]] = []
-
-    def send(self, to: str, message: Any) -> None:
-        self.sent.append((to, message))
-
-    def reply(self, client: Any, message: Any) -> None:
-        pass
-
-    def event(self, kind: str, **fields: Any) -> None:
-        self.events.append((kind, fields))
+from ..recording import RecordingOutbox
 
 
 def test_a_copy_handed_to_a_node_that_does_not_own_it_is_passed_on_and_dropped():
@@ -48,7 +34,7 @@ def test_a_copy_handed_to_a_node_that_does_not_own_it_is_passed_on_and_dropped()
     key = next(k for i in range(1000) if "node-4" not in ring.locate(k := b"k%d" % i))
     store = DigestedStore(MemoryStore())
     stabilizer = Stabilizer("node-4", store, 256, 1 << 32)
-    out = Outbox()
+    out = RecordingOutbox()
     stabilizer.collect_strays(ring)  # the scan after its last ring change: none
     while stabilizer.has_work():
         stabilizer.work(0.0, out)

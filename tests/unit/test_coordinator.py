@@ -5,32 +5,18 @@ from zkv.core.messages import ClientReply, ClientRequest, ReadReply, ReadRequest
 from zkv.core.versions import HybridClock, Version
 from zkv.storage.record import Record
 
+from ..recording import RecordingOutbox
+
 REPLICAS = ("a", "b", "c")
 RETRY = 0.1
 
 
-class Outbox:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, object]] = []
-        self.replies: list[ClientReply] = []
-
-    def send(self, to, message) -> None:
-        self.sent.append((to, message))
-
-    def reply(self, client, message) -> None:
-        self.replies.append(message)
-
-    def event(self, kind, **fields) -> None:
-        pass
-
-    def take(self, kind) -> list[str]:
-        """Who got a message of ``kind`` since the last take."""
-        got = [to for to, m in self.sent if isinstance(m, kind)]
-        self.sent.clear()
-        return got
+def recipients(out: RecordingOutbox, kind: type) -> list[str]:
+    """Who got a message of ``kind`` since the last look."""
+    return [to for to, _ in out.take(kind)]
 
 
-def start(coord: Coordinator, out: Outbox, op: str = "get", level: str = "quorum",
+def start(coord: Coordinator, out: RecordingOutbox, op: str = "get", level: str = "quorum",
           sets=(REPLICAS,), now: float = 0.0, req_id: int = 1) -> int:
     value = b"v" if op == "put" else None
     coord.start("client", ClientRequest(req_id, op, b"k", value, level, 1000), list(sets),
@@ -43,56 +29,56 @@ def record(wall: int) -> Record:
 
 
 def test_a_quorum_read_asks_this_node_and_one_other_in_turn():
-    coord, out = Coordinator("a", HybridClock("a"), 0), Outbox()
+    coord, out = Coordinator("a", HybridClock("a"), 0), RecordingOutbox()
     asked = []
     for req in range(4):
         start(coord, out, req_id=req)
-        asked.append(sorted(out.take(ReadRequest)))
+        asked.append(sorted(recipients(out, ReadRequest)))
     assert all(len(a) == 2 and "a" in a for a in asked)
     assert {a[1] for a in asked} == {"b", "c"}  # the load is spread over the others
 
 
 def test_a_slow_replica_makes_the_read_ask_the_rest_after_the_speculative_delay():
-    coord, out = Coordinator("a", HybridClock("a"), 0), Outbox()
+    coord, out = Coordinator("a", HybridClock("a"), 0), RecordingOutbox()
     op_id = start(coord, out)
-    first = out.take(ReadRequest)
+    first = recipients(out, ReadRequest)
     silent = next(n for n in first if n != "a")
     coord.on_read_reply("a", ReadReply(op_id, b"k", record(5)), 0.001, out)
     assert coord.next_wakeup(RETRY) == RETRY  # no read-phase history: wait retry_interval
     coord.tick(RETRY / 2, RETRY, out)
-    assert out.take(ReadRequest) == []
+    assert recipients(out, ReadRequest) == []
     coord.tick(RETRY, RETRY, out)
     other = ({"b", "c"} - {silent}).pop()
-    assert sorted(out.take(ReadRequest)) == sorted([silent, other])  # all who have not answered
+    assert sorted(recipients(out, ReadRequest)) == sorted([silent, other])  # all who have not answered
     coord.on_read_reply(other, ReadReply(op_id, b"k", record(5)), RETRY + 0.001, out)
     assert out.replies and out.replies[0].status == "ok"
 
 
 def test_speculation_follows_the_recent_read_time():
-    coord, out = Coordinator("a", HybridClock("a"), 0), Outbox()
+    coord, out = Coordinator("a", HybridClock("a"), 0), RecordingOutbox()
     for req in range(30):  # reads that take 5 ms
         op_id = start(coord, out, req_id=req, now=float(req))
-        for target in out.take(ReadRequest):
+        for target in recipients(out, ReadRequest):
             coord.on_read_reply(target, ReadReply(op_id, b"k", None), req + 0.005, out)
     start(coord, out, req_id=99, now=100.0)
     assert 100.0 + 0.015 < coord.next_wakeup(RETRY) < 100.0 + 0.025  # about 4 x 5 ms
 
 
 def test_writes_all_levels_and_joint_quorums_ask_every_replica():
-    coord, out = Coordinator("a", HybridClock("a"), 0), Outbox()
+    coord, out = Coordinator("a", HybridClock("a"), 0), RecordingOutbox()
     start(coord, out, level="all")
-    assert sorted(out.take(ReadRequest)) == ["a", "b", "c"]
+    assert sorted(recipients(out, ReadRequest)) == ["a", "b", "c"]
     start(coord, out, sets=(REPLICAS, ("b", "c", "d")), req_id=2)
-    assert sorted(out.take(ReadRequest)) == ["a", "b", "c", "d"]
+    assert sorted(recipients(out, ReadRequest)) == ["a", "b", "c", "d"]
     op_id = start(coord, out, op="put", req_id=3)
-    for target in out.take(ReadRequest):
+    for target in recipients(out, ReadRequest):
         coord.on_read_reply(target, ReadReply(op_id, b"k", None), 0.001, out)
-    assert sorted(out.take(WriteRequest)) == ["a", "b", "c"]
+    assert sorted(recipients(out, WriteRequest)) == ["a", "b", "c"]
 
 
 def test_a_coordinator_outside_the_replica_set_asks_a_quorum_of_others():
-    coord, out = Coordinator("d", HybridClock("d"), 0), Outbox()
+    coord, out = Coordinator("d", HybridClock("d"), 0), RecordingOutbox()
     start(coord, out)
-    assert len(out.take(ReadRequest)) == 2
+    assert len(recipients(out, ReadRequest)) == 2
     start(coord, out, level="one", req_id=2)
-    assert len(out.take(ReadRequest)) == 1
+    assert len(recipients(out, ReadRequest)) == 1

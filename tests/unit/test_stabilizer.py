@@ -10,29 +10,17 @@ from zkv.core.versions import Version
 from zkv.storage.memory import MemoryStore
 from zkv.storage.record import Record
 
+from ..recording import RecordingOutbox
+
 RETRY = 0.1
 
 
-class Outbox:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, object]] = []
-
-    def send(self, to, message) -> None:
-        self.sent.append((to, message))
-
-    def reply(self, client, message) -> None:
-        pass
-
-    def event(self, kind, **fields) -> None:
-        pass
-
-    def handoffs(self) -> list[Handoff]:
-        got = [m for _, m in self.sent if isinstance(m, Handoff)]
-        self.sent.clear()
-        return got
+def handoffs(out: RecordingOutbox) -> list[Handoff]:
+    """The hand-offs sent since the last look."""
+    return [m for _, m in out.take(Handoff)]
 
 
-def finish(stabilizer: Stabilizer, out: Outbox) -> None:
+def finish(stabilizer: Stabilizer, out: RecordingOutbox) -> None:
     """Tick until the walks under way (and any digest rebuild) are done."""
     while stabilizer.has_work():
         stabilizer.work(0.0, out)
@@ -48,9 +36,9 @@ def filled_store(keys: int) -> DigestedStore:
 def test_a_big_push_keeps_at_most_a_window_of_batches_unacknowledged():
     store = filled_store(1000)
     stabilizer = Stabilizer("a", store, 10, 0)
-    out = Outbox()
+    out = RecordingOutbox()
     stabilizer._push("b", list(store.items()), 0.0, out, strays=False)
-    first = out.handoffs()
+    first = handoffs(out)
     assert len(first) == WINDOW and len(stabilizer.batches) == WINDOW
     received = {k for m in first for k, _ in m.records}
     t = 0.0
@@ -58,7 +46,7 @@ def test_a_big_push_keeps_at_most_a_window_of_batches_unacknowledged():
         t += 0.001
         for batch_id in list(stabilizer.batches):
             stabilizer.on_handoff_ack("b", HandoffAck(batch_id), t, out)
-        sent = out.handoffs()
+        sent = handoffs(out)
         assert len(sent) <= WINDOW
         received |= {k for m in sent for k, _ in m.records}
     assert received == {k for k, _ in store.items()}
@@ -68,16 +56,16 @@ def test_a_big_push_keeps_at_most_a_window_of_batches_unacknowledged():
 def test_unacknowledged_batches_are_resent_less_and_less_often():
     store = filled_store(5)
     stabilizer = Stabilizer("a", store, 10, 0)
-    out = Outbox()
+    out = RecordingOutbox()
     ring = Ring(["a", "b"], 2, 8)
     stabilizer._push("b", list(store.items()), 0.0, out, strays=False)
-    out.handoffs()
+    handoffs(out)
     resent_at = []
     t = 0.0
     while t < 3.2:
         t = round(t + 0.01, 2)
         stabilizer.resend(t, RETRY, ring, out)
-        if out.handoffs():
+        if handoffs(out):
             resent_at.append(t)
     gaps = [b - a for a, b in zip([0.0] + resent_at, resent_at)]
     assert gaps[:5] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6], abs=0.011)  # 10 ms steps
@@ -89,11 +77,11 @@ def test_on_a_join_only_the_first_old_replica_still_in_the_ring_pushes():
     pushed: dict[str, set[bytes]] = {}
     for node in "abc":
         store = filled_store(300)  # every old node holds every key (3 replicas, 3 nodes)
-        out = Outbox()
+        out = RecordingOutbox()
         stabilizer = Stabilizer(node, store, 1000, 0)
         stabilizer.on_ring_change(old, new, 0.0, out)
         finish(stabilizer, out)  # the store is read a few segments per tick
-        pushed[node] = {k for m in out.handoffs() for k, _ in m.records}
+        pushed[node] = {k for m in handoffs(out) for k, _ in m.records}
     gained = {b"k%05d" % i for i in range(300) if "d" in new.locate(b"k%05d" % i)}
     assert set().union(*pushed.values()) == gained
     assert sum(len(keys) for keys in pushed.values()) == len(gained)  # each key once
@@ -103,7 +91,7 @@ def test_an_anti_entropy_round_lists_a_bounded_number_of_differing_segments():
     ring = Ring(["a", "b"], 2, 32)  # 64 segments, all shared
     full, empty = filled_store(2000), DigestedStore(MemoryStore())
     a, b = Stabilizer("a", full, 10_000, 0), Stabilizer("b", empty, 10_000, 1 << 32)
-    out_a, out_b = Outbox(), Outbox()
+    out_a, out_b = RecordingOutbox(), RecordingOutbox()
     assert not a.start_round(ring, {"b"}, 1000.0, out_a, peer="b")  # digests not built yet
     b.prepare(ring, 1000.0)
     finish(a, out_a)
@@ -118,7 +106,7 @@ def test_an_anti_entropy_round_lists_a_bounded_number_of_differing_segments():
     out_a.sent.clear()
     a.answer_sync_keys(ring, 1000.0, out_a)
     listed = {ring.segment_of_token(m.segment) for m in listings}
-    pushed = {k for m in out_a.handoffs() for k, _ in m.records}
+    pushed = {k for m in handoffs(out_a) for k, _ in m.records}
     assert pushed and {ring.segment(k) for k in pushed} <= listed
     assert pushed == {k for k, _ in full.items() if ring.segment(k) in listed}
 
@@ -127,7 +115,7 @@ def test_no_periodic_round_starts_while_records_wait_to_be_handed_over():
     store = filled_store(100)
     stabilizer = Stabilizer("a", store, 10, 0)
     ring = Ring(["a", "b"], 2, 8)
-    out = Outbox()
+    out = RecordingOutbox()
     stabilizer._push("b", list(store.items()), 0.0, out, strays=False)
     out.sent.clear()
     stabilizer.start_round(ring, {"b"}, 1000.0, out)
@@ -143,7 +131,7 @@ def test_a_walk_reads_a_bounded_number_of_records_per_tick():
     store = filled_store(20_000)
     stabilizer = Stabilizer("a", store, 256, 0)
     old, new = Ring(["a", "b", "c"], 3, 64), Ring(["a", "b", "c", "d"], 3, 64)
-    stabilizer.on_ring_change(old, new, 0.0, Outbox())
+    stabilizer.on_ring_change(old, new, 0.0, RecordingOutbox())
     read = []
     inner_range = store.inner.token_range
 
@@ -156,7 +144,7 @@ def test_a_walk_reads_a_bounded_number_of_records_per_tick():
     ticks = 0
     while stabilizer.has_work():
         before = sum(read)
-        stabilizer.work(0.0, Outbox())
+        stabilizer.work(0.0, RecordingOutbox())
         assert sum(read) - before <= WALK_BUDGET + 2 * max(read, default=0)
         ticks += 1
     assert ticks > 3 and sum(read) >= 20_000  # the whole store, over several ticks

@@ -196,7 +196,7 @@ def _start_supervisor(cmd: list[str], data_dir: Path, timeout: float) -> None:
         popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
                                  stderr=subprocess.STDOUT, start_new_session=True,
                                  close_fds=True, env=env,
-                                 preexec_fn=sup._parent_death_signal())
+                                 preexec_fn=sup.parent_death_signal())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         rc = popen.poll()

@@ -21,6 +21,7 @@ ring change (joint quorums) every phase asks every replica.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Hashable
 
@@ -98,13 +99,8 @@ class Coordinator:
         op = Operation(self._next, client, request, tracker, now, now + timeout)
         self.ops[op.op_id] = op
         asked = self._narrow_targets(tracker, reachable)
-        if asked:
-            op.narrow = True
-            op.sent_at = now
-            for target in asked:
-                out.send(target, ReadRequest(op.op_id, request.key))
-        else:
-            self._send_phase(op, now, out)
+        op.narrow = bool(asked)
+        self._send_phase(op, now, out, asked)  # [] asks every replica
 
     def _narrow_targets(self, tracker: QuorumTracker, reachable: set[str]) -> list[str]:
         """The fewest replicas whose answers meet the level (this node first, then
@@ -188,11 +184,13 @@ class Coordinator:
 
     # ----------------------------------------------------------------- phases
 
-    def _send_phase(self, op: Operation, now: float, out: Outbox) -> None:
+    def _send_phase(self, op: Operation, now: float, out: Outbox,
+                    targets: Iterable[str] | None = None) -> None:
+        """Send the phase's requests to ``targets`` (all) that have not answered."""
         op.sent_at = now
         key = op.request.key
         if op.phase == READ:
-            for target in op.tracker.targets:
+            for target in targets or op.tracker.targets:
                 if target not in op.reads:
                     out.send(target, ReadRequest(op.op_id, key))
             return

@@ -45,7 +45,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
@@ -438,13 +438,7 @@ class NodeProcess:
                 except zmq.ZMQError:
                     self.dropped_messages += 1
         self._send_batches(peers)
-        for client, payloads in clients.items():
-            for start in range(0, len(payloads), MAX_BATCH):
-                batch = payloads[start:start + MAX_BATCH]
-                try:
-                    self.router.send_multipart([client, *batch], zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    self.dropped_messages += len(batch)
+        self._send_batches(clients, self._to_client)
 
     def _reboot_node(self) -> None:
         """Start the node afresh from its store, as after a crash.
@@ -463,15 +457,24 @@ class NodeProcess:
         self.rejected_frames += carried
         self._log("rebooted", {"incarnation": self.node.incarnation})
 
-    def _send_batches(self, batches: dict[str, list[bytes]]) -> None:
-        for address, payloads in batches.items():
-            sock = self._dealer(address)
+    def _send_batches(self, batches: dict, send: Callable[[Any, list[bytes]], None] | None = None
+                      ) -> None:
+        """Each destination's payloads as multipart messages of at most MAX_BATCH; to peers
+        (by address) unless ``send`` says otherwise. A full queue drops the batch."""
+        send = send or self._to_peer
+        for destination, payloads in batches.items():
             for start in range(0, len(payloads), MAX_BATCH):
                 batch = payloads[start:start + MAX_BATCH]
                 try:
-                    sock.send_multipart(batch, zmq.NOBLOCK)
-                except zmq.Again:
+                    send(destination, batch)
+                except zmq.ZMQError:
                     self.dropped_messages += len(batch)
+
+    def _to_peer(self, address: str, batch: list[bytes]) -> None:
+        self._dealer(address).send_multipart(batch, zmq.NOBLOCK)
+
+    def _to_client(self, client: bytes, batch: list[bytes]) -> None:
+        self.router.send_multipart([client, *batch], zmq.NOBLOCK)
 
     def _reconcile(self) -> None:
         """Follow the members' gossip and keep one DEALER per member."""
