@@ -35,7 +35,7 @@ from typing import Any
 
 import psutil
 
-WORKLOADS = ("put", "get", "mixed", "delete")
+WORKLOADS = ("put", "get", "mixed", "delete", "create", "cas")
 PRELOAD_DEPTH = 64  # requests in flight per worker while loading keys
 MAX_ERROR_SAMPLES = 5
 
@@ -86,11 +86,29 @@ class _Tally:
             self.samples.append(f"{kind}: {type(exc).__name__}: {exc}")
 
 
-def _chooser(options: BenchOptions, index: int) -> Callable[[], tuple[str, str, bytes | None]]:
+def _chooser(options: BenchOptions, index: int) -> Callable[[], tuple[str, str, Any]]:
     rng = random.Random(options.seed * 1_000_003 + index)
     value = rng.randbytes(options.value_size)
     keys = options.keys
     workload = options.workload
+    if workload in ("create", "cas"):
+        # Keys of this run only (a nonce), each client its own: creates of fresh keys;
+        # compare-and-sets walking each of a client's keys through 0, 1, 2, ...
+        nonce = f"{time.time_ns():x}"
+        slots = max(2, 2 * options.pipeline)
+        issued = [0] * slots
+        n = iter(range(1 << 62))
+
+        def conditional() -> tuple[str, str, Any]:
+            i = next(n)
+            if workload == "create":
+                return "create", f"bench-c{nonce}-{index}-{i}", value
+            slot = i % slots
+            j = issued[slot]
+            issued[slot] = j + 1
+            old = None if j == 0 else b"%d:" % j + value
+            return "cas", f"bench-s{nonce}-{index}-{slot}", (old, b"%d:" % (j + 1) + value)
+        return conditional
     if workload == "delete":
         counter = iter(range(index, 1 << 62, max(1, options.clients)))
 
@@ -117,13 +135,17 @@ def _drive(client: Any, options: BenchOptions, index: int, end: float, tally: _T
     monotonic = time.monotonic
     done_ops = 0
     if options.pipeline <= 1:
-        calls = {"get": client.get, "put": client.put, "delete": client.delete}
+        calls = {"get": client.get, "put": client.put, "delete": client.delete,
+                 "create": client.create, "cas": client.cas}
         while monotonic() < end:
             kind, key, value = choose()
             t0 = clock()
             try:
                 if value is None:
                     calls[kind](key)
+                elif kind == "cas":
+                    if not client.cas(key, *value):
+                        tally.not_found += 1  # counted with "not found": condition failed
                 else:
                     calls[kind](key, value)
                 tally.ok(kind, clock() - t0)
@@ -142,6 +164,8 @@ def _drive(client: Any, options: BenchOptions, index: int, end: float, tally: _T
         nonlocal done_ops
         exc = future.exception()
         if exc is None:
+            if future.result() is False:
+                tally.not_found += 1  # a cas whose condition failed
             tally.ok(kind, clock() - t0)
         elif isinstance(exc, KeyNotFound):
             tally.not_found += 1
@@ -158,7 +182,10 @@ def _drive(client: Any, options: BenchOptions, index: int, end: float, tally: _T
         while client.in_flight < depth:
             kind, key, value = choose()
             t0 = clock()
-            future = client.submit(kind, key, value)
+            if kind == "cas":
+                future = client.submit(kind, key, value[1], expected=value[0])
+            else:
+                future = client.submit(kind, key, value)
             future.add_done_callback(lambda f, kind=kind, t0=t0: settled(f, kind, t0))
         client.poll(min(0.05, end - now))
     drain_end = monotonic() + options.timeout + 0.5

@@ -268,6 +268,39 @@ def update(
 
 
 @app.command()
+def cas(
+    key: str = typer.Argument(..., metavar="KEY", help="The key."),
+    value: str | None = typer.Argument(None, metavar="[VALUE]", help=VALUE_HELP),
+    expect: str | None = typer.Option(None, "--expect", metavar="OLD",
+                                      help="The value KEY must hold ('-' reads stdin)."),
+    expect_absent: bool = typer.Option(False, "--expect-absent",
+                                       help="KEY must hold no value."),
+    delete_value: bool = typer.Option(False, "--delete", help="Delete KEY instead of VALUE."),
+    seeds: str | None = SeedsOption,
+    data_dir: Path = DataDirOption,
+    consistency: Consistency = ConsistencyOption,
+    timeout: float = TimeoutOption,
+) -> None:
+    """Compare-and-set: store VALUE (or --delete) only if KEY holds OLD (--expect) or
+    nothing (--expect-absent); exit 1 if it held something else, 3 if the outcome
+    is unknown. Decided by consensus among KEY's replicas."""
+    if (expect is None) == (not expect_absent):
+        die("give exactly one of --expect OLD and --expect-absent", USAGE)
+    if (value is None) == (not delete_value):
+        die("give exactly one of VALUE and --delete", USAGE)
+    if value == "-" and expect == "-":
+        die("VALUE and --expect cannot both read stdin", USAGE)
+    kb = key_bytes(key)
+    vb = None if value is None else read_value(value)
+    eb = None if expect is None else read_value(expect)
+    swapped = run_client(seeds, data_dir, consistency, timeout, key,
+                         lambda c: c.cas(kb, eb, vb))
+    if not swapped:
+        die(f"condition failed: {key} does not hold the expected value", FAILED)
+    typer.echo("OK")
+
+
+@app.command()
 def locate(
     key: str = typer.Argument(..., metavar="KEY", help="The key."),
     seeds: str | None = SeedsOption,
@@ -604,8 +637,16 @@ def chaos(
                                          "summary.json [zkv-chaos/RUN, or DATA_DIR/chaos/RUN "
                                          "when attached]."),
     clients: int = typer.Option(4, "--clients", min=1, max=64,
-                                help="Client processes doing get/put/delete."),
+                                help="Client processes doing get/put/delete and "
+                                     "create/update/cas."),
     keys: int = typer.Option(6, "--keys", min=1, help="Keys in use at any moment."),
+    conditional: float = typer.Option(0.3, "--conditional", min=0.0, max=1.0,
+                                      metavar="RATIO",
+                                      help="Share of the writes that would be puts done as "
+                                           "create, update or cas instead (deletes stay)."),
+    counter_workers: int = typer.Option(2, "--counter-workers", min=0, max=64,
+                                        help="Extra processes incrementing one counter key by "
+                                             "read-then-cas; 0: no counter."),
     key_lifetime: float = typer.Option(20.0, "--key-lifetime", min=1,
                                        help="Seconds before a key is retired for a fresh one "
                                             "(keeps each key's history checkable)."),
@@ -627,8 +668,10 @@ def chaos(
     gossip_interval: float = typer.Option(0.1, "--gossip-interval",
                                           help="Own cluster's node timer, seconds."),
     t_fail: float = typer.Option(1.0, "--t-fail", help="Own cluster's node timer, seconds."),
-    t_remove: float = typer.Option(4.0, "--t-remove", help="Own cluster's node timer, "
-                                                           "seconds."),
+    t_remove: float = typer.Option(8.0, "--t-remove", help="Own cluster's node timer, "
+                                                           "seconds; keep it above the longest "
+                                                           "fault (6 s), the timing assumption "
+                                                           "the nemesis keeps to."),
     keep: bool = typer.Option(False, "--keep", help="Keep an own cluster's directory even "
                                                    "when the run passes."),
     progress: bool = typer.Option(True, "--progress/--no-progress",
@@ -636,12 +679,14 @@ def chaos(
 ) -> None:
     """Run a workload under injected faults, then check the history (Jepsen-style).
 
-    Client processes do get/put/delete on a few contended keys while a nemesis
+    Client processes do get/put/delete/create/update/cas on a few contended keys,
+    and counter processes increment one key by read-then-cas, while a nemesis
     kills (SIGKILL), pauses (SIGSTOP/SIGCONT) and, when each node runs in its own
     network namespace, partitions, drops and slows nodes. Then the faults stop,
     the cluster settles, every key is read at quorum, and the run checks that
-    every key's history is linearizable, no acknowledged write was lost, and
-    every key sits on exactly its replica set with identical records.
+    every key's history is linearizable, no acknowledged write was lost, the
+    counter ends between its acknowledged increments and those plus the unknown
+    ones, and every key sits on exactly its replica set with identical records.
 
     Exit 0 if all of that held, 1 on any violation (the smallest failing key
     history is printed), 2 if the run could not start.
@@ -661,7 +706,8 @@ def chaos(
         die("timers: need --gossip-interval < --t-fail < --t-remove", USAGE)
     options = chaos_run.ChaosOptions(
         duration=duration, nodes=nodes, data_dir=data_dir, out=out, clients=clients, keys=keys,
-        key_lifetime=key_lifetime, max_down=max_down, kinds=kinds, network=network, seed=seed,
+        conditional=conditional, counter_workers=counter_workers, key_lifetime=key_lifetime,
+        max_down=max_down, kinds=kinds, network=network, seed=seed,
         timeout=timeout, settle_timeout=settle_timeout,
         node_flags=("--gossip-interval", str(gossip_interval), "--t-fail", str(t_fail),
                     "--t-remove", str(t_remove)),
@@ -678,13 +724,15 @@ class Workload(str, Enum):
     get = "get"
     mixed = "mixed"
     delete = "delete"
+    create = "create"
+    cas = "cas"
 
 
 @app.command()
 def bench(
     workload: Workload = typer.Option(Workload.put, "--workload", "-w",
                                       help="put, get (keys loaded first), mixed (half gets, "
-                                           "half puts) or delete."),
+                                           "half puts), delete, create (fresh keys) or cas."),
     clients: int = typer.Option(1, "--clients", min=1, max=1024,
                                 help="Concurrent clients (spread over processes)."),
     duration: float = typer.Option(5.0, "--duration", min=0.1, help="Seconds of load."),

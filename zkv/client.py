@@ -7,6 +7,7 @@
         kv.get("user:1")            # b"ada"; None when the key holds no value
         kv.create("user:1", b"x")   # raises KeyExists
         kv.delete("user:2")         # raises KeyNotFound
+        kv.cas("user:1", b"ada", b"grace")  # True; False (nothing changed) if it held another
         kv.locate("user:1")         # ["n3", "n1", "n4"]: replica ids, primary first
 
 Guarantees:
@@ -15,8 +16,11 @@ Guarantees:
   returned write was acknowledged at the requested consistency level, so it was
   durable on that many replicas; ``Unavailable`` means the level was not reached
   in time and a write's outcome is unknown.
-- With ``quorum`` (the default) or ``all``, get/put/delete are linearizable per
-  key.
+- With ``quorum`` (the default) or ``all``, every operation is linearizable per
+  key. The conditional ones (create, update, delete, cas) are decided by
+  per-key Paxos: a failed condition never takes effect, and ``Unavailable``
+  from one of them means its outcome is unknown unless the message says the
+  request was refused.
 - Requests go straight to a replica of the key (primary first), from the ring
   the client learns from any node and refreshes every few seconds and whenever a
   node does not answer. A read whose coordinator stays silent for a third of
@@ -57,6 +61,7 @@ from types import TracebackType
 import zmq
 
 from zkv.core.messages import (
+    OPS,
     ClientReply,
     ClientRequest,
     DecodeError,
@@ -191,6 +196,14 @@ class Client:
         """Replace the key's value only if it holds one; raises KeyNotFound otherwise."""
         self._call("update", key, value, consistency, timeout)
 
+    def cas(self, key: str | bytes, expected: bytes | str | None, value: bytes | str | None,
+            *, consistency: str | None = None, timeout: float | None = None) -> bool:
+        """Compare-and-set: store ``value`` (None deletes) only if the key holds
+        ``expected`` (None: holds no value). True if it did; False, with nothing
+        changed, if it held something else."""
+        status, _ = self._call("cas", key, value, consistency, timeout, expected)
+        return status == "ok"
+
     def locate(self, key: str | bytes) -> list[str]:
         """The ids of the key's replicas, primary first (from a freshly learned ring)."""
         kb = self._key(key)
@@ -207,19 +220,20 @@ class Client:
     # ----------------------------------------------------------------- pipelining
 
     def submit(self, op: str, key: str | bytes, value: bytes | str | None = None, *,
-               consistency: str | None = None, timeout: float | None = None) -> Future:
+               expected: bytes | str | None = None, consistency: str | None = None,
+               timeout: float | None = None) -> Future:
         """Send one request without waiting; ``poll`` settles the returned future.
 
         The future's result is what the blocking call returns (the value for a get,
-        None otherwise); its exception is what that call would raise.
+        True/False for a cas, None otherwise); its exception is what that call
+        would raise.
         """
         if self._closed:
             raise InvalidRequest("the client is closed")
-        if op not in ("get", "put", "delete", "create", "update"):
+        if op not in OPS:
             raise InvalidRequest(f"unknown operation {op!r}")
         kb = self._key(key)
-        vb = self._value(value if value is not None else b"") \
-            if op in ("put", "create", "update") else None
+        vb, eb = self._values(op, value, expected)
         level = self.consistency if consistency is None else self._level(consistency)
         limit = self.timeout if timeout is None else float(timeout)
         if not limit > 0:
@@ -229,7 +243,7 @@ class Client:
         future: Future = Future()
         req_id = next(self._ids)
         budget_ms = max(1, int(limit * 900))  # the coordinator answers before we give up
-        frame = encode(ClientRequest(req_id, op, kb, vb, level, budget_ms))
+        frame = encode(ClientRequest(req_id, op, kb, vb, level, budget_ms, eb))
         for address in self._route(kb):
             if self._send(address, frame):
                 self._pending[req_id] = _Pending(future, op, kb, now + limit)
@@ -263,7 +277,10 @@ class Client:
     def _settle(self, pending: _Pending, message: ClientReply) -> None:
         status, future = message.status, pending.future
         if status == "ok":
-            future.set_result(message.value if pending.op == "get" else None)
+            future.set_result(message.value if pending.op == "get" else
+                              True if pending.op == "cas" else None)
+        elif status == "condition_failed":
+            future.set_result(False)
         elif status == "not_found":
             if pending.op == "get":
                 future.set_result(None)
@@ -322,15 +339,29 @@ class Client:
             raise InvalidRequest(f"key of {len(kb)} bytes exceeds the {self.max_key}-byte limit")
         return kb
 
-    def _value(self, value: bytes | str) -> bytes:
+    def _values(self, op: str, value: bytes | str | None, expected: bytes | str | None
+                ) -> tuple[bytes | None, bytes | None]:
+        """The request's value and expected value, checked against the limits."""
+        if op == "cas":
+            return (None if value is None else self._value(value),
+                    None if expected is None else self._value(expected, "expected value"))
+        if expected is not None:
+            raise InvalidRequest(f"{op} takes no expected value")
+        if op in ("put", "create", "update"):
+            if value is None:
+                raise InvalidRequest(f"{op} needs a value")
+            return self._value(value), None
+        return None, None
+
+    def _value(self, value: bytes | str, name: str = "value") -> bytes:
         if isinstance(value, str):
             vb = value.encode()
         elif isinstance(value, (bytes, bytearray, memoryview)):
             vb = bytes(value)
         else:
-            raise InvalidRequest(f"value must be bytes or str, not {type(value).__name__}")
+            raise InvalidRequest(f"{name} must be bytes or str, not {type(value).__name__}")
         if len(vb) > self.max_value:
-            raise InvalidRequest(f"value of {len(vb)} bytes exceeds the "
+            raise InvalidRequest(f"{name} of {len(vb)} bytes exceeds the "
                                  f"{self.max_value}-byte limit")
         return vb
 
@@ -344,11 +375,12 @@ class Client:
     # ----------------------------------------------------------------- requests
 
     def _call(self, op: str, key: str | bytes, value: bytes | str | None,
-              consistency: str | None, timeout: float | None) -> tuple[str, bytes | None]:
+              consistency: str | None, timeout: float | None,
+              expected: bytes | str | None = None) -> tuple[str, bytes | None]:
         if self._closed:
             raise InvalidRequest("the client is closed")
         kb = self._key(key)
-        vb = self._value(value) if op in ("put", "create", "update") else None
+        vb, eb = self._values(op, value, expected)
         level = self.consistency if consistency is None else self._level(consistency)
         limit = self.timeout if timeout is None else float(timeout)
         if not limit > 0:
@@ -389,7 +421,7 @@ class Client:
                     address = order[tried]
                     tried += 1
                     budget_ms = max(1, int((remaining - min(margin, remaining / 2)) * 1000))
-                    frame = encode(ClientRequest(req_id, op, kb, vb, level, budget_ms))
+                    frame = encode(ClientRequest(req_id, op, kb, vb, level, budget_ms, eb))
                     if self._send(address, frame):
                         waiting += 1
                         asked = address
@@ -416,8 +448,11 @@ class Client:
                                              f"{message.reason}")
                     continue
                 status = message.status
-                if status == "ok":
+                if status in ("ok", "condition_failed"):
                     return status, message.value
+                if status == "unknown":
+                    # The write may have landed: never retried elsewhere as if it had not.
+                    raise Unavailable(f"{op} {kb!r}: outcome unknown: {message.detail}")
                 if status == "not_found":
                     if op == "get":
                         return status, None

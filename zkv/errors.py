@@ -3,14 +3,16 @@
 =================  ===========================================  ==============
 error              when                                         node status
 =================  ===========================================  ==============
-``Unavailable``    the consistency level was not reached before  ``unavailable``
-                   the deadline, or no node answered in time
+``Unavailable``    the consistency level was not reached before  ``unavailable``,
+                   the deadline, or no node answered in time;   ``unknown``
+                   or a write's outcome is unknown
 ``KeyExists``      ``create`` of a key that holds a value        ``exists``
 ``KeyNotFound``    ``update`` or ``delete`` of a missing key     ``not_found``
 ``InvalidRequest`` a key, value or option the store refuses      ``invalid``
 =================  ===========================================  ==============
 
-An ``Unavailable`` write has an unknown outcome: it may have reached some
+A ``cas`` whose condition fails returns False (status ``condition_failed``)
+rather than raising. An ``Unavailable`` write has an unknown outcome: it may have reached some
 replicas and may still become visible. Every other error means nothing changed.
 """
 

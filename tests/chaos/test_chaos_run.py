@@ -2,8 +2,11 @@
 
 Kills and pauses always; partitions, packet loss and slow links too when the
 nodes can run as separate hosts in network namespaces (root, ip, nft, tc).
-The run fails on any violation: a key whose history is not linearizable, an
-acknowledged write lost, a key not on exactly its replica set after settling.
+The workload mixes plain and conditional ops (create, update, cas), and two
+processes increment a CAS counter. The run fails on any violation: a key whose
+history is not linearizable (or that the checker could not decide), an
+acknowledged write lost, a counter that does not add up to its acknowledged
+increments, a key not on exactly its replica set after settling.
 Set ZKV_CHAOS_SEED to replay a schedule (timing still varies run to run).
 """
 
@@ -18,8 +21,7 @@ from rich.console import Console
 
 from zkv.chaos import ChaosOptions, netns, run_chaos
 from zkv.chaos.nemesis import KILL, PARTITION, PAUSE
-
-from .conftest import FAST_TIMERS
+from zkv.chaos.run import FAST_TIMERS  # t_remove above the longest fault, as the nemesis assumes
 
 DURATION = 60.0
 
@@ -32,13 +34,26 @@ def test_a_minute_of_faults_breaks_no_guarantee(tmp_path):
     result = run_chaos(
         ChaosOptions(duration=DURATION, nodes=5, data_dir=tmp_path / "cluster",
                      out=tmp_path / "run", network=network, seed=seed, progress=False,
-                     node_flags=FAST_TIMERS),
+                     node_flags=FAST_TIMERS, conditional=0.3, counter_workers=2),
         Console(file=output, width=120))
     report = output.getvalue()
     print(report)
     summary = result.summary
     assert result.ok, f"seed {seed} ({network}); cluster kept in {tmp_path}:\n{report}"
     assert summary.total_ops > 1000
+    # Conditional ops ran, with both answers.
+    assert summary.conditional_ratio > 0
+    for kind in ("create", "update", "cas"):
+        assert summary.ops.get(kind, {}).get("ok", 0) > 0, summary.ops
+    assert summary.answers["cas"].get("true", 0) > 0, summary.answers
+    assert summary.answers["cas"].get("false", 0) > 0, summary.answers
+    # The counter moved and adds up (result.ok covers it too; said here plainly).
+    counter = summary.counter
+    assert counter is not None and counter.workers == 2
+    assert counter.acked > 0 and counter.conflicts > 0, counter
+    assert counter.holds and counter.final is not None, counter
+    assert counter.acked <= counter.final <= counter.acked + counter.unknown, counter
+    assert counter.linearizability == "linearizable", counter
     assert summary.faults.get(KILL, 0) >= 1 and summary.faults.get(PAUSE, 0) >= 1
     if network == "netns":
         assert summary.faults.get(PARTITION, 0) >= 1

@@ -52,6 +52,23 @@ def test_crud_through_the_cli_gives_the_documented_exit_codes(cluster):
     assert run("delete", "veg").returncode == 1
 
 
+def test_cas_swaps_only_from_the_expected_value_with_the_documented_exit_codes(cluster):
+    run = cluster.run
+    assert run("cas", "lock", "owner-1", "--expect-absent").returncode == 0
+    taken = run("cas", "lock", "owner-2", "--expect-absent")
+    assert taken.returncode == 1 and b"condition failed" in taken.stderr
+    assert run("cas", "lock", "owner-2", "--expect", "someone-else").returncode == 1
+    assert run("get", "lock").stdout == b"owner-1"  # the failed ones changed nothing
+    assert run("cas", "lock", "-", "--expect", "owner-1", stdin=b"owner-2").returncode == 0
+    assert run("get", "lock").stdout == b"owner-2"
+    assert run("cas", "lock", "--delete", "--expect", "owner-2").returncode == 0
+    assert run("get", "lock").returncode == 1
+    both = run("cas", "lock", "x", "--expect", "a", "--expect-absent")
+    assert both.returncode == 2 and b"exactly one" in both.stderr
+    one = run("cas", "lock", "x", "--expect-absent", "--consistency", "one")
+    assert one.returncode == 2 and b"consensus" in one.stderr
+
+
 def test_a_dash_value_is_read_from_stdin_as_bytes(cluster):
     blob = bytes(range(256)) * 4
     assert cluster.run("put", "blob", "-", stdin=blob).returncode == 0

@@ -66,6 +66,24 @@ def test_crud_on_five_nodes(cluster_factory) -> None:
         assert set(kv.ring()) == set(cluster.nodes)
 
 
+def test_cas_blocking_and_pipelined(cluster3: Cluster) -> None:
+    kv = cluster3.client()
+    assert kv.cas("cas-k", None, b"1") is True
+    assert kv.cas("cas-k", None, b"2") is False  # it holds 1: nothing changed
+    assert kv.get("cas-k") == b"1"
+    futures = [kv.submit("cas", "cas-k", b"2", expected=b"1"),
+               kv.submit("cas", "cas-other", b"x", expected=b"nope")]
+    while kv.in_flight:
+        kv.poll(0.1)
+    assert [f.result() for f in futures] == [True, False]
+    assert kv.cas("cas-k", b"2", None) is True  # a cas that deletes
+    assert kv.get("cas-k") is None
+    with pytest.raises(InvalidRequest, match="expected"):
+        kv.cas("cas-k", b"v" * (1024 * 1024 + 1), b"x")
+    with pytest.raises(InvalidRequest, match="no expected value"):
+        kv.submit("put", "cas-k", b"x", expected=b"y")
+
+
 @pytest.mark.parametrize("write_level,read_level", [("all", "one"), ("quorum", "quorum"),
                                                     ("one", "all")])
 def test_a_write_is_read_back_at_every_consistency_level(cluster3: Cluster, write_level: str,

@@ -95,9 +95,9 @@ def valid_messages(rng: random.Random, key: bytes) -> list[Message]:
         ClientReply(1, "ok", b"v", ""),
         RingInfo(1, [("n1", "tcp://127.0.0.1:1")], 3, 64),
         ReadRequest(1, key),
-        ReadReply(1, key, _record(rng)),
-        WriteRequest(1, key, _record(rng), "none"),
-        WriteReply(1, key, True),
+        ReadReply(1, key, _record(rng), None),
+        WriteRequest(1, key, _record(rng)),
+        WriteReply(1, key, True, None),
         Handoff(1, [(key, _record(rng))]),
         HandoffAck(1),
         SyncDigest(1, 5, [(0, b"\0" * 16)]),
@@ -307,8 +307,8 @@ def test_a_node_survives_a_barrage_of_bad_frames_and_loses_nothing(cluster: Clus
     try:
         for i in range(SPOOFED):
             key = rng.choice(foreign)
-            message = rng.choice([ReadRequest(i, key), WriteRequest(i, key, _record(rng), "none"),
-                                  ReadReply(i, key, _record(rng)), WriteReply(i, key, True),
+            message = rng.choice([ReadRequest(i, key), WriteRequest(i, key, _record(rng)),
+                                  ReadReply(i, key, _record(rng), None), WriteReply(i, key, True, None),
                                   Handoff(i, [(key, _record(rng))]), HandoffAck(i),
                                   SyncPull(i, [key]), ErrorReply(i, "x")])
             spoofed_kinds[type(message).__name__] += 1

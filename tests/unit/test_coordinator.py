@@ -43,14 +43,14 @@ def test_a_slow_replica_makes_the_read_ask_the_rest_after_the_speculative_delay(
     op_id = start(coord, out)
     first = recipients(out, ReadRequest)
     silent = next(n for n in first if n != "a")
-    coord.on_read_reply("a", ReadReply(op_id, b"k", record(5)), 0.001, out)
+    coord.on_read_reply("a", ReadReply(op_id, b"k", record(5), None), 0.001, out)
     assert coord.next_wakeup(RETRY) == RETRY  # no read-phase history: wait retry_interval
     coord.tick(RETRY / 2, RETRY, out)
     assert recipients(out, ReadRequest) == []
     coord.tick(RETRY, RETRY, out)
     other = ({"b", "c"} - {silent}).pop()
     assert sorted(recipients(out, ReadRequest)) == sorted([silent, other])  # all who have not answered
-    coord.on_read_reply(other, ReadReply(op_id, b"k", record(5)), RETRY + 0.001, out)
+    coord.on_read_reply(other, ReadReply(op_id, b"k", record(5), None), RETRY + 0.001, out)
     assert out.replies and out.replies[0].status == "ok"
 
 
@@ -59,7 +59,7 @@ def test_speculation_follows_the_recent_read_time():
     for req in range(30):  # reads that take 5 ms
         op_id = start(coord, out, req_id=req, now=float(req))
         for target in recipients(out, ReadRequest):
-            coord.on_read_reply(target, ReadReply(op_id, b"k", None), req + 0.005, out)
+            coord.on_read_reply(target, ReadReply(op_id, b"k", None, None), req + 0.005, out)
     start(coord, out, req_id=99, now=100.0)
     assert 100.0 + 0.015 < coord.next_wakeup(RETRY) < 100.0 + 0.025  # about 4 x 5 ms
 
@@ -72,7 +72,7 @@ def test_writes_all_levels_and_joint_quorums_ask_every_replica():
     assert sorted(recipients(out, ReadRequest)) == ["a", "b", "c", "d"]
     op_id = start(coord, out, op="put", req_id=3)
     for target in recipients(out, ReadRequest):
-        coord.on_read_reply(target, ReadReply(op_id, b"k", None), 0.001, out)
+        coord.on_read_reply(target, ReadReply(op_id, b"k", None, None), 0.001, out)
     assert sorted(recipients(out, WriteRequest)) == ["a", "b", "c"]
 
 

@@ -3,7 +3,7 @@
 import random
 
 from zkv.core.digests import DigestedStore, entry_hash
-from zkv.core.replica import apply_write, merge
+from zkv.core.replica import accept, merge
 from zkv.core.ring import Ring
 from zkv.core.versions import Version
 from zkv.storage.memory import MemoryStore
@@ -47,7 +47,7 @@ def test_incremental_digests_match_a_full_walk_through_random_writes():
                         rng.random() < 0.2, b"v")
         how = rng.randrange(4)
         if how == 0:
-            apply_write(store, key, record)  # reads the key, then writes it
+            accept(store, key, record)  # reads the key, then writes it
         elif how == 1:
             merge(store, key, record)
         elif how == 2:
@@ -96,5 +96,5 @@ def test_writes_during_a_rebuild_leave_the_digests_exact():
     while store.rebuild_step() is not None:  # a segment at a time, writes in between
         for _ in range(5):
             key = rng.choice(keys)
-            apply_write(store, key, Record(Version(rng.randrange(2000), 1, "b"), False, b"w"))
+            accept(store, key, Record(Version(rng.randrange(2000), 1, "b"), False, b"w"))
     assert store.digests(ring, every, ALL, NOW) == dict(enumerate(walked(inner, ring)))

@@ -1,5 +1,5 @@
 from zkv.core.quorum import QuorumTracker, needed
-from zkv.core.replica import apply_write, merge
+from zkv.core.replica import accept, merge, prepare, read
 from zkv.core.versions import Version
 from zkv.storage.memory import MemoryStore
 from zkv.storage.record import Record
@@ -24,19 +24,38 @@ def test_joint_quorum_needs_each_replica_set():
 
 def test_higher_version_wins_and_resend_is_idempotent():
     store = MemoryStore()
-    assert apply_write(store, b"k", rec(2, b"new"))
-    assert apply_write(store, b"k", rec(1, b"old"))  # acknowledged, but superseded
+    assert accept(store, b"k", rec(2, b"new")) is None
+    assert accept(store, b"k", rec(1, b"old")) is None  # acknowledged, but superseded
     assert store.get(b"k").value == b"new"
-    assert apply_write(store, b"k", rec(2, b"new"), "absent")  # resend of the same version
+    assert accept(store, b"k", rec(2, b"new")) is None  # resend of the same version
 
 
-def test_conditions():
+def test_prepare_promises_only_above_the_promise_and_the_stored_version():
     store = MemoryStore()
-    assert not apply_write(store, b"k", rec(1), "present")
-    assert apply_write(store, b"k", rec(1), "absent")
-    assert not apply_write(store, b"k", rec(2), "absent")
-    assert apply_write(store, b"k", rec(3, tomb=True), "present")
-    assert apply_write(store, b"k", rec(4), "absent")  # a tombstone counts as absent
+    accept(store, b"k", rec(5, b"five"))
+    assert prepare(store, b"k", rec(5).version) == (False, rec(5, b"five"), rec(5).version)
+    assert prepare(store, b"k", rec(7).version) == (True, rec(5, b"five"), None)
+    assert store.get_promise(b"k") == rec(7).version
+    assert prepare(store, b"k", rec(6).version) == (False, rec(5, b"five"), rec(7).version)
+
+
+def test_a_promise_fences_writes_and_merges_below_it():
+    store = MemoryStore()
+    prepare(store, b"k", rec(7).version)
+    assert accept(store, b"k", rec(6, b"late")) == rec(7).version
+    assert not merge(store, b"k", rec(6, b"late"))
+    assert store.get(b"k") is None
+    assert read(store, b"k") == (None, rec(7).version)
+
+
+def test_a_write_at_or_above_the_promise_is_stored_and_clears_it():
+    store = MemoryStore()
+    prepare(store, b"k", rec(7).version)
+    assert accept(store, b"k", rec(7, b"chosen")) is None
+    assert store.get(b"k").value == b"chosen" and store.get_promise(b"k") is None
+    prepare(store, b"k", rec(9).version)
+    assert merge(store, b"k", rec(10, b"newer"))
+    assert store.get_promise(b"k") is None
 
 
 def test_merge_keeps_the_newest():

@@ -105,7 +105,7 @@ class ToyNode:
         version = self.clock.next(int(now * 1000))
         record = (Record(version, False, req.value or b"") if req.op == "put"
                   else Record.tomb(version))
-        return [Send("", primary, WriteRequest(op_id, req.key, record, ""))]
+        return [Send("", primary, WriteRequest(op_id, req.key, record))]
 
     def _apply(self, op: str, key: bytes, value: bytes | None, now: float):
         current = self.store.get(key)
@@ -126,14 +126,14 @@ class ToyNode:
             return [Event("gossip_received", {"from": msg.sender})]
         if isinstance(msg, ReadRequest):
             record = self.store.get(msg.key)
-            return [Send(sender, "", ReadReply(msg.op_id, msg.key, record))]
+            return [Send(sender, "", ReadReply(msg.op_id, msg.key, record, None))]
         if isinstance(msg, WriteRequest):
             if (sender, msg.op_id) in self.applied:
                 return []  # a duplicate of a write already applied
             self.applied.add((sender, msg.op_id))
             op = "delete" if msg.record.tombstone else "put"
             status, _ = self._apply(op, msg.key, msg.record.value, now)
-            return [Send(sender, "", WriteReply(msg.op_id, msg.key, status == "ok"))]
+            return [Send(sender, "", WriteReply(msg.op_id, msg.key, status == "ok", None))]
         if isinstance(msg, (ReadReply, WriteReply)):
             entry = self.pending.pop(msg.op_id, None)
             if entry is None:

@@ -1,13 +1,18 @@
 """What a chaos run proves at the end: the history is safe and the data sits where it should.
 
-Three verdicts, each a list of problems (empty = pass):
+Four verdicts, each a list of problems (empty = pass):
 
 - **linearizability**: every key's history (the workload's ops plus the final
   reads) has a legal order (``zkv.check``);
 - **lost writes**: the final quorum read of a key returned a value whose write
   had completed before some acknowledged write of that key began; the
-  acknowledged write is then lost, whatever else happened. (Linearizability
-  implies this; it is checked on its own for a direct, readable report.)
+  acknowledged write is then lost, whatever else happened. An ok conditional
+  op (create, update, delete, cas) counts as a write only when its
+  precondition was as required. (Linearizability implies this; it is checked
+  on its own for a direct, readable report.)
+- **the CAS counter**: its final value lies between the increments
+  acknowledged and those plus the ones whose outcome is unknown
+  (``counter_problem``).
 - **placement**: once the cluster has settled, every key is stored on exactly
   its replica set (per the ring), and all of them hold the identical record.
   The stores are read straight from each node's LMDB, read-only.
@@ -25,8 +30,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from zkv.chaos.workload import CounterTally, counter_value
 from zkv.check import HistoryResult, Op, check_history, describe
-from zkv.check.history import effect_deadline
+from zkv.check.history import effect_deadline, show_value
 from zkv.core.ring import Ring
 from zkv.net.runtime import store_path
 from zkv.storage.lmdb_store import read_records
@@ -61,10 +67,14 @@ def lost_writes(ops: Iterable[Op], finals: dict[bytes, Op]) -> list[LostWrite]:
     """Acknowledged writes that the final read of their key proves lost.
 
     The final read returned ``v``; the writes that could have left ``v`` (the
-    puts of ``v``, or for absent the deletes and the initial state) all took
-    effect by some time T. An acknowledged write that began after T would have
-    to come after them, and nothing later can write ``v`` again (put values are
-    unique), so the final read must not see ``v``.
+    ops that may have written ``v``: for absent the deletes, the cas that
+    delete, and the initial state) all took effect by some time T. An
+    acknowledged write of anything else that began after T would have to come
+    after them, and nothing later writes ``v`` again, so the final read must
+    not see ``v``. Whatever the kinds, an op counts as a write only where it may
+    have written: an ok conditional op only when its precondition was as
+    required (``may_write``), an unknown one always (its condition may hold when
+    it takes effect), a failed one never.
     """
     by_key: dict[bytes, list[Op]] = defaultdict(list)
     for op in ops:
@@ -73,29 +83,66 @@ def lost_writes(ops: Iterable[Op], finals: dict[bytes, Op]) -> list[LostWrite]:
     for key, final in sorted(finals.items()):
         history = by_key.get(key, [])
         value = final.value
+        writers = [o for o in history if o is not final and may_write(o)
+                   and written_value(o) == value]
         if value is None:
-            writers = [o for o in history if o.kind == "delete" and o.outcome != "fail"
-                       and not (o.outcome == "ok" and o.found is False)]
             latest = max((effect_deadline(o) for o in writers), default=-math.inf)
         else:
-            writers = [o for o in history if o.kind == "put" and o.value == value
-                       and o.outcome != "fail"]
             if not writers:
-                acked = [o for o in history if _acked_write(o)]
+                acked = [o for o in history if acked_write(o)]
                 lost += [LostWrite(key, w, final, f"nobody wrote {value!r}") for w in acked[-1:]]
                 continue
             latest = max(effect_deadline(o) for o in writers)
         for op in history:
-            if _acked_write(op) and op is not final and op.start > latest and \
-                    not (op.kind == "delete" and value is None) and \
-                    not (op.kind == "put" and op.value == value):
+            if acked_write(op) and op is not final and op.start > latest and \
+                    written_value(op) != value:
                 lost.append(LostWrite(key, op, final, "it began after every write of the "
                                       f"value read had completed (by {latest:.3f})"))
     return lost
 
 
-def _acked_write(op: Op) -> bool:
-    return op.outcome == "ok" and (op.kind == "put" or (op.kind == "delete" and op.found))
+def may_write(op: Op) -> bool:
+    """Whether the op may have changed its key: a write that did not fail and,
+    if ok and conditional, found its precondition as required (delete, update,
+    cas: found; create: not found). (``zkv.sim.durability._may_write``.)"""
+    if op.kind == "get" or op.outcome == "fail":
+        return False
+    if op.outcome != "ok" or op.kind == "put":
+        return True
+    return op.found is (op.kind != "create")
+
+
+def acked_write(op: Op) -> bool:
+    """An acknowledged op that wrote (certainly took effect as a write)."""
+    return op.outcome == "ok" and may_write(op)
+
+
+def written_value(op: Op) -> bytes | None:
+    """The value a write leaves (None: absent, for a delete or a cas that deletes)."""
+    return None if op.kind == "delete" else op.value
+
+
+# --------------------------------------------------------------------------- the CAS counter
+
+
+def counter_problem(tally: CounterTally, key: bytes, final: Op | None) -> str | None:
+    """Why the counter's final value (``final``, its quorum read after settling)
+    cannot come from the increments ``tally`` counted; None if it can."""
+    if final is None:
+        return f"CAS counter {key!r}: no final quorum read succeeded after settling"
+    if tally.explains(final.value):
+        return None
+    count = counter_value(final.value)
+    shown = show_value(final.value) if count is None else str(count)
+    if count is not None and count < tally.acked:
+        why = f"{tally.acked - count} acknowledged increment(s) lost"
+    elif count is not None:
+        why = f"{count - tally.acked - tally.unknown} increment(s) more than were attempted"
+    else:
+        why = "not a count"
+    return (f"CAS counter {key!r}: final value {shown}, but {tally.acked} increments were "
+            f"acknowledged and {tally.unknown} unknown (need {tally.acked} <= final <= "
+            f"{tally.acked + tally.unknown}): {why}")
 
 
 # --------------------------------------------------------------------------- placement

@@ -2,7 +2,7 @@
 
 ``Summary`` is plain data (also written as ``summary.json``); ``render`` prints
 it as tables; ``availability`` is the share of ops that succeeded, overall and
-while a fault was active.
+while a fault was active. ``CounterReport`` is the CAS counter's part.
 """
 
 from __future__ import annotations
@@ -17,6 +17,35 @@ from rich.console import Console
 from rich.table import Table
 
 from zkv.check import Op
+
+
+ANSWERS = {  # an ok conditional op's answer, by kind and found
+    "delete": ("found", "not found"),
+    "create": ("exists", "created"),
+    "update": ("updated", "not found"),
+    "cas": ("true", "false"),
+}
+
+
+@dataclass
+class CounterReport:
+    """The CAS counter: what its ops were told, and whether its final value adds up."""
+
+    key: str
+    workers: int
+    ops: int  # reads and cas ops, every outcome
+    reads: int
+    reads_ok: int
+    cas: int
+    acked: int  # cas True: acknowledged increments
+    conflicts: int  # cas False
+    unknown: int  # cas whose outcome is unknown
+    failed: int  # cas that certainly did nothing
+    final: int | None  # the count read at quorum after settling (None: none, or not a count)
+    final_read: bool  # whether that read succeeded
+    holds: bool  # acked <= final <= acked + unknown
+    linearizability: str  # the checker's verdict on the counter key's history
+    check_steps: int = 0
 
 
 @dataclass
@@ -39,6 +68,9 @@ class Summary:
     placement_problems: int
     unreadable_keys: int
     settled: bool
+    answers: dict[str, dict[str, int]] = field(default_factory=dict)  # kind -> answer -> ok ops
+    conditional_ratio: float = 0.0
+    counter: CounterReport | None = None
     notes: list[str] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     history: str = ""
@@ -51,7 +83,9 @@ class Summary:
 
     @property
     def total_ops(self) -> int:
-        return sum(sum(by.values()) for by in self.ops.values())
+        """Every workload op, the CAS counter's included (not the final reads)."""
+        return sum(sum(by.values()) for by in self.ops.values()) + (
+            self.counter.ops if self.counter is not None else 0)
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps({**asdict(self), "ok": self.ok}, indent=2) + "\n")
@@ -61,6 +95,16 @@ def op_counts(ops: Iterable[Op]) -> dict[str, dict[str, int]]:
     counts: dict[str, Counter[str]] = {}
     for op in ops:
         counts.setdefault(op.kind, Counter())[op.outcome] += 1
+    return {kind: dict(c) for kind, c in sorted(counts.items())}
+
+
+def answer_counts(ops: Iterable[Op]) -> dict[str, dict[str, int]]:
+    """The answers of the ok conditional ops: kind -> answer (``ANSWERS``) -> count."""
+    counts: dict[str, Counter[str]] = {}
+    for op in ops:
+        if op.outcome == "ok" and op.kind in ANSWERS and op.found is not None:
+            yes, no = ANSWERS[op.kind]
+            counts.setdefault(op.kind, Counter())[yes if op.found else no] += 1
     return {kind: dict(c) for kind, c in sorted(counts.items())}
 
 
@@ -79,6 +123,34 @@ def availability(ops: Iterable[Op], windows: list[tuple[float, float]] | None = 
     return ok / total if total else None
 
 
+def _answers(kind: str, answers: dict[str, int]) -> str:
+    if kind not in ANSWERS:
+        return ""
+    return ", ".join(f"{answers.get(a, 0)} {a}" for a in ANSWERS[kind])
+
+
+def _render_counter(c: CounterReport, console: Console) -> None:
+    table = Table(title=f"CAS counter ({c.key}, {c.workers} workers)", title_justify="left",
+                  show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("operations", str(c.ops))
+    table.add_row("reads (ok / all)", f"{c.reads_ok} / {c.reads}")
+    table.add_row("cas successes (acknowledged increments)", str(c.acked))
+    table.add_row("cas conflicts (False)", str(c.conflicts))
+    table.add_row("cas outcome unknown", str(c.unknown))
+    if c.failed:
+        table.add_row("cas failed (nothing done)", str(c.failed))
+    final = "no read" if not c.final_read else "not a count" if c.final is None else str(c.final)
+    table.add_row("final counter (quorum read)", final)
+    table.add_row("acked <= final <= acked + unknown",
+                  f"{c.acked} <= {final} <= {c.acked + c.unknown}: "
+                  + ("holds" if c.holds else "VIOLATED"))
+    table.add_row("linearizability of its history",
+                  c.linearizability if c.linearizability != "violation" else "VIOLATION")
+    console.print(table)
+
+
 def _pct(share: float | None) -> str:
     return "-" if share is None else f"{100 * share:.1f}%"
 
@@ -89,12 +161,16 @@ def render(summary: Summary, console: Console) -> None:
     for outcome in ("ok", "fail", "unknown"):
         ops.add_column(outcome, justify="right")
     ops.add_column("total", justify="right")
+    ops.add_column("ok answers")
     for kind, by in summary.ops.items():
         ops.add_row(kind, *(str(by.get(o, 0)) for o in ("ok", "fail", "unknown")),
-                    str(sum(by.values())))
+                    str(sum(by.values())), _answers(kind, summary.answers.get(kind, {})))
     ops.add_row("all", *(str(sum(by.get(o, 0) for by in summary.ops.values()))
-                         for o in ("ok", "fail", "unknown")), str(summary.total_ops))
+                         for o in ("ok", "fail", "unknown")),
+                str(sum(sum(by.values()) for by in summary.ops.values())), "")
     console.print(ops)
+    if summary.counter is not None:
+        _render_counter(summary.counter, console)
 
     faults = Table(title="Faults injected", title_justify="left")
     faults.add_column("fault")

@@ -3,13 +3,17 @@
 1. Get a cluster: attach to a running ``zkv cluster up`` (``data_dir``), or start
    one (``nodes``), on 127.0.0.1 or, where the machine allows, each node in its
    own network namespace so that network faults are possible.
-2. For ``duration`` seconds: ``clients`` worker processes run the workload while
-   the nemesis injects faults; every op goes to ``history.jsonl``, every fault
-   to ``faults.jsonl`` (both with ``time.monotonic()`` times).
+2. For ``duration`` seconds: ``clients`` worker processes run the workload
+   (plain and conditional ops) and ``counter_workers`` processes the CAS
+   counter, while the nemesis injects faults; every op goes to
+   ``history.jsonl``, every fault to ``faults.jsonl`` (both with
+   ``time.monotonic()`` times).
 3. Heal every fault, wait (with a deadline) until every node serves with the
    whole ring, read every key at quorum (the reads join the history).
-4. Check linearizability, lost writes and placement (``zkv.chaos.checks``), and
-   report (``zkv.chaos.report``). The run passes only if nothing was violated.
+4. Check linearizability, lost writes, the counter and placement
+   (``zkv.chaos.checks``), and report (``zkv.chaos.report``). The run passes
+   only if nothing was violated; a key the checker could not decide is a
+   violation too (safety unproven), never a pass.
 
 This process never talks to the cluster itself: workers and a probe process do,
 having first joined the lab's namespace when there is one. It owns every
@@ -18,6 +22,7 @@ process and namespace it creates and ends them on any exit, including Ctrl-C.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import random
@@ -44,9 +49,25 @@ from zkv.chaos.nemesis import (
     NemesisSpec,
     ReplicaGuard,
 )
-from zkv.chaos.report import Summary, availability, op_counts, render
-from zkv.chaos.workload import FINAL_READER, HistoryRecorder, KeySpace, WorkloadSpec, worker_main
-from zkv.check import HistoryResult, Op
+from zkv.chaos.report import (
+    CounterReport,
+    Summary,
+    answer_counts,
+    availability,
+    op_counts,
+    render,
+)
+from zkv.chaos.workload import (
+    FINAL_READER,
+    CounterTally,
+    HistoryRecorder,
+    KeySpace,
+    WorkloadSpec,
+    counter_main,
+    counter_value,
+    worker_main,
+)
+from zkv.check import HistoryResult, KeyResult, Op
 from zkv.core.ring import Ring
 
 # Quick failure detection; t_remove stays above the longest fault (see nemesis.py).
@@ -54,6 +75,8 @@ FAST_TIMERS = ("--gossip-interval", "0.1", "--t-fail", "1", "--t-remove", "8")
 HISTORY_FILE = "history.jsonl"
 FAULTS_FILE = "faults.jsonl"
 SUMMARY_FILE = "summary.json"
+VIOLATIONS_FILE = "violations.txt"  # every failing key history, explained in full
+SHOWN_OPS = 200  # a failing key history longer than this is shown near where it fails
 LOOP = 0.05  # seconds between two turns of the main loop
 
 
@@ -69,6 +92,8 @@ class ChaosOptions:
     out: Path | None = None  # history, faults and summary (default: zkv-chaos/RUN)
     clients: int = 4
     keys: int = 6  # keys in use at any moment
+    conditional: float = 0.3  # share of the would-be puts done as create/update/cas
+    counter_workers: int = 2  # processes incrementing the CAS counter (0: no counter)
     key_lifetime: float = 20.0  # seconds before a key's slot moves to a fresh key
     max_down: int = 2
     kinds: tuple[str, ...] | None = None  # None: every kind the set-up allows
@@ -104,6 +129,10 @@ def run_chaos(opts: ChaosOptions, console: Console | None = None) -> ChaosResult
     console = console or Console()
     if opts.duration <= 0 or opts.clients < 1 or opts.keys < 1 or opts.max_down < 1:
         raise ChaosError("duration, clients, keys and max_down must be positive")
+    if not 0.0 <= opts.conditional <= 1.0:
+        raise ChaosError("the conditional share must be between 0 and 1")
+    if opts.counter_workers < 0:
+        raise ChaosError("counter workers must not be negative")
     seed = opts.seed if opts.seed is not None else secrets.randbelow(2**31)
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{seed}"
     own = opts.nodes is not None
@@ -245,14 +274,18 @@ def _run(opts: ChaosOptions, console: Console, cluster: ChaosCluster, ring: Ring
     nemesis = Nemesis(NemesisSpec(kinds=kinds, max_down=opts.max_down), cluster.node_ids,
                       guard, ClusterFaults(cluster), rng, on_change) if kinds else None
     t0 = time.monotonic()
-    prefix = f"chaos-{seed}-{secrets.token_hex(2)}-k"
-    spec = WorkloadSpec(KeySpace(prefix, opts.keys, opts.key_lifetime, t0),
+    run_tag = f"chaos-{seed}-{secrets.token_hex(2)}"
+    counter_key = f"{run_tag}-counter".encode() if opts.counter_workers else None
+    spec = WorkloadSpec(KeySpace(f"{run_tag}-k", opts.keys, opts.key_lifetime, t0),
                         tuple(cluster.addresses), t0 + opts.duration, opts.timeout,
-                        namespace=cluster.client_namespace, seed=seed)
+                        namespace=cluster.client_namespace, seed=seed,
+                        conditional_ratio=opts.conditional, counter_key=counter_key or b"")
     events, stop = mp.Queue(), mp.Event()
-    for i in range(opts.clients):
-        proc = mp.Process(target=worker_main, args=(i, opts.clients, spec, events, stop),
-                          daemon=True, name=f"zkv-chaos-worker-{i}")
+    stride = opts.clients + opts.counter_workers  # process ids: index + k * stride
+    for i in range(stride):
+        main, name = (worker_main, "worker") if i < opts.clients else (counter_main, "counter")
+        proc = mp.Process(target=main, args=(i, stride, spec, events, stop),
+                          daemon=True, name=f"zkv-chaos-{name}-{i}")
         proc.start()
         workers.append(proc)
 
@@ -285,7 +318,7 @@ def _run(opts: ChaosOptions, console: Console, cluster: ChaosCluster, ring: Ring
         progress.update(task, status="settling")
         settled_ring = _wait_for_ring(pool, cluster, max(1.0, settle_deadline - time.monotonic()))
         workload_ops = list(recorder.ops)
-        keys = sorted({op.key for op in workload_ops})
+        keys = sorted({op.key for op in workload_ops} | ({counter_key} if counter_key else set()))
         progress.update(task, status=f"final reads of {len(keys)} keys")
         attempts = pool.apply(checks.final_reads, (
             cluster.addresses, keys, max(10.0, settle_deadline - time.monotonic()),
@@ -305,6 +338,9 @@ def _run(opts: ChaosOptions, console: Console, cluster: ChaosCluster, ring: Ring
         progress.update(task, status=f"checking {len(recorder.ops)} ops")
         lin = checks.linearizability(recorder.ops)
         lost = checks.lost_writes(workload_ops, finals)
+        tally = CounterTally.of(workload_ops, counter_key) if counter_key else None
+        counter_problem = (checks.counter_problem(tally, counter_key, finals.get(counter_key))
+                           if tally is not None else None)
         step_errors = _step_errors(cluster)
 
     violations: list[str] = []
@@ -313,13 +349,17 @@ def _run(opts: ChaosOptions, console: Console, cluster: ChaosCluster, ring: Ring
     if settled_ring is None:
         violations.append(f"the cluster did not settle within {opts.settle_timeout:g}s "
                           "(not every node served with a ring of all the nodes)")
-    violations += [f"key {r.key!r}: not linearizable ({len(r.history)} ops)"
+    what = {counter_key: "the CAS counter, "}
+    violations += [f"key {r.key!r}: not linearizable ({what.get(r.key, '')}{len(r.history)} ops)"
                    for r in lin.violations]
-    violations += [f"key {r.key!r}: the checker could not decide ({len(r.history)} ops); "
-                   "safety unproven" for r in lin.undecided]
+    violations += [f"key {r.key!r}: the checker could not decide ({what.get(r.key, '')}"
+                   f"{len(r.history)} ops, {r.steps} steps); safety unproven"
+                   for r in lin.undecided]
     violations += [w.explain() for w in lost]
+    if counter_problem:
+        violations.append(counter_problem)
     violations += [f"key {k!r}: no final quorum read succeeded after settling"
-                   for k in keys if k not in finals]
+                   for k in keys if k not in finals and k != counter_key]
     violations += [p.explain() for p in placement]
     violations += step_errors
 
@@ -329,9 +369,19 @@ def _run(opts: ChaosOptions, console: Console, cluster: ChaosCluster, ring: Ring
         spans = [(f.start, f.end if f.end is not None else float("inf"))
                  for f in (nemesis.history if nemesis else []) if f.kind == kind]
         by_kind[kind] = availability(workload_ops, spans) if spans else None
+    if lin.violations:
+        (out / VIOLATIONS_FILE).write_text(
+            f"seed {seed}, history {history_path}\n\n" + "\n\n".join(
+                r.explain() for r in sorted(lin.violations, key=lambda r: len(r.history)))
+            + "\n")
+        notes.append(f"every failing key history, explained: {out / VIOLATIONS_FILE}")
+    plain_ops = [op for op in workload_ops if op.key != counter_key]
     summary = Summary(
         duration=opts.duration, nodes=len(cluster.refs), network=network,
-        clients=opts.clients, keys=len(keys), ops=op_counts(workload_ops),
+        clients=opts.clients, keys=len(keys), ops=op_counts(plain_ops),
+        answers=answer_counts(plain_ops), conditional_ratio=opts.conditional,
+        counter=_counter_report(tally, counter_key, opts.counter_workers, finals, lin,
+                                counter_problem) if tally is not None else None,
         faults=dict(nemesis.injected) if nemesis else {}, fault_kinds=list(kinds),
         skipped_faults=dict(nemesis.skipped) if nemesis else {},
         availability=availability(workload_ops),
@@ -422,7 +472,43 @@ def _step_errors(cluster: ChaosCluster) -> list[str]:
 
 def _smallest(lin: HistoryResult) -> str | None:
     smallest = lin.smallest_violation()
-    return smallest.explain() if smallest is not None else None
+    return explain_near_failure(smallest) if smallest is not None else None
+
+
+def explain_near_failure(result: KeyResult, limit: int = SHOWN_OPS,
+                         lookback: float = 10.0) -> str:
+    """``result.explain()``, but a history longer than ``limit`` ops (the CAS
+    counter's) is shown only around where the search got stuck: the ops that
+    overlap the time from the last ops of the longest linearizable prefix to the
+    stuck op's completion, with the unknown writes invoked up to ``lookback``
+    seconds before (the full explanation goes to ``VIOLATIONS_FILE``)."""
+    if len(result.history) <= limit:
+        return result.explain()
+    prefix = [op for op in result.linearization if op.outcome == "ok"][-10:]
+    lo = min((op.start for op in prefix), default=-float("inf"))
+    hi = result.stuck.end if result.stuck is not None and result.stuck.end is not None else \
+        max((op.end or op.start for op in prefix), default=float("inf"))
+    near = [op for op in result.history if op.start <= hi and (
+        op.end >= lo if op.end is not None else op.start >= lo - lookback)][-limit:]
+    text = dataclasses.replace(result, history=tuple(near)).explain()
+    head, _, rest = text.partition("\n")
+    return (f"{head.replace(f'({len(near)} ops', f'({len(result.history)} ops', 1)}\n"
+            f"(history shown: the {len(near)} ops around where it fails, "
+            f"{lo:.3f} to {hi:.3f}; all of it is in {VIOLATIONS_FILE})\n{rest}")
+
+
+def _counter_report(tally: CounterTally, key: bytes, workers: int, finals: dict[bytes, Op],
+                    lin: HistoryResult, problem: str | None) -> CounterReport:
+    final = finals.get(key)
+    result = lin.per_key.get(key)
+    return CounterReport(
+        key=key.decode("latin-1"), workers=workers, ops=tally.ops, reads=tally.reads,
+        reads_ok=tally.reads_ok, cas=tally.cas, acked=tally.acked,
+        conflicts=tally.conflicts, unknown=tally.unknown, failed=tally.failed,
+        final=None if final is None else counter_value(final.value),
+        final_read=final is not None, holds=problem is None,
+        linearizability=result.verdict.value if result is not None else "not checked",
+        check_steps=result.steps if result is not None else 0)
 
 
 def run_and_exit_code(opts: ChaosOptions, console: Console | None = None,

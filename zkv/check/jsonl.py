@@ -5,10 +5,19 @@ One op per line, e.g.::
     {"process": 3, "kind": "put", "key": "user:1", "value": "v7", "outcome": "ok",
      "start": 1.5, "end": 2.25, "found": null}
 
-Keys and values are bytes stored as latin-1 strings: byte ``n`` becomes code
-point ``n``, so any bytes round-trip exactly and ASCII stays readable (JSON
-escapes the rest as ``\\u00XX``). ``end`` and ``found`` may be ``null``/absent.
-Lines are written one at a time, so a tool can append as ops complete.
+A cas also has ``expected``, the value it requires (``null`` = absent)::
+
+    {"process": 4, "kind": "cas", "key": "n", "value": "8", "outcome": "ok",
+     "start": 3.0, "end": 3.5, "found": true, "expected": "7"}
+
+Kinds: get, put, delete, create, update, cas (the model is in
+``zkv.check.history``). Keys and values are bytes stored as latin-1 strings:
+byte ``n`` becomes code point ``n``, so any bytes round-trip exactly and ASCII
+stays readable (JSON escapes the rest as ``\\u00XX``). ``end``, ``found`` and
+``expected`` may be ``null``/absent. ``expected`` is written only for a cas,
+so lines of the other kinds look as they did before cas existed, and files
+written before then still load. Lines are written one at a time, so a tool can
+append as ops complete.
 """
 
 from __future__ import annotations
@@ -27,18 +36,23 @@ class HistoryFormatError(ValueError):
 
 def encode_op(op: Op) -> str:
     """One JSON line (without the newline)."""
-    return json.dumps(
-        {
-            "process": op.process,
-            "kind": op.kind,
-            "key": op.key.decode("latin-1"),
-            "value": None if op.value is None else op.value.decode("latin-1"),
-            "outcome": op.outcome,
-            "start": op.start,
-            "end": op.end,
-            "found": op.found,
-        }
-    )
+    obj = {
+        "process": op.process,
+        "kind": op.kind,
+        "key": op.key.decode("latin-1"),
+        "value": _text(op.value),
+        "outcome": op.outcome,
+        "start": op.start,
+        "end": op.end,
+        "found": op.found,
+    }
+    if op.kind == "cas":
+        obj["expected"] = _text(op.expected)
+    return json.dumps(obj)
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
 
 
 def decode_op(line: str) -> Op:
@@ -59,6 +73,7 @@ def decode_op(line: str) -> Op:
             start=float(_field(obj, "start", (int, float))),
             end=_optional_time(obj, "end"),
             found=_optional_field(obj, "found", bool),
+            expected=_optional_bytes(obj, "expected"),
         )
     except UnicodeEncodeError:
         raise HistoryFormatError("key/value strings must be latin-1 (code points < 256)") from None

@@ -3,13 +3,23 @@
 Each key is an independent register, and linearizability is compositional: a
 history is linearizable iff every key's sub-history is. So each key is checked
 alone, for an order of its ops that respects real time (an op that completed
-before another started comes first) and the register's rules:
+before another started comes first) and the register's rules (the full table
+is in ``zkv.check.history``):
 
 * put: state := value.  get: returns the state (``None`` = absent).
-* delete, found: state := ``None`` unconditionally (our delete reads then writes).
+* delete, found: requires the key present, then state := ``None`` (the store
+  decides it by consensus, so it is a conditional write, not a blind one).
 * delete, not found: a read that saw ``None``.
+* create, created: requires absent, then state := value; exists: a read
+  that saw the key present.
+* update, updated: requires present, then state := value; not found: a read
+  that saw ``None``.
+* cas, found: requires state == expected, then state := value (``None``
+  deletes); not found: a read that saw anything but ``expected``.
 * fail: certainly had no effect, so it is left out; so is an unknown get.
-* unknown put/delete: may take effect at any time after its start, or never.
+* unknown put/delete/create/update/cas: may take effect at most once, at any
+  time after its start, or never; a conditional one only where its
+  condition holds.
 
 Ops that touch in time (one ends as another starts) count as concurrent.
 ``zkv.check.search`` has the search itself.
@@ -17,13 +27,22 @@ Ops that touch in time (one ends as another starts) count as concurrent.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from zkv.check.history import Op, describe, effect_deadline, format_history, show_value
-from zkv.check.search import Verdict, is_read, search, written
+from zkv.check.history import (
+    EQ,
+    Op,
+    describe,
+    effect,
+    effect_deadline,
+    format_history,
+    show_value,
+)
+from zkv.check.search import Verdict, search, written
 
 DEFAULT_MAX_STEPS = 1_000_000
 """Search steps per key before giving up with ``UNDECIDED`` (about a second)."""
@@ -48,6 +67,7 @@ class KeyResult:
     stuck: Op | None
     blocked: tuple[tuple[Op, str], ...]
     steps: int
+    note: str = ""  # how the prefix was found, when not the plain way
 
     @property
     def linearizable(self) -> bool:
@@ -67,6 +87,8 @@ class KeyResult:
             f"longest linearizable prefix: {len(prefix)} ops, "
             f"leaving the register {show_value(self.state)}"
         )
+        if self.note:
+            lines.append(f"  ({self.note})")
         shown = prefix[max(0, len(prefix) - context) :]
         if len(shown) < len(prefix):
             lines.append(f"  ... {len(prefix) - len(shown)} earlier ops")
@@ -147,14 +169,27 @@ def check_key(ops: Iterable[Op], *, max_steps: int | None = DEFAULT_MAX_STEPS) -
         found.stuck,
         blocked,
         found.steps,
+        found.note,
     )
 
 
 def _why_blocked(op: Op, state: bytes | None, history: tuple[Op, ...]) -> str:
-    if not is_read(op):
+    e = effect(op)
+    assert e is not None  # candidates are ok ops
+    if e.holds(state):
         return "could take effect here, but no order continuing from it works"
-    saw = "reported not found" if op.kind == "delete" else f"returned {show_value(op.value)}"
-    return f"{saw}, but the register holds {show_value(state)}{_why_unreadable(op, history)}"
+    holds = f"but the register holds {show_value(state)}"
+    if e.writes:
+        return f"requires {e.requirement()}, {holds}"
+    saw = f"returned {show_value(op.value)}" if op.kind == "get" else f"reported {_answer(op)}"
+    return f"{saw}, {holds}" + (_why_unreadable(op, history) if e.test == EQ else "")
+
+
+def _answer(op: Op) -> str:
+    """What a read other than a get was told, in words."""
+    if op.kind == "cas":
+        return f"{show_value(op.expected)} {'found' if op.found else 'not found'}"
+    return "exists" if op.kind == "create" else "not found"
 
 
 def _why_unreadable(read: Op, history: tuple[Op, ...]) -> str:
@@ -162,13 +197,16 @@ def _why_unreadable(read: Op, history: tuple[Op, ...]) -> str:
     state: the value was never written in time, or every write of it was overwritten
     before the read began. Empty when the reason is subtler."""
     value = written(read)
-    attempts = [o for o in history if o.kind != "get" and not is_read(o) and written(o) == value]
+    attempts = [o for o in history if _would_write(o) == (value,)]
     writers = [o for o in attempts if o.outcome != "fail" and o.start <= effect_deadline(read)]
     if value is not None and not writers:
         if not attempts:
-            return " (no put ever wrote that value)"
+            return " (no op ever wrote that value)"
         if all(o.outcome == "fail" for o in attempts):
-            return " (only a failed put wrote that value)"
+            kinds = {o.kind for o in attempts}
+            return (
+                f" (only a failed {kinds.pop() if len(kinds) == 1 else 'write'} wrote that value)"
+            )
         return " (it was written only after this read completed)"
     if any(o.outcome == "unknown" for o in writers):
         return ""  # it may take effect at any later time
@@ -176,8 +214,7 @@ def _why_unreadable(read: Op, history: tuple[Op, ...]) -> str:
         o
         for o in history
         if o.outcome == "ok"
-        and not is_read(o)
-        and written(o) != value
+        and _would_write(o) not in ((), (value,))
         and effect_deadline(o) < read.start
     ]
     last = max(writers, key=effect_deadline, default=None)  # None: the initial absent state
@@ -196,3 +233,12 @@ def _why_unreadable(read: Op, history: tuple[Op, ...]) -> str:
 
 def _indent(text: str) -> str:
     return "\n".join("  " + line for line in text.splitlines())
+
+
+def _would_write(op: Op) -> tuple[bytes | None, ...]:
+    """``(value,)`` for an op that writes ``value`` if it takes effect (a failed op
+    included, as if it had), ``()`` for one that never writes."""
+    if op.outcome == "fail":
+        op = dataclasses.replace(op, outcome="unknown", end=None)
+    e = effect(op)
+    return (e.value,) if e is not None and e.writes else ()

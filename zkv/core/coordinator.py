@@ -1,34 +1,63 @@
-"""The coordinator: turns a client request into replica reads and writes.
+"""The coordinator: turns a client request into replica reads, writes and Paxos rounds.
 
-Quorum operations are linearizable per key (ABD):
-- every operation first reads a quorum and takes the newest record;
-- a write then stores a version above it on a quorum;
-- an answer that only reads (get, or a failed condition) first writes the
-  newest record back to a quorum when the replicas disagreed, so no later read
-  can see anything older.
-An operation that cannot meet its level before its deadline answers
-``unavailable``; for a write that means "unknown": it may have reached some
-replicas and may still become visible.
+Two paths share one register per key (the replica rules are in ``zkv.core.replica``):
+
+- **Plain get and put** are ABD quorum operations. A put reads a quorum (records
+  and open promises), then writes a version above everything it saw; a get reads
+  a quorum and, when the replicas disagree, writes the newest record back to a
+  quorum before it answers.
+- **Conditional operations** (delete, create, update, cas) are CASPaxos changes
+  (Rystsov 2018) with the record's version as the ballot: prepare ``b`` on a
+  quorum, evaluate the condition once on the newest record the quorum reported,
+  then accept the new record at version ``b``. A failed condition answers after
+  the prepare when the quorum agreed on one version; otherwise it first makes
+  that newest state chosen (the same state re-stamped at ``b``), so no answer is
+  ever based on a write that could still vanish.
+
+Why the two paths may mix on one key. Versions and ballots are one total order.
+A prepare at ``b`` fences everything below ``b`` on its quorum (replicas refuse
+writes and merges under their promise), and a put's version lies above every
+promise its read quorum reported, so:
+(1) a write acknowledged before a prepare started lies on a quorum that
+intersects the prepare's, and the proposer sees it (or something newer);
+(2) a write below ``b`` that was not seen can no longer reach a quorum, so it is
+never acknowledged; it may stay on one replica below the newer state, unseen;
+(3) a write above ``b`` that lands before the accept supersedes the change,
+which is then ordered just before it, as ABD orders any overwritten write.
+So the order of versions is a linearization: each change was evaluated on the
+state just below its version. The checker (``zkv.check``) tests this on mixed
+histories in the simulator and under ``zkv chaos``.
+
+Unknown outcomes. A refused prepare changed nothing and is retried with a higher
+ballot after a jittered back-off (the loser learns the winner's ballot from the
+refusal). A refused accept is retried only when every replica refused it; if it
+may have landed somewhere, the retry only looks: when its own record is still
+the newest state it finishes it, else it answers ``unknown``: retrying the
+change could apply it twice. A put whose write may have landed somewhere and
+cannot reach its quorum answers ``unknown`` likewise. ``unavailable`` is kept
+for requests that certainly changed nothing, which clients may retry elsewhere.
 
 A read phase first asks only as many replicas as the level needs (this node
-first when it is one), like Cassandra: for a quorum get that is one message
-out and one back instead of two each. When they have not all answered after
-a speculative delay (a few times the recent read-phase time, at most
-``retry_interval``) it asks every replica. Writes always go to every replica,
-so all three copies stay current without waiting for anti-entropy. During a
-ring change (joint quorums) every phase asks every replica.
+first when it is one), like Cassandra; when they have not all answered after a
+speculative delay (a few times the recent read-phase time, at most
+``retry_interval``) it asks every replica. Writes, prepares and accepts go to
+every replica. During a ring change (joint quorums) every phase asks every
+replica of both sets and needs a quorum of each.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from hashlib import blake2b
 from typing import Hashable
 
 from zkv.core.backoff import backoff
 from zkv.core.messages import (
     ClientReply,
     ClientRequest,
+    Prepare,
+    PrepareReply,
     ReadReply,
     ReadRequest,
     WriteReply,
@@ -36,13 +65,12 @@ from zkv.core.messages import (
 )
 from zkv.core.outbox import Outbox
 from zkv.core.quorum import QuorumTracker
-from zkv.core.versions import HybridClock
+from zkv.core.versions import HybridClock, Version
 from zkv.storage.record import Record
 
-READ, REPAIR, WRITE = "read", "repair", "write"
+READ, REPAIR, WRITE = "read", "repair", "write"  # the ABD path
+PREPARE, ACCEPT, BACKOFF = "prepare", "accept", "backoff"  # the Paxos path
 MIN_SPECULATION = 0.002  # seconds: a narrow read waits at least this before asking all
-_CONDITION = {"create": "absent", "update": "present"}
-_REJECTED = {"create": "exists", "update": "not_found"}
 
 
 @dataclass(slots=True)
@@ -54,14 +82,19 @@ class Operation:
     started: float
     deadline: float
     phase: str = READ
-    reads: dict[str, Record | None] = field(default_factory=dict)
+    reads: dict[str, Record | None] = field(default_factory=dict)  # also prepare promises
     acks: set[str] = field(default_factory=set)
     rejects: set[str] = field(default_factory=set)
-    record: Record | None = None  # what the repair or write phase stores
+    record: Record | None = None  # what the repair, write or accept phase stores
     outcome: tuple[str, bytes | None] = ("ok", None)
     sent_at: float = 0.0
     resends: int = 0  # of the current phase; each waits twice as long as the last
     narrow: bool = False  # the read phase asked only the replicas it needs
+    above: Version | None = None  # the highest version or promise a refusal named
+    attempts: int = 0  # Paxos rounds begun
+    change: bool = False  # the accept phase carries this op's own change
+    mine: set[Version] = field(default_factory=set)  # ballots of records with this op's change
+    recovering: bool = False  # the change may have landed: only finish it, never redo it
 
 
 class Coordinator:
@@ -75,6 +108,7 @@ class Coordinator:
         self._recent_reads: dict[int, tuple[bytes, Record | None]] = {}  # for late read repair
         self._read_time = 0.0  # moving average of read-phase durations; 0: none seen yet
         self._spread = 0  # rotates the replicas a narrow read asks
+        self.paxos_retries = 0  # rounds begun again after a refusal (contention)
 
     # ----------------------------------------------------------------- entry
 
@@ -98,9 +132,12 @@ class Coordinator:
         self._next += 1
         op = Operation(self._next, client, request, tracker, now, now + timeout)
         self.ops[op.op_id] = op
-        asked = self._narrow_targets(tracker, reachable)
-        op.narrow = bool(asked)
-        self._send_phase(op, now, out, asked)  # [] asks every replica
+        if request.op in ("get", "put"):
+            asked = self._narrow_targets(tracker, reachable)
+            op.narrow = bool(asked)
+            self._send_phase(op, now, out, asked)  # [] asks every replica
+        else:
+            self._prepare(op, now, out)
 
     def _narrow_targets(self, tracker: QuorumTracker, reachable: set[str]) -> list[str]:
         """The fewest replicas whose answers meet the level (this node first, then
@@ -135,6 +172,7 @@ class Coordinator:
         if sender not in op.tracker.targets or msg.key != op.request.key:
             return
         op.reads[sender] = msg.record
+        op.above = _max_version(op.above, msg.promise)
         if op.tracker.met(op.reads):
             if op.resends == 0:
                 took = now - op.sent_at
@@ -142,37 +180,62 @@ class Coordinator:
                     0.9 * self._read_time + 0.1 * took
             self._after_read(op, now, out)
 
+    def on_prepare_reply(self, sender: str, msg: PrepareReply, now: float, out: Outbox) -> None:
+        op = self.ops.get(msg.op_id)
+        if (op is None or op.phase != PREPARE or sender not in op.tracker.targets
+                or msg.key != op.request.key):
+            return
+        if msg.record is not None:
+            self.clock.observe(msg.record.version)
+        if msg.promised:
+            op.reads[sender] = msg.record
+            if op.tracker.met(op.reads):
+                self._after_prepare(op, now, out)
+        else:
+            op.rejects.add(sender)
+            op.above = _max_version(op.above, msg.conflict)
+            if not op.tracker.possible(set(op.tracker.targets) - op.rejects):
+                self._back_off(op, now)
+
     def on_write_reply(self, sender: str, msg: WriteReply, now: float, out: Outbox) -> None:
         op = self.ops.get(msg.op_id)
-        if op is None or op.phase == READ or sender not in op.tracker.targets:
+        if op is None or op.phase not in (REPAIR, WRITE, ACCEPT) \
+                or sender not in op.tracker.targets:
             return
         if msg.accepted:
             op.acks.add(sender)
+            if op.phase == ACCEPT and op.change and op.record:
+                op.mine.add(op.record.change)
         else:
             op.rejects.add(sender)
+            op.above = _max_version(op.above, msg.conflict)
         if op.tracker.met(op.acks):
             self._finish(op, *op.outcome, now, out)
         elif not op.tracker.possible(set(op.tracker.targets) - op.rejects):
-            status = _REJECTED.get(op.request.op, "unavailable")
-            self._finish(op, status, None, now, out, detail="replicas refused the condition")
+            self._refused(op, now, out)
 
     def tick(self, now: float, retry_interval: float, out: Outbox) -> None:
         for op in list(self.ops.values()):
             if now >= op.deadline:
-                got = len(op.reads) if op.phase == READ else len(op.acks)
-                self._finish(op, "unavailable", None, now, out,
+                got = len(op.acks) if op.phase in (REPAIR, WRITE, ACCEPT) else len(op.reads)
+                self._finish(op, self._timeout_status(op), None, now, out,
                              detail=f"{op.request.consistency} not reached in time "
-                                    f"({got} of {len(op.tracker.targets)} answered)")
+                                    f"({got} of {len(op.tracker.targets)} answered "
+                                    f"the {op.phase} phase)")
+            elif op.phase == BACKOFF:
+                if now >= op.sent_at:
+                    self._prepare(op, now, out)
             elif now >= op.sent_at + self._resend_after(op, retry_interval):
                 op.resends += 1
                 op.narrow = False
                 self._send_phase(op, now, out)
 
     def next_wakeup(self, retry_interval: float) -> float | None:
-        """When the next deadline expires or the next resend is due."""
+        """When the next deadline expires or the next resend or retry is due."""
         if not self.ops:
             return None
-        return min(min(op.deadline, op.sent_at + self._resend_after(op, retry_interval))
+        return min(min(op.deadline, op.sent_at if op.phase == BACKOFF else
+                       op.sent_at + self._resend_after(op, retry_interval))
                    for op in self.ops.values())
 
     def _resend_after(self, op: Operation, retry_interval: float) -> float:
@@ -194,36 +257,28 @@ class Coordinator:
                 if target not in op.reads:
                     out.send(target, ReadRequest(op.op_id, key))
             return
-        condition = _CONDITION.get(op.request.op, "") if op.phase == WRITE else ""
+        if op.phase == PREPARE:
+            assert op.record is not None  # the ballot travels as the record's version
+            for target in op.tracker.targets:
+                if target not in op.reads and target not in op.rejects:
+                    out.send(target, Prepare(op.op_id, key, op.record.version))
+            return
         assert op.record is not None
         for target in op.tracker.targets:
             if target not in op.acks and target not in op.rejects:
-                out.send(target, WriteRequest(op.op_id, key, op.record, condition))
+                out.send(target, WriteRequest(op.op_id, key, op.record))
 
     def _after_read(self, op: Operation, now: float, out: Outbox) -> None:
-        newest: Record | None = None
-        for record in op.reads.values():
-            if record is not None and (newest is None or record.version > newest.version):
-                newest = record
-        kind = op.request.op
-        present = newest is not None and not newest.tombstone
-        if kind == "get":
-            self._read_outcome(op, newest, ("ok", newest.value) if present else
+        newest = _newest(op.reads.values())
+        if op.request.op == "get":
+            present = newest is not None and not newest.tombstone
+            self._read_outcome(op, newest, ("ok", newest.value) if present and newest else
                                ("not_found", None), now, out)
-        elif kind in ("delete", "update") and not present:
-            self._read_outcome(op, newest, ("not_found", None), now, out)
-        elif kind == "create" and present:
-            self._read_outcome(op, newest, ("exists", None), now, out)
-        else:
-            version = self.clock.next(self._wall_ms(now), newest.version if newest else None)
-            if kind == "delete":
-                op.record = Record.tomb(version)
-            else:
-                op.record = Record(version, False, op.request.value or b"")
-            op.phase = WRITE
-            op.outcome = ("ok", None)
-            op.resends = 0
-            self._send_phase(op, now, out)
+            return
+        # put: a version above every record and promise the read quorum reported
+        above = _max_version(newest.version if newest else None, op.above)
+        version = self.clock.next(self._wall_ms(now), above)
+        self._enter(op, WRITE, Record(version, False, op.request.value or b""), now, out)
 
     def _read_outcome(self, op: Operation, newest: Record | None,
                       outcome: tuple[str, bytes | None], now: float, out: Outbox) -> None:
@@ -235,17 +290,14 @@ class Coordinator:
         if not stale or newest is None:
             self._finish(op, *outcome, now, out)
             return
-        op.phase = REPAIR
-        op.resends = 0
-        op.record = newest
         op.outcome = outcome
         op.acks = {n for n, r in op.reads.items() if _version(r) == newest.version}
         out.event("read_repair", key=op.request.key, stale=sorted(stale))
         if op.request.consistency == "one":
-            self._send_phase(op, now, out)  # repair in the background
+            self._enter(op, REPAIR, newest, now, out)  # repair in the background
             self._finish(op, *outcome, now, out)
             return
-        self._send_phase(op, now, out)
+        self._enter(op, REPAIR, newest, now, out)
 
     def _late_read(self, sender: str, msg: ReadReply, op: Operation | None, out: Outbox) -> None:
         """A replica answered after the read was decided: repair it if it is behind."""
@@ -259,21 +311,172 @@ class Coordinator:
                 return
             newest = recent[1]
         if newest is not None and _version(msg.record) < newest.version:
-            out.send(sender, WriteRequest(0, msg.key, newest, ""))
+            out.send(sender, WriteRequest(0, msg.key, newest))
             out.event("read_repair", key=msg.key, stale=[sender])
+
+    # ----------------------------------------------------------------- Paxos rounds
+
+    def _prepare(self, op: Operation, now: float, out: Outbox) -> None:
+        """Begin a round: a fresh ballot above everything a refusal named."""
+        op.attempts += 1
+        op.reads = {}
+        ballot = self.clock.next(self._wall_ms(now), op.above)
+        # The record is a placeholder that carries the ballot until the accept phase.
+        self._enter(op, PREPARE, Record.tomb(ballot), now, out)
+
+    def _after_prepare(self, op: Operation, now: float, out: Outbox) -> None:
+        assert op.record is not None
+        ballot = op.record.version
+        newest = _newest(op.reads.values())
+        agreed = len({_version(r) for r in op.reads.values()}) == 1
+        change = None
+        if op.recovering:
+            # An earlier accept of this change may have landed. If it is still the
+            # newest state (perhaps re-stamped by another round: ``Record.change``),
+            # finish it. If another state is newer, the change may have been chosen
+            # and overwritten, or never chosen; no state tells which, so the answer
+            # is "unknown". Redoing it could apply it twice. (An earlier attempt
+            # concluded "never chosen" once a newer state was chosen; the CAS
+            # counter of the ``mixed`` scenario, seed 0, showed it wrong.)
+            if newest is None or newest.change not in op.mine:
+                self._finish(op, "unknown", None, now, out,
+                             detail="a competing write intervened; the outcome is unknown")
+                return
+        else:
+            op.outcome, change = _evaluate(op.request, newest)
+        if change is not None:
+            op.change = True
+            record = Record(ballot, change.tombstone, change.value, True)
+        elif agreed:
+            self._finish(op, *op.outcome, now, out)  # the quorum agrees: already chosen
+            return
+        else:
+            # Make the state the answer rests on chosen: the newest, re-stamped.
+            op.change = False
+            origin = newest.change if newest is not None else None
+            record = Record(ballot, True, b"", True, origin) \
+                if newest is None or newest.tombstone \
+                else Record(ballot, False, newest.value, True, origin)
+        self._enter(op, ACCEPT, record, now, out)
+
+    def _refused(self, op: Operation, now: float, out: Outbox) -> None:
+        """A write phase can no longer reach its quorum: retry, or say what is known."""
+        silent = set(op.tracker.targets) - op.acks - op.rejects
+        landed = bool(op.acks or silent)  # a silent replica may have stored it
+        if op.phase == WRITE:
+            if landed:
+                self._finish(op, "unknown", None, now, out,
+                             detail="a conditional write intervened; the outcome is unknown")
+            else:
+                assert op.record is not None
+                version = self.clock.next(self._wall_ms(now),
+                                          _max_version(op.record.version, op.above))
+                self.paxos_retries += 1
+                self._enter(op, WRITE, Record(version, False, op.record.value), now, out)
+        else:
+            # An accept, or a write-back fenced by a promise: another round settles
+            # it. Writing back or re-stamping a state changes no outcome; only a
+            # change of this op's own that may have landed must never be redone.
+            if op.phase == ACCEPT and op.change and landed and op.record is not None:
+                op.recovering = True
+                op.mine.add(op.record.change)
+            self._back_off(op, now)
+
+    def _back_off(self, op: Operation, now: float) -> None:
+        """Wait a jittered, growing delay before the next round, so duelling
+        proposers stop refusing each other."""
+        self.paxos_retries += 1
+        op.phase = BACKOFF
+        jitter = blake2b(b"%d:%d" % (op.op_id, op.attempts), digest_size=2).digest()
+        spread = 0.5 + int.from_bytes(jitter, "big") / 65535  # 0.5 .. 1.5
+        op.sent_at = now + 0.001 * (1 << min(op.attempts, 6)) * spread
+
+    def _enter(self, op: Operation, phase: str, record: Record, now: float,
+               out: Outbox) -> None:
+        """Start a phase under a new op id, so no late answer to an earlier phase
+        or round can count toward this one's quorum."""
+        del self.ops[op.op_id]
+        self._next += 1
+        op.op_id = self._next
+        self.ops[op.op_id] = op
+        op.phase = phase
+        op.record = record
+        op.resends = 0
+        op.narrow = False
+        if phase != REPAIR:
+            op.acks = set()
+        op.rejects = set()
+        if phase == PREPARE:
+            op.reads = {}
+        self._send_phase(op, now, out)
+
+    def _timeout_status(self, op: Operation) -> str:
+        """``unknown`` when this op's write may have landed somewhere."""
+        if op.recovering or op.phase == WRITE or (op.phase == ACCEPT and op.change):
+            return "unknown"
+        return "unavailable"
 
     def _finish(self, op: Operation, status: str, value: bytes | None, now: float, out: Outbox,
                 detail: str = "") -> None:
         self.ops.pop(op.op_id, None)
         out.reply(op.client, ClientReply(op.request.req_id, status, value, detail))
+        version = op.record.version if op.record and op.phase not in (PREPARE, BACKOFF) \
+            else None
         out.event("coordinator_done", op=op.request.op, key=op.request.key, status=status,
                   consistency=op.request.consistency, latency=round(now - op.started, 6),
-                  version=list(op.record.version) if op.record else None)
+                  version=list(version) if version else None, rounds=op.attempts)
 
     # ----------------------------------------------------------------- helpers
 
     def _wall_ms(self, now: float) -> int:
         return int((now + self.wall_offset) * 1000)
+
+
+def _evaluate(request: ClientRequest, newest: Record | None
+              ) -> tuple[tuple[str, bytes | None], Record | None]:
+    """The answer a conditional op gives on state ``newest``, and the new state it
+    writes (a record whose version is replaced by the ballot), or None."""
+    present = newest is not None and not newest.tombstone
+    kind = request.op
+    if kind == "get":
+        return (("ok", newest.value) if present and newest else ("not_found", None)), None
+    if kind == "delete":
+        return (("ok", None), _TOMB) if present else (("not_found", None), None)
+    if kind == "create":
+        if present:
+            return ("exists", None), None
+        return ("ok", None), Record(_TOMB.version, False, request.value or b"")
+    if kind == "update":
+        if not present:
+            return ("not_found", None), None
+        return ("ok", None), Record(_TOMB.version, False, request.value or b"")
+    if kind == "cas":
+        current = newest.value if present and newest else None
+        if current != request.expected:
+            return ("condition_failed", None), None
+        if request.value is None:
+            return ("ok", None), _TOMB
+        return ("ok", None), Record(_TOMB.version, False, request.value)
+    raise ValueError(f"not a conditional operation: {kind!r}")
+
+
+_TOMB = Record.tomb(Version(0, 0, ""))
+
+
+def _newest(records: Iterable[Record | None]) -> Record | None:
+    newest: Record | None = None
+    for record in records:
+        if record is not None and (newest is None or record.version > newest.version):
+            newest = record
+    return newest
+
+
+def _max_version(a: Version | None, b: Version | None) -> Version | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if a >= b else b
 
 
 def _version(record: Record | None) -> tuple:

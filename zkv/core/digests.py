@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Iterator
 
 from zkv.core.ring import Ring
+from zkv.core.versions import Version
 from zkv.storage.base import Store
 from zkv.storage.record import Record
 
@@ -171,6 +172,15 @@ class DigestedStore:
 
     def __len__(self) -> int:
         return len(self.inner)
+
+    def get_promise(self, key: bytes) -> Version | None:
+        return self.inner.get_promise(key)
+
+    def put_promise(self, key: bytes, ballot: Version) -> None:
+        self.inner.put_promise(key, ballot)
+
+    def drop_promise(self, key: bytes) -> None:
+        self.inner.drop_promise(key)
 
     def get_meta(self, name: str) -> bytes | None:
         return self.inner.get_meta(name)

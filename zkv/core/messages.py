@@ -18,9 +18,9 @@ from zkv.storage.record import Record
 
 MAX_FRAME = 64 * 1024 * 1024
 
-OPS = ("get", "put", "delete", "create", "update")
+OPS = ("get", "put", "delete", "create", "update", "cas")
+CONDITIONAL_OPS = ("delete", "create", "update", "cas")  # decided by per-key Paxos
 CONSISTENCY = ("one", "quorum", "all")
-CONDITIONS = ("", "absent", "present")
 MEMBER_STATUSES = ("alive", "left")
 
 
@@ -38,7 +38,10 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class ClientRequest(Message):
-    """A client's operation, sent to any node (ideally a replica of the key)."""
+    """A client's operation, sent to any node (ideally a replica of the key).
+
+    ``expected`` is a cas's condition: the value the key must hold, None for
+    "holds no value". A cas's ``value`` of None deletes."""
 
     KIND: ClassVar[int] = 1
     req_id: int
@@ -47,11 +50,16 @@ class ClientRequest(Message):
     value: bytes | None
     consistency: str
     timeout_ms: int
+    expected: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ClientReply(Message):
-    """status: ok | not_found | exists | unavailable | invalid."""
+    """status: ok | not_found | exists | condition_failed | unavailable | unknown | invalid.
+
+    ``unavailable``: refused or timed out before any replica could have applied a
+    write; ``unknown``: a write that may or may not have taken effect (a client
+    must not retry it elsewhere as if nothing happened)."""
 
     KIND: ClassVar[int] = 2
     req_id: int
@@ -86,29 +94,57 @@ class ReadRequest(Message):
 
 @dataclass(frozen=True, slots=True)
 class ReadReply(Message):
+    """The replica's record and its open Paxos promise (a write goes above it)."""
+
     KIND: ClassVar[int] = 11
     op_id: int
     key: bytes
     record: Record | None
+    promise: Version | None
 
 
 @dataclass(frozen=True, slots=True)
 class WriteRequest(Message):
-    """Store ``record`` if newer; ``condition`` (create/update) is checked first."""
+    """Store ``record`` (a Paxos accept at ballot ``record.version``)."""
 
     KIND: ClassVar[int] = 12
     op_id: int
     key: bytes
     record: Record
-    condition: str
 
 
 @dataclass(frozen=True, slots=True)
 class WriteReply(Message):
+    """``accepted`` False: refused by the promise ``conflict``."""
+
     KIND: ClassVar[int] = 13
     op_id: int
     key: bytes
     accepted: bool
+    conflict: Version | None
+
+
+@dataclass(frozen=True, slots=True)
+class Prepare(Message):
+    """Paxos phase 1: promise to refuse anything below ``ballot`` for ``key``."""
+
+    KIND: ClassVar[int] = 14
+    op_id: int
+    key: bytes
+    ballot: Version
+
+
+@dataclass(frozen=True, slots=True)
+class PrepareReply(Message):
+    """``promised`` with the replica's record; else ``conflict`` is the ballot or
+    version that the refused ballot did not exceed."""
+
+    KIND: ClassVar[int] = 15
+    op_id: int
+    key: bytes
+    promised: bool
+    record: Record | None
+    conflict: Version | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,14 +334,16 @@ def _member(v: Any) -> MemberState:
 
 _SCHEMA: dict[type, tuple[Check, ...]] = {
     ClientRequest: (_nonneg, _one_of(OPS), _bytes, _optional(_bytes), _one_of(CONSISTENCY),
-                    _nonneg),
+                    _nonneg, _optional(_bytes)),
     ClientReply: (_nonneg, _str, _optional(_bytes), _str),
     RingQuery: (_nonneg,),
     RingInfo: (_nonneg, _list_of(_pair(_str, _str)), _nonneg, _nonneg),
     ReadRequest: (_nonneg, _bytes),
-    ReadReply: (_nonneg, _bytes, _optional(_record)),
-    WriteRequest: (_nonneg, _bytes, _record, _one_of(CONDITIONS)),
-    WriteReply: (_nonneg, _bytes, _bool),
+    ReadReply: (_nonneg, _bytes, _optional(_record), _optional(_version)),
+    WriteRequest: (_nonneg, _bytes, _record),
+    WriteReply: (_nonneg, _bytes, _bool, _optional(_version)),
+    Prepare: (_nonneg, _bytes, _version),
+    PrepareReply: (_nonneg, _bytes, _bool, _optional(_record), _optional(_version)),
     Handoff: (_nonneg, _list_of(_pair(_bytes, _record))),
     HandoffAck: (_nonneg,),
     SyncDigest: (_nonneg, _nonneg, _list_of(_pair(_nonneg, _bytes))),

@@ -29,6 +29,7 @@ from zkv.core.coordinator import Coordinator
 from zkv.core.digests import DigestedStore
 from zkv.core.membership import LEFT, Membership, StatusChange
 from zkv.core.messages import (
+    CONDITIONAL_OPS,
     ClientReply,
     ClientRequest,
     ErrorReply,
@@ -38,6 +39,8 @@ from zkv.core.messages import (
     JoinRequest,
     MemberState,
     Message,
+    Prepare,
+    PrepareReply,
     ReadReply,
     ReadRequest,
     RingInfo,
@@ -192,28 +195,37 @@ class Node:
             return "key must not be empty"
         if len(msg.key) > self.config.max_key:
             return f"key of {len(msg.key)} bytes exceeds the {self.config.max_key}-byte limit"
-        if msg.op in ("put", "create", "update"):
-            if msg.value is None:
-                return f"{msg.op} needs a value"
-            if len(msg.value) > self.config.max_value:
-                return (f"value of {len(msg.value)} bytes exceeds the "
+        if msg.op in ("put", "create", "update") and msg.value is None:
+            return f"{msg.op} needs a value"
+        for name, data in (("value", msg.value), ("expected value", msg.expected)):
+            if data is not None and len(data) > self.config.max_value:
+                return (f"{name} of {len(data)} bytes exceeds the "
                         f"{self.config.max_value}-byte limit")
+        if msg.expected is not None and msg.op != "cas":
+            return f"{msg.op} takes no expected value"
+        if msg.op in CONDITIONAL_OPS and msg.consistency == "one":
+            return (f"{msg.op} is decided by consensus and needs consistency quorum or all, "
+                    "not one")
         return ""
 
     # ----------------------------------------------------------------- peers
 
     def _on_peer(self, sender: str, msg: Message, now: float, out: _StepOutbox) -> None:
         if isinstance(msg, ReadRequest):
-            record = self.store.get(msg.key)
+            record, promise = replica.read(self.store, msg.key)
             out.event("replica_read", key=msg.key, op_id=msg.op_id,
                       version=list(record.version) if record else None)
-            out.send(sender, ReadReply(msg.op_id, msg.key, record))
+            out.send(sender, ReadReply(msg.op_id, msg.key, record, promise))
         elif isinstance(msg, WriteRequest):
             self._replica_write(sender, msg, out)
+        elif isinstance(msg, Prepare):
+            self._replica_prepare(sender, msg, out)
         elif isinstance(msg, ReadReply):
             self.coordinator.on_read_reply(sender, msg, now, out)
         elif isinstance(msg, WriteReply):
             self.coordinator.on_write_reply(sender, msg, now, out)
+        elif isinstance(msg, PrepareReply):
+            self.coordinator.on_prepare_reply(sender, msg, now, out)
         elif isinstance(msg, Gossip):
             self._on_gossip(msg, now, out)
         elif isinstance(msg, JoinRequest):
@@ -240,14 +252,26 @@ class Node:
     def _replica_write(self, sender: str, msg: WriteRequest, out: _StepOutbox) -> None:
         self.clock.observe(msg.record.version)
         try:
-            accepted = replica.apply_write(self.store, msg.key, msg.record, msg.condition)
+            refused_by = replica.accept(self.store, msg.key, msg.record)
         except StoreFull as exc:
             out.event("store_full", detail=str(exc), key=msg.key)
             return  # no acknowledgement: the coordinator counts this replica as silent
         out.event("replica_write", key=msg.key, version=list(msg.record.version),
-                  tombstone=msg.record.tombstone, accepted=accepted, op_id=msg.op_id)
+                  tombstone=msg.record.tombstone, accepted=refused_by is None,
+                  op_id=msg.op_id)
         if msg.op_id:
-            out.send(sender, WriteReply(msg.op_id, msg.key, accepted))
+            out.send(sender, WriteReply(msg.op_id, msg.key, refused_by is None, refused_by))
+
+    def _replica_prepare(self, sender: str, msg: Prepare, out: _StepOutbox) -> None:
+        self.clock.observe(msg.ballot)
+        try:
+            promised, record, conflict = replica.prepare(self.store, msg.key, msg.ballot)
+        except StoreFull as exc:
+            out.event("store_full", detail=str(exc), key=msg.key)
+            return
+        out.event("replica_prepare", key=msg.key, ballot=list(msg.ballot), promised=promised,
+                  op_id=msg.op_id)
+        out.send(sender, PrepareReply(msg.op_id, msg.key, promised, record, conflict))
 
     # ----------------------------------------------------------------- membership
 

@@ -21,7 +21,7 @@ once (one LMDB transaction, one fsync: group commit); then send. A message
 that acknowledges or reveals stored data (a write or hand-off ack, a read
 reply, a client reply) therefore never leaves before the write behind it is
 durable, and SIGKILL at any moment loses no acknowledged write. Requests that
-acknowledge nothing (``ReadRequest``, ``WriteRequest``) go out before the
+acknowledge nothing (``ReadRequest``, ``WriteRequest``, ``Prepare``) go out before the
 commit, so a coordinator's own fsync overlaps its replicas' work.
 
 SIGTERM or SIGINT: the node announces it is leaving, finishes the operations it
@@ -74,6 +74,7 @@ from zkv.core.messages import (
     DecodeError,
     ErrorReply,
     Gossip,
+    Prepare,
     ReadRequest,
     RingInfo,
     RingQuery,
@@ -98,7 +99,7 @@ PUB_LINGER_MS = 500  # time to flush the last ("left") gossip at exit
 
 # Messages that acknowledge nothing and carry no record read from this node's
 # uncommitted writes, so they may leave before the turn's commit.
-_BEFORE_COMMIT = (ReadRequest, WriteRequest)
+_BEFORE_COMMIT = (ReadRequest, WriteRequest, Prepare)
 _CLIENT_MESSAGES = (ClientRequest, RingQuery)
 # Messages only ever sent to clients: arriving at a node they are forged or misrouted.
 _ANSWERS_TO_CLIENTS = (ClientReply, RingInfo, ErrorReply)

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from zkv.sim.cluster import SimCluster
 
 TIMEOUT = "timeout"
-STATUSES = ("ok", "not_found", "exists", "unavailable", "invalid", TIMEOUT)
+STATUSES = ("ok", "not_found", "exists", "condition_failed", "unavailable", "unknown",
+            "invalid", TIMEOUT)
 
 
 def as_bytes(data: str | bytes | None) -> bytes | None:
@@ -35,12 +36,13 @@ class ClientResult:
     detail: str
     op: str
     key: bytes
-    sent_value: bytes | None  # the value the request carried (put, create, update)
+    sent_value: bytes | None  # the value the request carried (put, create, update, cas)
     node_id: str  # the node the request went to
     process: int
     req_id: int
     start: float
     end: float
+    expected: bytes | None = None  # a cas's expected value (None: absent)
 
     @property
     def ok(self) -> bool:
@@ -98,7 +100,8 @@ class SimClient:
 
     def call(self, node_id: str, op: str, key: str | bytes, value: str | bytes | None = None,
              consistency: str = "quorum", timeout: float = 2.0,
-             on_done: Callable[[ClientResult], None] | None = None) -> PendingResult:
+             on_done: Callable[[ClientResult], None] | None = None,
+             expected: str | bytes | None = None) -> PendingResult:
         """Send one request to ``node_id``; the result arrives via the returned future."""
         if self._outstanding is not None:
             raise RuntimeError(f"{self.address} already has a request outstanding")
@@ -108,7 +111,8 @@ class SimClient:
             raise KeyError(f"no node {node_id!r} in the cluster")
         self._next_req += 1
         request = ClientRequest(self._next_req, op, as_bytes(key) or b"", as_bytes(value),
-                                consistency, max(0, int(round(timeout * 1000))))
+                                consistency, max(0, int(round(timeout * 1000))),
+                                as_bytes(expected))
         pending = PendingResult()
         if on_done is not None:
             pending.callbacks.append(on_done)
@@ -145,7 +149,7 @@ class SimClient:
         request = outstanding.request
         result = ClientResult(status, value, detail, request.op, request.key, request.value,
                               outstanding.node_id, self.process, request.req_id,
-                              outstanding.start, self.cluster.scheduler.now)
+                              outstanding.start, self.cluster.scheduler.now, request.expected)
         self.completed += 1
         if self.on_result is not None:
             self.on_result(result)

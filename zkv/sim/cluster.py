@@ -284,18 +284,20 @@ class SimCluster:
 
     def submit(self, node_id: str, op: str, key: str | bytes, value: str | bytes | None = None,
                consistency: str = "quorum", timeout: float | None = None,
-               client: SimClient | None = None) -> PendingResult:
+               client: SimClient | None = None,
+               expected: str | bytes | None = None) -> PendingResult:
         """Start a request without waiting; several may be in flight (one per client)."""
         client = client or self._idle_client()
         timeout = self.default_timeout if timeout is None else timeout
-        return client.call(node_id, op, key, value, consistency, timeout)
+        return client.call(node_id, op, key, value, consistency, timeout, expected=expected)
 
     def request(self, node_id: str, op: str, key: str | bytes, value: str | bytes | None = None,
                 consistency: str = "quorum", timeout: float | None = None,
-                client: SimClient | None = None) -> ClientResult:
+                client: SimClient | None = None,
+                expected: str | bytes | None = None) -> ClientResult:
         """Send one request and run the simulation until its reply or the client's timeout."""
         timeout = self.default_timeout if timeout is None else timeout
-        pending = self.submit(node_id, op, key, value, consistency, timeout, client)
+        pending = self.submit(node_id, op, key, value, consistency, timeout, client, expected)
         margin = (client.margin if client else self.client_margin) + 1.0
         self.run_until_condition(lambda: pending.done, self.now + timeout + margin)
         assert pending.result is not None, "the client deadline always resolves a request"
@@ -309,6 +311,10 @@ class SimCluster:
 
     def delete(self, node_id: str, key: str | bytes, **kw: Any) -> ClientResult:
         return self.request(node_id, "delete", key, **kw)
+
+    def cas(self, node_id: str, key: str | bytes, expected: str | bytes | None,
+            value: str | bytes | None, **kw: Any) -> ClientResult:
+        return self.request(node_id, "cas", key, value, expected=expected, **kw)
 
     # ------------------------------------------------------------- event log
 

@@ -2,7 +2,8 @@
 
 After the workload ends and the cluster has settled, a key's value must come
 from a write that can still be the last one: a put or delete that succeeded or
-whose outcome is unknown, and that was not followed, strictly after it ended,
+whose outcome is unknown (a conditional one only when it wrote: ok with its
+precondition met, or unknown), and that was not followed, strictly after it ended,
 by another acknowledged write. The initial state (absent) qualifies only if no
 write was ever acknowledged. An older value coming back, or an acknowledged
 write vanishing, fails this check. It is a cheap necessary condition; the
@@ -31,7 +32,7 @@ class LostWrite:
 
 def allowed_final_values(ops: Iterable[Op]) -> set[bytes | None]:
     """Values (None = absent) a key may hold after all of ``ops`` (one key's history)."""
-    writes = [op for op in ops if op.kind in ("put", "delete") and op.outcome != "fail"]
+    writes = [op for op in ops if op.kind != "get" and op.outcome != "fail" and _may_write(op)]
     acked_starts = [op.start for op in writes if op.outcome == "ok"]
     latest_acked_start = max(acked_starts, default=None)
     allowed: set[bytes | None] = set()
@@ -41,8 +42,16 @@ def allowed_final_values(ops: Iterable[Op]) -> set[bytes | None]:
         superseded = (op.end is not None and latest_acked_start is not None
                       and latest_acked_start > op.end)
         if not superseded:
-            allowed.add(op.value if op.kind == "put" else None)
+            allowed.add(None if op.kind == "delete" else op.value)
     return allowed
+
+
+def _may_write(op: Op) -> bool:
+    """Whether the op may have changed the key (an ok conditional op wrote only
+    when its precondition was as required)."""
+    if op.outcome != "ok" or op.kind == "put":
+        return True
+    return op.found is (op.kind != "create")
 
 
 def find_lost_writes(ops: Iterable[Op], final: Mapping[bytes, bytes | None]) -> list[LostWrite]:

@@ -6,12 +6,16 @@ only when it certainly had no effect.
 
 - get: ``ok`` with the value read; a ``not_found`` reply is an ``ok`` read of
   "absent" (value None); anything else is ``fail`` (a read changes nothing).
-- put: ``ok`` on ok; ``fail`` on invalid (rejected before any replica saw it);
-  anything else (unavailable, timeout, ...) is ``unknown``: the write may have
-  reached a replica and may surface later.
-- delete: ``ok`` with found=True on ok, ``ok`` with found=False on not_found,
-  ``fail`` on invalid, ``unknown`` otherwise.
-- An ``unknown`` operation has ``end=None``: it may take effect at any later time.
+- writes (put, delete, create, update, cas): ``fail`` on ``invalid`` and on
+  ``unavailable``, which a coordinator answers only when the request certainly
+  changed nothing (the checker holds it to that); ``unknown`` on ``unknown``
+  and on the client's own timeout: the write may have reached a replica and
+  may surface later.
+- conditional writes: ``ok`` with ``found`` saying whether the precondition was
+  found (the key present for delete, update and create; the expected value for
+  cas): delete ok/not_found, update ok/not_found, create exists/ok, cas
+  ok/condition_failed.
+- An ``unknown`` operation has ``end=None``: it may take effect at any time after start.
 """
 
 from __future__ import annotations
@@ -22,19 +26,27 @@ from dataclasses import dataclass, fields
 
 from zkv.sim.client import ClientResult
 
-CHECKED_KINDS = ("get", "put", "delete")
+CHECKED_KINDS = ("get", "put", "delete", "create", "update", "cas")
+# status -> found, for each conditional kind's two definite answers
+_FOUND = {
+    "delete": {"ok": True, "not_found": False},
+    "update": {"ok": True, "not_found": False},
+    "create": {"ok": False, "exists": True},
+    "cas": {"ok": True, "condition_failed": False},
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Op:
     process: int
-    kind: str  # get | put | delete
+    kind: str  # get | put | delete | create | update | cas
     key: bytes
-    value: bytes | None  # put: the value written; get (ok): the value read, None = absent
+    value: bytes | None  # a write's value (None: a cas that deletes); a get's value read
     outcome: str  # ok | fail | unknown
     start: float
     end: float | None  # None: the operation may take effect at any time after start
-    found: bool | None = None  # delete (ok): whether the key existed
+    found: bool | None = None  # conditional ops (ok): whether the precondition was found
+    expected: bytes | None = None  # cas: the value the key had to hold (None: absent)
 
 
 OP_FIELDS = tuple(f.name for f in fields(Op))
@@ -52,18 +64,18 @@ def op_from_result(result: ClientResult) -> Op | None:
             outcome = "ok"
         else:
             outcome = "fail"
-    elif kind == "put":
+    elif kind in CHECKED_KINDS:
         value = result.sent_value
-        outcome = "ok" if status == "ok" else "fail" if status == "invalid" else "unknown"
-    elif kind == "delete":
-        if status in ("ok", "not_found"):
-            outcome, found = "ok", status == "ok"
+        answers = _FOUND.get(kind, {"ok": None})
+        if status in answers:
+            outcome, found = "ok", answers[status]
         else:
-            outcome = "fail" if status == "invalid" else "unknown"
+            outcome = "fail" if status in ("invalid", "unavailable") else "unknown"
     else:
         return None
     end = None if outcome == "unknown" else result.end
-    return Op(result.process, kind, result.key, value, outcome, result.start, end, found)
+    return Op(result.process, kind, result.key, value, outcome, result.start, end, found,
+              result.expected if kind == "cas" else None)
 
 
 class History:
@@ -71,7 +83,7 @@ class History:
 
     def __init__(self) -> None:
         self.ops: list[Op] = []
-        self.results: list[ClientResult] = []  # every client result, create/update included
+        self.results: list[ClientResult] = []  # every client result
 
     def record(self, result: ClientResult) -> Op | None:
         self.results.append(result)

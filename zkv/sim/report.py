@@ -7,6 +7,7 @@ from typing import Any
 
 from zkv.sim.durability import LostWrite
 from zkv.sim.history import Op
+from zkv.sim.workload import COUNTER_KEY, CounterTally
 
 
 @dataclass(slots=True)
@@ -20,6 +21,7 @@ class RunReport:
     final_values: dict[bytes, bytes | None] = field(default_factory=dict)
     unread_keys: list[bytes] = field(default_factory=list)  # no final read succeeded
     lost_writes: list[LostWrite] = field(default_factory=list)
+    counter: CounterTally | None = None  # the CAS counter's increments, when it ran
     linearizable: bool | None = None  # None: not checked (or undecided)
     linearizability: str = "not checked"
     error: str | None = None  # a node's step (or the codec) raised: a bug, with context
@@ -47,7 +49,16 @@ class RunReport:
     @property
     def safe(self) -> bool:
         """No lost write, no linearizability violation, no crash of the core."""
-        return self.error is None and not self.lost_writes and self.linearizable is not False
+        return (self.error is None and not self.lost_writes and self.linearizable is not False
+                and self.counter_ok)
+
+    @property
+    def counter_ok(self) -> bool:
+        """The CAS counter (if it ran) ends between its acknowledged increments and
+        those plus the ones whose outcome is unknown."""
+        if self.counter is None:
+            return True
+        return self.counter.explains(self.final_values.get(COUNTER_KEY))
 
     @property
     def ok(self) -> bool:
@@ -91,6 +102,11 @@ def format_report(report: RunReport) -> str:
             f"{k.decode(errors='replace')}={_show(v)}" for k, v in report.final_values.items()))
     if report.unread_keys:
         lines.append("UNREAD after healing: " + ", ".join(repr(k) for k in report.unread_keys))
+    if report.counter is not None:
+        c = report.counter
+        lines.append(f"CAS counter: final {_show(report.final_values.get(COUNTER_KEY))}, "
+                     f"{c.acked} increments acknowledged, {c.unknown} unknown: "
+                     + ("consistent" if report.counter_ok else "INCONSISTENT"))
     lines.append("no acknowledged write lost: " + ("yes" if not report.lost_writes else "NO"))
     lines.extend(f"  {lost}" for lost in report.lost_writes)
     verdict_text = {True: "yes", False: "NO", None: "unknown"}[report.linearizable]

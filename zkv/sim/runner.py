@@ -21,7 +21,7 @@ from zkv.sim.history import History
 from zkv.sim.host import NodeFactory, StepError
 from zkv.sim.nemesis import FAULTS, Nemesis, NemesisSpec
 from zkv.sim.report import RunReport
-from zkv.sim.workload import Workload, WorkloadSpec, key_name
+from zkv.sim.workload import COUNTER_KEY, Workload, WorkloadSpec, key_name
 
 FINAL_READ_ATTEMPTS = 5
 
@@ -41,6 +41,8 @@ def run_random(
     settle: float | None = None,
     read_ratio: float = 0.5,
     delete_ratio: float = 0.15,
+    conditional_ratio: float = 0.0,
+    counter_clients: int = 0,
     think: tuple[float, float] = (0.0, 0.05),
     consistency: str = "quorum",
     drop: float = 0.0,
@@ -77,8 +79,11 @@ def run_random(
     config = cluster.host("n0").config
     nemesis = Nemesis(cluster, NemesisSpec(faults, fault_interval, fault_duration, max_down),
                       config.t_remove)
-    workload = Workload(cluster, WorkloadSpec(clients, keys, read_ratio, delete_ratio, think,
-                                              consistency))
+    workload = Workload(cluster, WorkloadSpec(
+        clients, keys, read_ratio, delete_ratio, think, consistency,
+        conditional_ratio=conditional_ratio, counter_clients=counter_clients))
+    if conditional_ratio or counter_clients:
+        params.update(conditional_ratio=conditional_ratio, counter_clients=counter_clients)
     try:
         cluster.run_for(config.t_fail if warmup is None else warmup)
         end = cluster.now + duration
@@ -90,7 +95,12 @@ def run_random(
         nemesis.heal_all()
         cluster.run_for(config.t_remove + 2 * config.anti_entropy_interval
                         if settle is None else settle)
-        report.final_values, report.unread_keys = _final_reads(cluster, keys)
+        names = [key_name(i) for i in range(keys)]
+        if counter_clients:
+            names.append(COUNTER_KEY)
+        report.final_values, report.unread_keys = _final_reads(cluster, names)
+        if counter_clients:
+            report.counter = workload.counter
     except (StepError, DecodeError) as exc:
         report.error = f"{type(exc).__name__}: {exc}"
     history = cluster.history
@@ -110,13 +120,13 @@ def run_random(
     return report
 
 
-def _final_reads(cluster: SimCluster, keys: int) -> tuple[dict[bytes, bytes | None], list[bytes]]:
+def _final_reads(cluster: SimCluster, keys: list[bytes]
+                 ) -> tuple[dict[bytes, bytes | None], list[bytes]]:
     """Quorum-read every key once the cluster is healed; retries a few times if unavailable."""
     reader = cluster.client()
     final: dict[bytes, bytes | None] = {}
     unread: list[bytes] = []
-    for i in range(keys):
-        key = key_name(i)
+    for key in keys:
         for _ in range(FINAL_READ_ATTEMPTS):
             running = cluster.running()
             result = cluster.request(cluster.rng.choice(running), "get", key,

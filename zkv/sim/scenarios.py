@@ -27,6 +27,13 @@ def _suite(seed: int) -> RunReport:
     return run_random(seed, duration=10.0, scenario="suite")
 
 
+def _mixed(seed: int) -> RunReport:
+    """Plain and conditional operations on the same keys, and a CAS counter, under
+    every fault (tests/sim/test_conditional.py)."""
+    return run_random(seed, nodes=5, clients=4, keys=3, duration=8.0, conditional_ratio=0.5,
+                      counter_clients=3, scenario="mixed")
+
+
 def _crashes(seed: int) -> RunReport:
     return run_random(seed, faults=("crash",), fault_interval=(0.3, 1.0), scenario="crashes")
 
@@ -58,6 +65,7 @@ SCENARIOS: dict[str, Scenario] = {
     "random": _random,
     "quick": _quick,
     "suite": _suite,
+    "mixed": _mixed,
     "crashes": _crashes,
     "partitions": _partitions,
     "lossy": _lossy,

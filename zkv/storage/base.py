@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
+from zkv.core.versions import Version
 from zkv.storage.record import Record
 
 
@@ -38,6 +39,16 @@ class Store(Protocol):
         one ring segment's records, without reading the others."""
 
     def __len__(self) -> int: ...
+
+    def get_promise(self, key: bytes) -> Version | None:
+        """The highest Paxos ballot this replica promised for ``key`` and has not yet
+        seen accepted (see ``zkv.core.replica``), or None."""
+
+    def put_promise(self, key: bytes, ballot: Version) -> None:
+        """Buffer a promise; durable with the next ``commit()``, like a record."""
+
+    def drop_promise(self, key: bytes) -> None:
+        """Forget the key's promise (a record at or above it is stored)."""
 
     def get_meta(self, name: str) -> bytes | None: ...
 

@@ -50,6 +50,7 @@ import lmdb
 
 from zkv.core.ring import token
 from zkv.storage.base import StoreFull
+from zkv.core.versions import Version
 from zkv.storage.record import Record
 
 MiB = 1 << 20
@@ -68,6 +69,7 @@ CORRUPT_KEYS_KEPT = 1024
 
 _RECORDS = b"records"
 _META = b"meta"
+_PROMISES = b"promises"  # Paxos promises by storage key (zkv.core.replica)
 _INFO = b"info"  # this module's own settings, checked at open
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -144,6 +146,7 @@ class LmdbStore:
                                  f"the {_LONG_KEY_LEN} bytes this store needs")
             self._records = self._env.open_db(_RECORDS)
             self._meta = self._env.open_db(_META)
+            self._promises = self._env.open_db(_PROMISES)
             self._check_info()
         except BaseException:
             self._env.close()
@@ -287,6 +290,38 @@ class LmdbStore:
             return txn.stat(self._records)["entries"]
         with self._env.begin() as txn:
             return txn.stat(self._records)["entries"]
+
+    # -- promises ---------------------------------------------------------------
+
+    def get_promise(self, key: bytes) -> Version | None:
+        """The key's promise; None when there is none, or when it fails its checksum
+        (counted like a corrupt record)."""
+        skey = storage_key(key)
+        txn = self._txn
+        if txn is not None:
+            raw = txn.get(skey, db=self._promises)
+        else:
+            with self._env.begin(db=self._promises) as txn:
+                raw = txn.get(skey)
+        if raw is None:
+            return None
+        payload = _unframe(skey, raw)
+        try:
+            wall, counter, node = cbor2.loads(bytes(payload)) if payload is not None else None
+            if type(wall) is int and type(counter) is int and type(node) is str:
+                return Version(wall, counter, node)
+        except Exception:
+            pass
+        self._count_corrupt(key)
+        return None
+
+    def put_promise(self, key: bytes, ballot: Version) -> None:
+        """Buffer a promise, like ``put``."""
+        skey = storage_key(key)
+        self._write(self._promises, skey, _frame(skey, cbor2.dumps(list(ballot))))
+
+    def drop_promise(self, key: bytes) -> None:
+        self._write(self._promises, storage_key(key), None)
 
     # -- meta -------------------------------------------------------------------
 

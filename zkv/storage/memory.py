@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from zkv.core.ring import token
+from zkv.core.versions import Version
 from zkv.storage.record import Record
 
 
@@ -12,6 +13,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._data: dict[bytes, Record] = {}
         self._meta: dict[str, bytes] = {}
+        self._promises: dict[bytes, Version] = {}
         self.corrupt_reads = 0
         self.commits = 0
 
@@ -36,6 +38,15 @@ class MemoryStore:
 
     def __len__(self) -> int:
         return len(self._data)
+
+    def get_promise(self, key: bytes) -> Version | None:
+        return self._promises.get(key)
+
+    def put_promise(self, key: bytes, ballot: Version) -> None:
+        self._promises[key] = ballot
+
+    def drop_promise(self, key: bytes) -> None:
+        self._promises.pop(key, None)
 
     def get_meta(self, name: str) -> bytes | None:
         return self._meta.get(name)
