@@ -1,5 +1,5 @@
 from zkv.core.quorum import QuorumTracker, needed
-from zkv.core.replica import accept, merge, prepare, read
+from zkv.core.replica import Merge, accept, merge, prepare, read
 from zkv.core.versions import Version
 from zkv.storage.memory import MemoryStore
 from zkv.storage.record import Record
@@ -22,10 +22,10 @@ def test_joint_quorum_needs_each_replica_set():
     assert not t.possible({"c", "d"})
 
 
-def test_higher_version_wins_and_resend_is_idempotent():
+def test_a_write_below_the_stored_version_is_refused_and_a_resend_is_idempotent():
     store = MemoryStore()
     assert accept(store, b"k", rec(2, b"new")) is None
-    assert accept(store, b"k", rec(1, b"old")) is None  # acknowledged, but superseded
+    assert accept(store, b"k", rec(1, b"old")) == rec(2).version  # never acknowledged below
     assert store.get(b"k").value == b"new"
     assert accept(store, b"k", rec(2, b"new")) is None  # resend of the same version
 
@@ -43,7 +43,7 @@ def test_a_promise_fences_writes_and_merges_below_it():
     store = MemoryStore()
     prepare(store, b"k", rec(7).version)
     assert accept(store, b"k", rec(6, b"late")) == rec(7).version
-    assert not merge(store, b"k", rec(6, b"late"))
+    assert merge(store, b"k", rec(6, b"late")) is Merge.FENCED
     assert store.get(b"k") is None
     assert read(store, b"k") == (None, rec(7).version)
 
@@ -54,12 +54,12 @@ def test_a_write_at_or_above_the_promise_is_stored_and_clears_it():
     assert accept(store, b"k", rec(7, b"chosen")) is None
     assert store.get(b"k").value == b"chosen" and store.get_promise(b"k") is None
     prepare(store, b"k", rec(9).version)
-    assert merge(store, b"k", rec(10, b"newer"))
+    assert merge(store, b"k", rec(10, b"newer")) is Merge.STORED
     assert store.get_promise(b"k") is None
 
 
 def test_merge_keeps_the_newest():
     store = MemoryStore()
-    assert merge(store, b"k", rec(5))
-    assert not merge(store, b"k", rec(4))
+    assert merge(store, b"k", rec(5)) is Merge.STORED
+    assert merge(store, b"k", rec(4)) is Merge.KEPT
     assert store.get(b"k").version.wall_ms == 5

@@ -429,18 +429,25 @@ def result(op, status, value=None, sent=None):
         ("get", "timeout", "fail", 2.0, None, None),
         ("get", "unavailable", "fail", 2.0, None, None),
         ("put", "ok", "ok", 2.0, b"w", None),
-        ("put", "unavailable", "unknown", None, b"w", None),
+        ("put", "unavailable", "fail", 2.0, b"w", None),  # certainly no effect
+        ("put", "unknown", "unknown", None, b"w", None),
         ("put", "timeout", "unknown", None, b"w", None),
         ("put", "invalid", "fail", 2.0, b"w", None),
         ("delete", "ok", "ok", 2.0, None, True),
         ("delete", "not_found", "ok", 2.0, None, False),
         ("delete", "timeout", "unknown", None, None, None),
         ("delete", "invalid", "fail", 2.0, None, None),
+        ("create", "ok", "ok", 2.0, b"w", False),
+        ("create", "exists", "ok", 2.0, b"w", True),
+        ("update", "not_found", "ok", 2.0, b"w", False),
+        ("cas", "ok", "ok", 2.0, b"w", True),
+        ("cas", "condition_failed", "ok", 2.0, b"w", False),
+        ("cas", "unknown", "unknown", None, b"w", None),
     ],
 )
 def test_client_results_map_to_history_outcomes(op, status, outcome, end, value, found):
-    got = op_from_result(result(op, status, value=b"x" if op == "get" else None, sent=b"w"
-                                if op == "put" else None))
+    got = op_from_result(result(op, status, value=b"x" if op == "get" else None,
+                                sent=None if op in ("get", "delete") else b"w"))
     assert got == Op(3, op, b"k", value, outcome, 1.0, end, found)
 
 

@@ -1,6 +1,7 @@
 """``zkv chaos``: record a history under real faults, then check it (the Jepsen way).
 
-- ``workload``: client processes doing get/put/delete on a few contended keys;
+- ``workload``: client processes doing get/put/delete/create/update/cas on a few
+  contended keys, and counter processes incrementing one key by read-then-cas;
 - ``nemesis``: kills, pauses and network faults on a schedule, never more than
   ``max_down`` replicas of any key at once;
 - ``netns``: nodes as separate hosts in Linux network namespaces;

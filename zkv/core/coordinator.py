@@ -14,19 +14,23 @@ Two paths share one register per key (the replica rules are in ``zkv.core.replic
   that newest state chosen (the same state re-stamped at ``b``), so no answer is
   ever based on a write that could still vanish.
 
-Why the two paths may mix on one key. Versions and ballots are one total order.
-A prepare at ``b`` fences everything below ``b`` on its quorum (replicas refuse
-writes and merges under their promise), and a put's version lies above every
-promise its read quorum reported, so:
+Why the two paths may mix on one key. Versions and ballots are one total order,
+and a replica acknowledges a write only by storing it (never below its stored
+version or its promise), so every acknowledged write is on a quorum. A prepare
+at ``b`` fences everything below ``b`` on its quorum, and a put's version lies
+above every promise its read quorum reported, so:
 (1) a write acknowledged before a prepare started lies on a quorum that
 intersects the prepare's, and the proposer sees it (or something newer);
 (2) a write below ``b`` that was not seen can no longer reach a quorum, so it is
-never acknowledged; it may stay on one replica below the newer state, unseen;
-(3) a write above ``b`` that lands before the accept supersedes the change,
-which is then ordered just before it, as ABD orders any overwritten write.
-So the order of versions is a linearization: each change was evaluated on the
-state just below its version. The checker (``zkv.check``) tests this on mixed
-histories in the simulator and under ``zkv chaos``.
+never acknowledged, and no read returns it (a read returns only a state that a
+quorum holds, writing it back first when needed, which the fence refuses);
+(3) a write above ``b`` that lands first makes the accept at ``b`` fail there.
+So the order of versions of acknowledged or visible states is a linearization:
+each change was evaluated on the state just below its version. The checker
+(``zkv.check``) tests this on mixed histories in the simulator (300 seeds in the
+suite) and under ``zkv chaos``. The price: two puts racing on one key can
+refuse each other; the loser retries above the winner when no replica took it,
+and answers ``unknown`` otherwise.
 
 Unknown outcomes. A refused prepare changed nothing and is retried with a higher
 ballot after a jittered back-off (the loser learns the winner's ballot from the
@@ -109,6 +113,7 @@ class Coordinator:
         self._read_time = 0.0  # moving average of read-phase durations; 0: none seen yet
         self._spread = 0  # rotates the replicas a narrow read asks
         self.paxos_retries = 0  # rounds begun again after a refusal (contention)
+        self.repairs = 0  # repair rounds in flight (see ``repair``)
 
     # ----------------------------------------------------------------- entry
 
@@ -138,6 +143,20 @@ class Coordinator:
             self._send_phase(op, now, out, asked)  # [] asks every replica
         else:
             self._prepare(op, now, out)
+
+    def repair(self, key: bytes, above: Version | None, replica_sets: list[tuple[str, ...]],
+               reachable: set[str], now: float, timeout: float, out: Outbox) -> None:
+        """A Paxos round that only makes ``key``'s newest state chosen, above ``above``
+        (a promise that fenced a newer record here): no client waits for it."""
+        tracker = QuorumTracker(replica_sets, "quorum")
+        if not tracker.targets or not tracker.possible(reachable):
+            return
+        self._next += 1
+        request = ClientRequest(0, "get", key, None, "quorum", 0)
+        op = Operation(self._next, None, request, tracker, now, now + timeout, above=above)
+        self.ops[op.op_id] = op
+        self.repairs += 1
+        self._prepare(op, now, out)
 
     def _narrow_targets(self, tracker: QuorumTracker, reachable: set[str]) -> list[str]:
         """The fewest replicas whose answers meet the level (this node first, then
@@ -346,7 +365,7 @@ class Coordinator:
             op.outcome, change = _evaluate(op.request, newest)
         if change is not None:
             op.change = True
-            record = Record(ballot, change.tombstone, change.value, True)
+            record = Record(ballot, change.tombstone, change.value)
         elif agreed:
             self._finish(op, *op.outcome, now, out)  # the quorum agrees: already chosen
             return
@@ -354,9 +373,8 @@ class Coordinator:
             # Make the state the answer rests on chosen: the newest, re-stamped.
             op.change = False
             origin = newest.change if newest is not None else None
-            record = Record(ballot, True, b"", True, origin) \
-                if newest is None or newest.tombstone \
-                else Record(ballot, False, newest.value, True, origin)
+            record = Record(ballot, True, b"", origin) if newest is None or newest.tombstone \
+                else Record(ballot, False, newest.value, origin)
         self._enter(op, ACCEPT, record, now, out)
 
     def _refused(self, op: Operation, now: float, out: Outbox) -> None:
@@ -419,6 +437,10 @@ class Coordinator:
     def _finish(self, op: Operation, status: str, value: bytes | None, now: float, out: Outbox,
                 detail: str = "") -> None:
         self.ops.pop(op.op_id, None)
+        if op.client is None:  # a repair round
+            self.repairs -= 1
+            out.event("fenced_repair", key=op.request.key, status=status, rounds=op.attempts)
+            return
         out.reply(op.client, ClientReply(op.request.req_id, status, value, detail))
         version = op.record.version if op.record and op.phase not in (PREPARE, BACKOFF) \
             else None

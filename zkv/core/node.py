@@ -57,6 +57,9 @@ from zkv.core.versions import HybridClock
 from zkv.storage.base import Store, StoreFull
 
 
+REPAIRS_IN_FLIGHT = 32  # Paxos rounds this node runs at once to settle fenced keys
+
+
 class _StepOutbox:
     """Collects one step's actions; messages to this node itself are handled in the step."""
 
@@ -217,7 +220,7 @@ class Node:
                       version=list(record.version) if record else None)
             out.send(sender, ReadReply(msg.op_id, msg.key, record, promise))
         elif isinstance(msg, WriteRequest):
-            self._replica_write(sender, msg, out)
+            self._replica_write(sender, msg, now, out)
         elif isinstance(msg, Prepare):
             self._replica_prepare(sender, msg, out)
         elif isinstance(msg, ReadReply):
@@ -232,7 +235,7 @@ class Node:
             self._on_join(msg.member, now, out)
         elif isinstance(msg, Handoff):
             try:
-                self.stabilizer.on_handoff(sender, msg, self.ring, out)
+                self.stabilizer.on_handoff(sender, msg, self.ring, now, out)
             except StoreFull as exc:
                 out.event("store_full", detail=str(exc))
         elif isinstance(msg, HandoffAck):
@@ -249,7 +252,8 @@ class Node:
             self.rejected_frames += 1
             out.event("rejected_message", sender=sender, message=type(msg).__name__)
 
-    def _replica_write(self, sender: str, msg: WriteRequest, out: _StepOutbox) -> None:
+    def _replica_write(self, sender: str, msg: WriteRequest, now: float,
+                       out: _StepOutbox) -> None:
         self.clock.observe(msg.record.version)
         try:
             refused_by = replica.accept(self.store, msg.key, msg.record)
@@ -261,6 +265,8 @@ class Node:
                   op_id=msg.op_id)
         if msg.op_id:
             out.send(sender, WriteReply(msg.op_id, msg.key, refused_by is None, refused_by))
+        elif refused_by is not None:
+            self.stabilizer.note_fenced(msg.key, now)  # a late read repair that was fenced
 
     def _replica_prepare(self, sender: str, msg: Prepare, out: _StepOutbox) -> None:
         self.clock.observe(msg.ballot)
@@ -349,6 +355,7 @@ class Node:
             self._watch_majority(now, out)
             self.settling = [(r, t) for r, t in self.settling if t > now]
         self.coordinator.tick(now, cfg.retry_interval, out)
+        self._repair_fenced(now, out)
         self.stabilizer.resend(now, cfg.retry_interval, self.ring, out)
         if now >= self._next_anti_entropy:
             self._next_anti_entropy = now + cfg.anti_entropy_interval
@@ -360,6 +367,26 @@ class Node:
             self._next_tombstone_gc = now + cfg.tombstone_gc_interval
             grace_ms = int((now + cfg.wall_offset - cfg.tombstone_grace) * 1000)
             self.stabilizer.collect_tombstones(self.ring, grace_ms)
+
+    def _repair_fenced(self, now: float, out: _StepOutbox) -> None:
+        """Settle keys whose newer records a promise kept out (see ``replica.merge``)
+        with a Paxos round of this node's: it writes the newest state above the
+        promise. Only once the promise is surely stale (any round that made it has
+        long ended), and a few at a time."""
+        fenced = self.stabilizer.fenced
+        if not fenced or not self.joined or now < self._coordinate_from:
+            return
+        stale_before = now - 2 * self.config.default_timeout
+        budget = REPAIRS_IN_FLIGHT - self.coordinator.repairs
+        for key in [k for k, seen in fenced.items() if seen <= stale_before][:max(0, budget)]:
+            del fenced[key]
+            sets = [r.locate(key) for r, _ in self.settling] + [self.ring.locate(key)]
+            if self.node_id not in sets[-1]:
+                continue  # no longer ours to hold
+            reachable = {n for s in sets for n in s
+                         if n == self.node_id or self.membership.alive(n)}
+            self.coordinator.repair(key, self.store.get_promise(key), sets, reachable, now,
+                                    self.config.default_timeout, out)
 
     def _watch_majority(self, now: float, out: _StepOutbox) -> None:
         majority = self.membership.has_majority()

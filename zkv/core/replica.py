@@ -10,12 +10,10 @@ it is stored. The rules, which ``zkv.core.coordinator`` relies on:
   stored version; the promise is then persisted (same group commit as records,
   before the reply leaves) and the reply carries the stored record.
 - **accept** of a record at version ``v`` (every write: Paxos accepts, plain
-  puts, read repair) is refused when ``v`` is below the promise, or below a
-  stored record written by consensus. Otherwise it is acknowledged, and stored
-  when ``v`` is above the stored version; below a plain put it is *superseded*
-  (ordered just before that put, which overwrote it without reading it).
-  Resends of the same version are acknowledged again, so coordinators may
-  resend freely.
+  puts, read repair) is refused when ``v`` is below the promise or below the
+  stored version, and stored otherwise. Resends of the same version are
+  acknowledged again, so coordinators may resend freely. An acknowledged write
+  is therefore stored on a quorum, never merely "superseded".
 - **merge** (hand-off, anti-entropy) keeps the newer record, unless the promise
   fences it.
 
@@ -23,14 +21,17 @@ Why a promise must also fence merges and plain writes: a proposer that
 prepared ``b`` chose its new state from what a quorum held at that moment; a
 record below ``b`` that reached one of those replicas afterwards would be a
 state the proposer never saw, and a later read could return it and then the
-proposer's result, in an order no client history explains. Why a consensus
-record keeps fencing once stored (its promise is gone): a write below it,
-acknowledged as superseded, would be ordered before a change that was
-evaluated without it; two compare-and-sets from one value would both succeed
-(found by the simulator's CAS counter, seed 0 of the ``mixed`` scenario).
+proposer's result, in an order no client history explains. Why no write is
+acknowledged below a stored one (ABD acknowledges it as superseded): it would
+be ordered before the newer state, though that state may be a change evaluated
+without it; two compare-and-sets from one value both succeeded that way (the
+simulator's CAS counter, seed 0 of the ``mixed`` scenario), and so did a delete
+racing a put (seed 183).
 """
 
 from __future__ import annotations
+
+import enum
 
 from zkv.core.versions import Version
 from zkv.storage.base import Store
@@ -73,16 +74,27 @@ def accept(store: Store, key: bytes, record: Record) -> Version | None:
     return None
 
 
-def merge(store: Store, key: bytes, record: Record) -> bool:
+class Merge(enum.Enum):
+    STORED = "stored"  # the incoming record was newer and is stored
+    KEPT = "kept"  # the stored record is as new or newer
+    FENCED = "fenced"  # newer, but below an open promise: only a Paxos round may settle it
+
+
+def merge(store: Store, key: bytes, record: Record) -> Merge:
     """Keep whichever of the stored and incoming record is newer, unless a promise
-    fences the incoming one; True if the stored record changed."""
+    fences the incoming one.
+
+    A promise whose round never finished (its coordinator crashed, or its
+    condition failed on an agreeing quorum) fences merges for good; the node
+    settles such a key with a Paxos round of its own (``Node`` repairs keys
+    that stay fenced), which writes the newest state above the promise."""
     current = store.get(key)
     if current is not None and record.version <= current.version:
-        return False
+        return Merge.KEPT
     promise = store.get_promise(key)
     if promise is not None:
         if record.version < promise:
-            return False
+            return Merge.FENCED
         store.drop_promise(key)
     store.put(key, record)
-    return True
+    return Merge.STORED

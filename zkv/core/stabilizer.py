@@ -30,7 +30,7 @@ from zkv.core.backoff import backoff
 from zkv.core.digests import DigestedStore
 from zkv.core.messages import Handoff, HandoffAck, SyncDigest, SyncKeys, SyncPull
 from zkv.core.outbox import Outbox
-from zkv.core.replica import merge
+from zkv.core.replica import Merge, merge
 from zkv.core.ring import Ring, token
 from zkv.storage.record import Record
 
@@ -40,6 +40,7 @@ WINDOW = 4  # unacknowledged hand-off batches per peer
 HORIZON_LAG = 10.0  # seconds: anti-entropy compares records older than this
 SYNC_SEGMENTS = 16  # differing segments listed per anti-entropy round: bounded work
 WALK_BUDGET = 4096  # records a walk reads per tick
+FENCED_MAX = 10_000  # fenced keys remembered for repair; more wait for a later round
 
 
 @dataclass(slots=True)
@@ -85,6 +86,9 @@ class Stabilizer:
         self.sync_queue: list[tuple[str, SyncKeys]] = []
         self._walks: dict[str, Walk] = {}  # at most one of each kind, oldest first
         self.moved = 0  # records pushed to new owners (for metrics and tests)
+        # Keys whose newer records a promise refused, with when that was first seen:
+        # the node settles each by a Paxos round once the promise is surely stale.
+        self.fenced: dict[bytes, float] = {}
 
     # ----------------------------------------------------------------- ring changes
 
@@ -235,10 +239,14 @@ class Stabilizer:
 
     # ----------------------------------------------------------------- messages
 
-    def on_handoff(self, sender: str, msg: Handoff, ring: Ring, out: Outbox) -> None:
+    def on_handoff(self, sender: str, msg: Handoff, ring: Ring, now: float,
+                   out: Outbox) -> None:
         changed = 0
         for key, record in msg.records:
-            if merge(self.store, key, record):
+            result = merge(self.store, key, record)
+            if result is Merge.FENCED:
+                self.note_fenced(key, now)
+            elif result is Merge.STORED:
                 changed += 1
                 if self.node_id not in ring.locate(key):
                     # A sender with another view of the ring handed us a key we do
@@ -246,6 +254,11 @@ class Stabilizer:
                     self.strays_possible = True
         out.event("handoff_merged", sender=sender, records=len(msg.records), changed=changed)
         out.send(sender, HandoffAck(msg.batch_id))
+
+    def note_fenced(self, key: bytes, now: float) -> None:
+        """Remember a key whose newer record a promise refused (see ``replica.merge``)."""
+        if len(self.fenced) < FENCED_MAX:
+            self.fenced.setdefault(key, now)
 
     def on_handoff_ack(self, sender: str, msg: HandoffAck, now: float, out: Outbox) -> None:
         batch = self.batches.get(msg.batch_id)

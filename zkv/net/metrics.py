@@ -65,7 +65,7 @@ class NodeMetrics:
         self._server: Any = None
 
     def observe_event(self, kind: str, fields: dict[str, Any]) -> None:
-        if kind == "replica_write":
+        if kind == "replica_write" or kind == "replica_prepare":  # both persist, then answer
             self._replica_writes += 1
             return
         if kind == "replica_read":
@@ -84,7 +84,7 @@ class NodeMetrics:
         if hist is None:
             hist = self._latency_children[op] = self.latency.labels(op)
         hist.observe(fields.get("latency") or 0.0)
-        if status == "unavailable":
+        if status == "unavailable" or status == "unknown":
             self.quorum_failures.labels(op).inc()
 
     def _count_event(self, kind: str, fields: dict[str, Any]) -> None:

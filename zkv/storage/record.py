@@ -9,19 +9,14 @@ from zkv.core.versions import Version
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """``consensus``: written by a Paxos round (a conditional op, or a state a round
-    made chosen); such a record's version is a ballot that fences every write below
-    it for good (see ``zkv.core.replica``). Stored and sent as a sixth field only
-    when set, so records written before it existed read as plain writes.
-
-    ``origin``: for a state that a Paxos round re-stamped at its own ballot (to
+    """``origin``: for a state that a Paxos round re-stamped at its own ballot (to
     make it chosen), the version of the change that produced it, so that change's
-    coordinator can still recognise its own write (a seventh field)."""
+    coordinator can still recognise its own write. Stored and sent as a sixth
+    field only when set, so records without it keep their five fields."""
 
     version: Version
     tombstone: bool
     value: bytes
-    consensus: bool = False
     origin: Version | None = None
 
     @classmethod
@@ -32,38 +27,24 @@ class Record:
     def live(self) -> bool:
         return not self.tombstone
 
-    def encode(self) -> list:
-        fields = [self.version.wall_ms, self.version.counter, self.version.node_id,
-                  self.tombstone, self.value]
-        if self.consensus:
-            fields.append(True)
-            if self.origin is not None:
-                fields.append(list(self.origin))
-        return fields
-
     @property
     def change(self) -> Version:
         """The version of the write that produced this state."""
         return self.origin if self.origin is not None else self.version
 
+    def encode(self) -> list:
+        fields = [self.version.wall_ms, self.version.counter, self.version.node_id,
+                  self.tombstone, self.value]
+        if self.origin is not None:
+            fields.append(list(self.origin))
+        return fields
+
     @classmethod
     def decode(cls, fields: object) -> Record:
         """Rebuild from ``encode()``'s list; raises ValueError on any malformed field."""
-        if not isinstance(fields, list) or len(fields) not in (5, 6, 7):
-            raise ValueError("record must be a list of 5 fields (6 with the consensus flag, "
-                             "7 with an origin)")
+        if not isinstance(fields, list) or len(fields) not in (5, 6):
+            raise ValueError("record must be a list of 5 fields (6 with an origin)")
         wall, counter, node, tombstone, value = fields[:5]
-        consensus = len(fields) >= 6
-        if consensus and fields[5] is not True:
-            raise ValueError("record consensus flag must be true when present")
-        origin = None
-        if len(fields) == 7:
-            o = fields[6]
-            if not (isinstance(o, list) and len(o) == 3 and type(o[0]) is int
-                    and type(o[1]) is int and type(o[2]) is str
-                    and 0 <= o[0] < 1 << 64 and 0 <= o[1] < 1 << 64):
-                raise ValueError("record origin must be [wall_ms, counter, node_id]")
-            origin = Version(*o)
         if type(wall) is not int or not 0 <= wall < 1 << 64:
             raise ValueError("record wall_ms must be a non-negative int")
         if type(counter) is not int or not 0 <= counter < 1 << 64:
@@ -76,7 +57,15 @@ class Record:
             raise ValueError("record value must be bytes")
         if tombstone and value:
             raise ValueError("a tombstone carries no value")
-        return cls(Version(wall, counter, node), tombstone, value, consensus, origin)
+        origin = None
+        if len(fields) == 6:
+            o = fields[5]
+            if not (isinstance(o, list) and len(o) == 3 and type(o[0]) is int
+                    and type(o[1]) is int and type(o[2]) is str
+                    and 0 <= o[0] < 1 << 64 and 0 <= o[1] < 1 << 64):
+                raise ValueError("record origin must be [wall_ms, counter, node_id]")
+            origin = Version(*o)
+        return cls(Version(wall, counter, node), tombstone, value, origin)
 
 
 def newest(a: Record | None, b: Record | None) -> Record | None:
