@@ -9,7 +9,11 @@ blocking API; above 1 it keeps that many requests in flight with
 Before the clock starts, ``get``, ``mixed`` and ``delete`` runs load every key
 once (split over the workers), so reads find values. ``mixed`` is half gets,
 half puts; ``delete`` deletes keys in turn (a key deleted already counts as
-``not_found``, not as an error).
+``not_found``, not as an error). ``create`` creates fresh keys; ``cas`` walks
+each of a client's own keys through successive values by compare-and-set;
+``counter`` has every client increment one shared key by read-then-cas (the
+contended case: successful increments count as ``cas``, lost races as
+``not_found``; the reads as ``get``). Conditional runs use keys of their own.
 
 The result holds, per operation kind and overall: completed operations, ops/s
 over the measured window, latency percentiles (milliseconds) and errors; and the
@@ -35,7 +39,7 @@ from typing import Any
 
 import psutil
 
-WORKLOADS = ("put", "get", "mixed", "delete", "create", "cas")
+WORKLOADS = ("put", "get", "mixed", "delete", "create", "cas", "counter")
 PRELOAD_DEPTH = 64  # requests in flight per worker while loading keys
 MAX_ERROR_SAMPLES = 5
 
@@ -134,6 +138,9 @@ def _drive(client: Any, options: BenchOptions, index: int, end: float, tally: _T
     clock = time.perf_counter
     monotonic = time.monotonic
     done_ops = 0
+    if options.workload == "counter":
+        _count_up(client, options, index, end, tally, counts)
+        return
     if options.pipeline <= 1:
         calls = {"get": client.get, "put": client.put, "delete": client.delete,
                  "create": client.create, "cas": client.cas}
@@ -191,6 +198,29 @@ def _drive(client: Any, options: BenchOptions, index: int, end: float, tally: _T
     drain_end = monotonic() + options.timeout + 0.5
     while client.in_flight and monotonic() < drain_end:
         client.poll(0.05)
+
+
+def _count_up(client: Any, options: BenchOptions, index: int, end: float, tally: _Tally,
+              counts: Any) -> None:
+    """Read-then-cas increments of one key shared by every client, until ``end``."""
+    key = f"bench-counter-{options.seed}"
+    clock = time.perf_counter
+    done_ops = 0
+    while time.monotonic() < end:
+        t0 = clock()
+        try:
+            old = client.get(key)
+            tally.ok("get", clock() - t0)
+            t1 = clock()
+            new = b"%d" % (int(old) + 1) if old else b"1"
+            if client.cas(key, old, new):
+                tally.ok("cas", clock() - t1)
+            else:
+                tally.not_found += 1  # another client incremented first
+        except Exception as exc:  # noqa: BLE001 - every failure is counted
+            tally.fail("cas", exc)
+        done_ops += 1
+        counts[index] = done_ops
 
 
 def _preload(client: Any, key_ids: range, value: bytes, depth: int, timeout: float) -> int:

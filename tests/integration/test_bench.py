@@ -21,7 +21,8 @@ def bench(*args: str) -> dict:
     return json.loads(done.stdout)
 
 
-@pytest.mark.parametrize("workload, pipeline", [("put", "1"), ("mixed", "4")])
+@pytest.mark.parametrize("workload, pipeline", [("put", "1"), ("mixed", "4"), ("cas", "4"),
+                                                ("create", "1")])
 def test_bench_on_its_own_cluster_reports_ops_and_no_errors(workload: str,
                                                             pipeline: str) -> None:
     result = bench("--duration", "2", "--workload", workload, "--clients", "2",
@@ -30,6 +31,13 @@ def test_bench_on_its_own_cluster_reports_ops_and_no_errors(workload: str,
     assert result["total"]["errors"] == 0, result["error_samples"]
     assert result["total"]["p50_ms"] > 0
     assert result["generator"]["processes"] >= 1
+
+
+def test_the_counter_workload_keeps_rising_without_errors() -> None:
+    result = bench("--duration", "2", "--workload", "counter", "--clients", "4")
+    cas = result["by_op"]["cas"]
+    assert cas["ops"] > 0, result  # successful increments
+    assert result["total"]["errors"] == 0, result["error_samples"]
 
 
 def test_submitted_requests_settle_like_blocking_calls(cluster3) -> None:

@@ -38,6 +38,8 @@ from zkv.core.messages import (
     SyncDigest,
     SyncKeys,
     SyncPull,
+    Prepare,
+    PrepareReply,
     WriteReply,
     WriteRequest,
     decode,
@@ -89,8 +91,9 @@ def valid_messages(rng: random.Random, key: bytes) -> list[Message]:
     version = Version(1, 2, "fuzz")
     return [
         ClientRequest(rng.randrange(1 << 32), rng.choice(["get", "put", "delete", "create",
-                                                          "update"]),
+                                                          "update", "cas"]),
                       key, b"v", "quorum", 1000),
+        ClientRequest(rng.randrange(1 << 32), "cas", key, None, "quorum", 1000, b"old"),
         RingQuery(rng.randrange(1 << 32)),
         ClientReply(1, "ok", b"v", ""),
         RingInfo(1, [("n1", "tcp://127.0.0.1:1")], 3, 64),
@@ -98,6 +101,8 @@ def valid_messages(rng: random.Random, key: bytes) -> list[Message]:
         ReadReply(1, key, _record(rng), None),
         WriteRequest(1, key, _record(rng)),
         WriteReply(1, key, True, None),
+        Prepare(1, key, version),
+        PrepareReply(1, key, False, _record(rng), version),
         Handoff(1, [(key, _record(rng))]),
         HandoffAck(1),
         SyncDigest(1, 5, [(0, b"\0" * 16)]),
@@ -309,6 +314,7 @@ def test_a_node_survives_a_barrage_of_bad_frames_and_loses_nothing(cluster: Clus
             key = rng.choice(foreign)
             message = rng.choice([ReadRequest(i, key), WriteRequest(i, key, _record(rng)),
                                   ReadReply(i, key, _record(rng), None), WriteReply(i, key, True, None),
+                                  Prepare(i, key, Version(1, i, "fuzz")),
                                   Handoff(i, [(key, _record(rng))]), HandoffAck(i),
                                   SyncPull(i, [key]), ErrorReply(i, "x")])
             spoofed_kinds[type(message).__name__] += 1

@@ -74,6 +74,7 @@ from zkv.storage.record import Record
 
 READ, REPAIR, WRITE = "read", "repair", "write"  # the ABD path
 PREPARE, ACCEPT, BACKOFF = "prepare", "accept", "backoff"  # the Paxos path
+QUEUED = "queued"  # waiting for this node's round on the same key to end
 MIN_SPECULATION = 0.002  # seconds: a narrow read waits at least this before asking all
 
 
@@ -114,6 +115,11 @@ class Coordinator:
         self._spread = 0  # rotates the replicas a narrow read asks
         self.paxos_retries = 0  # rounds begun again after a refusal (contention)
         self.repairs = 0  # repair rounds in flight (see ``repair``)
+        # One Paxos round per key at a time from this node: the op holding each key,
+        # and the ops waiting for it (clients send a key's requests to its primary,
+        # so this is where rounds on one key would otherwise duel).
+        self._rounds: dict[bytes, Operation] = {}
+        self._waiting: dict[bytes, list[Operation]] = {}
 
     # ----------------------------------------------------------------- entry
 
@@ -241,6 +247,8 @@ class Coordinator:
                              detail=f"{op.request.consistency} not reached in time "
                                     f"({got} of {len(op.tracker.targets)} answered "
                                     f"the {op.phase} phase)")
+            elif op.phase == QUEUED:
+                continue
             elif op.phase == BACKOFF:
                 if now >= op.sent_at:
                     self._prepare(op, now, out)
@@ -253,7 +261,8 @@ class Coordinator:
         """When the next deadline expires or the next resend or retry is due."""
         if not self.ops:
             return None
-        return min(min(op.deadline, op.sent_at if op.phase == BACKOFF else
+        return min(op.deadline if op.phase == QUEUED else
+                   min(op.deadline, op.sent_at if op.phase == BACKOFF else
                        op.sent_at + self._resend_after(op, retry_interval))
                    for op in self.ops.values())
 
@@ -337,6 +346,12 @@ class Coordinator:
 
     def _prepare(self, op: Operation, now: float, out: Outbox) -> None:
         """Begin a round: a fresh ballot above everything a refusal named."""
+        key = op.request.key
+        holder = self._rounds.setdefault(key, op)
+        if holder is not op:
+            op.phase = QUEUED
+            self._waiting.setdefault(key, []).append(op)
+            return
         op.attempts += 1
         op.reads = {}
         ballot = self.clock.next(self._wall_ms(now), op.above)
@@ -434,9 +449,30 @@ class Coordinator:
             return "unknown"
         return "unavailable"
 
+    def _release(self, op: Operation, now: float, out: Outbox) -> None:
+        """``op`` is done: hand its key's round to the next op waiting for it."""
+        key = op.request.key
+        if op.phase == QUEUED:
+            waiting = self._waiting.get(key, [])
+            if op in waiting:
+                waiting.remove(op)
+            if not waiting:
+                self._waiting.pop(key, None)
+            return
+        if self._rounds.get(key) is not op:
+            return
+        del self._rounds[key]
+        waiting = self._waiting.get(key)
+        if waiting:
+            following = waiting.pop(0)
+            if not waiting:
+                del self._waiting[key]
+            self._prepare(following, now, out)
+
     def _finish(self, op: Operation, status: str, value: bytes | None, now: float, out: Outbox,
                 detail: str = "") -> None:
         self.ops.pop(op.op_id, None)
+        self._release(op, now, out)
         if op.client is None:  # a repair round
             self.repairs -= 1
             out.event("fenced_repair", key=op.request.key, status=status, rounds=op.attempts)
