@@ -15,10 +15,12 @@ Scenario = Callable[[int], RunReport]
 
 
 def _random(seed: int) -> RunReport:
+    """10 nodes, 5 clients, 30 s of get/put/delete under every fault kind."""
     return run_random(seed)
 
 
 def _quick(seed: int) -> RunReport:
+    """A small fast run: 5 nodes, 3 clients, 10 s."""
     return run_random(seed, nodes=5, clients=3, keys=3, duration=10.0, scenario="quick")
 
 
@@ -28,21 +30,25 @@ def _suite(seed: int) -> RunReport:
 
 
 def _mixed(seed: int) -> RunReport:
-    """Plain and conditional operations on the same keys, and a CAS counter, under
-    every fault (tests/sim/test_conditional.py)."""
+    """Plain and conditional ops on shared keys plus a CAS counter, every fault.
+
+    The run of tests/sim/test_conditional.py."""
     return run_random(seed, nodes=5, clients=4, keys=3, duration=8.0, conditional_ratio=0.5,
                       counter_clients=3, scenario="mixed")
 
 
 def _crashes(seed: int) -> RunReport:
+    """Frequent crashes and restarts only (disks survive)."""
     return run_random(seed, faults=("crash",), fault_interval=(0.3, 1.0), scenario="crashes")
 
 
 def _partitions(seed: int) -> RunReport:
+    """Partitions and isolated nodes, shorter than t_remove."""
     return run_random(seed, faults=("partition", "isolate"), scenario="partitions")
 
 
 def _lossy(seed: int) -> RunReport:
+    """Lossy and duplicating links: 5 % of messages dropped, 5 % duplicated."""
     return run_random(seed, faults=("loss", "duplicate"), drop=0.05, duplicate=0.05,
                       scenario="lossy")
 
@@ -58,6 +64,7 @@ def _split_brain(seed: int) -> RunReport:
 
 
 def _skewed_clocks(seed: int) -> RunReport:
+    """Node clocks up to 0.5 s apart (versions follow the hybrid clock)."""
     return run_random(seed, clock_skew=0.5, scenario="skewed-clocks")
 
 
