@@ -64,7 +64,7 @@ def _split_brain(seed: int) -> RunReport:
 
 
 def _skewed_clocks(seed: int) -> RunReport:
-    """Node clocks up to 0.5 s apart (versions follow the hybrid clock)."""
+    """Each node's wall clock off by up to 0.5 s (versions follow the hybrid clock)."""
     return run_random(seed, clock_skew=0.5, scenario="skewed-clocks")
 
 
