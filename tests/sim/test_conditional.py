@@ -107,3 +107,16 @@ def test_a_replica_fenced_by_a_dangling_promise_is_repaired_by_a_paxos_round():
         cluster.now + 2 * cfg.default_timeout + 4 * cfg.anti_entropy_interval + 30,
     ), {n: cluster.store(n).get(key) for n in cluster.node_ids}
     assert cluster.store(stale).get_promise(key) is None
+
+
+def test_a_crowd_of_cas_on_one_key_at_one_node_is_decided_by_two_rounds():
+    """Ops for a key that wait for the node's round on it are folded into the next
+    round: one prepare and one accept decide them all, without duelling."""
+    cluster = formed(3, seed=10)
+    before = len(cluster.events.of_kind("replica_prepare"))
+    pending = [cluster.submit("n0", "cas", "hot", f"v{i}", expected=None) for i in range(8)]
+    cluster.run_until_condition(lambda: all(p.done for p in pending), cluster.now + 10)
+    statuses = sorted(p.result.status for p in pending)
+    assert statuses == ["condition_failed"] * 7 + ["ok"], statuses
+    prepares = len(cluster.events.of_kind("replica_prepare")) - before
+    assert prepares <= 2 * 3, prepares  # two rounds on three replicas, not eight

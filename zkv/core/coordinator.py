@@ -41,6 +41,13 @@ change could apply it twice. A put whose write may have landed somewhere and
 cannot reach its quorum answers ``unknown`` likewise. ``unavailable`` is kept
 for requests that certainly changed nothing, which clients may retry elsewhere.
 
+One node runs one Paxos round per key at a time; ops for a key that arrive
+meanwhile wait, and the next round decides all of them at once (folding): each
+is evaluated in turn on the state the ones before it left, and one accept
+stores the result. Clients send a key's requests to its primary, so rounds on a
+hot key do not duel there, and a crowd of compare-and-sets costs two rounds,
+not one each.
+
 A read phase first asks only as many replicas as the level needs (this node
 first when it is one), like Cassandra; when they have not all answered after a
 speculative delay (a few times the recent read-phase time, at most
@@ -75,6 +82,8 @@ from zkv.storage.record import Record
 READ, REPAIR, WRITE = "read", "repair", "write"  # the ABD path
 PREPARE, ACCEPT, BACKOFF = "prepare", "accept", "backoff"  # the Paxos path
 QUEUED = "queued"  # waiting for this node's round on the same key to end
+FOLLOWING = "following"  # evaluated within another op's round (see ``_prepare``)
+MAX_FOLD = 64  # operations one round decides at most
 MIN_SPECULATION = 0.002  # seconds: a narrow read waits at least this before asking all
 
 
@@ -100,6 +109,9 @@ class Operation:
     change: bool = False  # the accept phase carries this op's own change
     mine: set[Version] = field(default_factory=set)  # ballots of records with this op's change
     recovering: bool = False  # the change may have landed: only finish it, never redo it
+    wrote: bool = False  # this op's own evaluation changed the state (in its round)
+    followers: list[Operation] = field(default_factory=list)  # ops folded into its round
+    leader: Operation | None = None  # the op whose round decides this one
 
 
 class Coordinator:
@@ -241,13 +253,15 @@ class Coordinator:
 
     def tick(self, now: float, retry_interval: float, out: Outbox) -> None:
         for op in list(self.ops.values()):
+            if self.ops.get(op.op_id) is not op:
+                continue  # finished meanwhile, with the round it was folded into
             if now >= op.deadline:
                 got = len(op.acks) if op.phase in (REPAIR, WRITE, ACCEPT) else len(op.reads)
                 self._finish(op, self._timeout_status(op), None, now, out,
                              detail=f"{op.request.consistency} not reached in time "
                                     f"({got} of {len(op.tracker.targets)} answered "
                                     f"the {op.phase} phase)")
-            elif op.phase == QUEUED:
+            elif op.phase == QUEUED or op.phase == FOLLOWING:
                 continue
             elif op.phase == BACKOFF:
                 if now >= op.sent_at:
@@ -261,7 +275,7 @@ class Coordinator:
         """When the next deadline expires or the next resend or retry is due."""
         if not self.ops:
             return None
-        return min(op.deadline if op.phase == QUEUED else
+        return min(op.deadline if op.phase == QUEUED or op.phase == FOLLOWING else
                    min(op.deadline, op.sent_at if op.phase == BACKOFF else
                        op.sent_at + self._resend_after(op, retry_interval))
                    for op in self.ops.values())
@@ -352,11 +366,35 @@ class Coordinator:
             op.phase = QUEUED
             self._waiting.setdefault(key, []).append(op)
             return
+        if not op.recovering and op.client is not None:
+            self._fold(op)
         op.attempts += 1
         op.reads = {}
         ballot = self.clock.next(self._wall_ms(now), op.above)
         # The record is a placeholder that carries the ballot until the accept phase.
         self._enter(op, PREPARE, Record.tomb(ballot), now, out)
+
+    def _fold(self, op: Operation) -> None:
+        """Take the ops waiting for ``op``'s key into its round: one prepare and one
+        accept decide them all, each evaluated in turn on the state the ones before
+        it left (they are concurrent, so that order is a valid linearization)."""
+        waiting = self._waiting.get(op.request.key)
+        if not waiting:
+            return
+        keep = []
+        for other in waiting:
+            if (len(op.followers) < MAX_FOLD and not other.recovering
+                    and other.client is not None and other.tracker.sets == op.tracker.sets
+                    and other.tracker.need == op.tracker.need):
+                other.phase = FOLLOWING
+                other.leader = op
+                op.followers.append(other)
+            else:
+                keep.append(other)
+        if keep:
+            waiting[:] = keep
+        else:
+            del self._waiting[op.request.key]
 
     def _after_prepare(self, op: Operation, now: float, out: Outbox) -> None:
         assert op.record is not None
@@ -373,11 +411,16 @@ class Coordinator:
             # concluded "never chosen" once a newer state was chosen; the CAS
             # counter of the ``mixed`` scenario, seed 0, showed it wrong.)
             if newest is None or newest.change not in op.mine:
-                self._finish(op, "unknown", None, now, out,
+                self._finish(op, "unknown" if op.wrote else "unavailable", None, now, out,
                              detail="a competing write intervened; the outcome is unknown")
                 return
         else:
-            op.outcome, change = _evaluate(op.request, newest)
+            state = newest
+            for member in (op, *op.followers):
+                member.outcome, changed = _evaluate(member.request, state)
+                member.wrote = changed is not None
+                if changed is not None:
+                    state = change = changed
         if change is not None:
             op.change = True
             record = Record(ballot, change.tombstone, change.value)
@@ -445,13 +488,19 @@ class Coordinator:
 
     def _timeout_status(self, op: Operation) -> str:
         """``unknown`` when this op's write may have landed somewhere."""
-        if op.recovering or op.phase == WRITE or (op.phase == ACCEPT and op.change):
+        if op.leader is not None:
+            return "unknown" if op.wrote and _in_flight(op.leader) else "unavailable"
+        if op.phase == WRITE or _in_flight(op):
             return "unknown"
         return "unavailable"
 
     def _release(self, op: Operation, now: float, out: Outbox) -> None:
         """``op`` is done: hand its key's round to the next op waiting for it."""
         key = op.request.key
+        if op.leader is not None:
+            if op in op.leader.followers:
+                op.leader.followers.remove(op)
+            return
         if op.phase == QUEUED:
             waiting = self._waiting.get(key, [])
             if op in waiting:
@@ -472,6 +521,19 @@ class Coordinator:
     def _finish(self, op: Operation, status: str, value: bytes | None, now: float, out: Outbox,
                 detail: str = "") -> None:
         self.ops.pop(op.op_id, None)
+        if op.followers:
+            # The round decided (the op got its evaluated answer): so did every op
+            # folded into it. Otherwise each says what it can: "unknown" if its own
+            # change may have landed, else "unavailable" (it changed nothing).
+            decided = (status, value) == op.outcome
+            followers, op.followers = op.followers, []
+            for f in followers:
+                f.leader = None
+                if decided:
+                    self._finish(f, *f.outcome, now, out)
+                else:
+                    self._finish(f, "unknown" if f.wrote and _in_flight(op) else "unavailable",
+                                 None, now, out, detail=detail)
         self._release(op, now, out)
         if op.client is None:  # a repair round
             self.repairs -= 1
@@ -488,6 +550,11 @@ class Coordinator:
 
     def _wall_ms(self, now: float) -> int:
         return int((now + self.wall_offset) * 1000)
+
+
+def _in_flight(op: Operation) -> bool:
+    """Whether a change of ``op``'s round may have landed on some replica."""
+    return op.recovering or (op.phase == ACCEPT and op.change)
 
 
 def _evaluate(request: ClientRequest, newest: Record | None
