@@ -7,29 +7,40 @@ processes increment a CAS counter. The run fails on any violation: a key whose
 history is not linearizable (or that the checker could not decide), an
 acknowledged write lost, a counter that does not add up to its acknowledged
 increments, a key not on exactly its replica set after settling.
-Set ZKV_CHAOS_SEED to replay a schedule (timing still varies run to run).
+The seed is fixed (DEFAULT_SEED: in replays of the nemesis alone under varied
+timing, every fault kind came up at least twice a minute) and printed;
+ZKV_CHAOS_SEED=N runs another schedule (timing still varies run to run). The
+node timers are those of ``zkv chaos`` itself, t_remove above the longest fault.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import random
 
 import pytest
 from rich.console import Console
 
 from zkv.chaos import ChaosOptions, netns, run_chaos
-from zkv.chaos.nemesis import KILL, PARTITION, PAUSE
+from zkv.chaos.nemesis import KILL, LOSS, PARTITION, PAUSE, SLOW, NemesisSpec
 from zkv.chaos.run import FAST_TIMERS  # t_remove above the longest fault, as the nemesis assumes
 
 DURATION = 60.0
+DEFAULT_SEED = 8
+
+
+def test_the_timers_leave_room_for_the_longest_fault():
+    """The documented gap (two replicas cut off past t_remove) is out of reach."""
+    t_remove = float(FAST_TIMERS[FAST_TIMERS.index("--t-remove") + 1])
+    longest = max(high for _, high in NemesisSpec().durations.values())
+    assert longest < t_remove, (longest, t_remove)
 
 
 @pytest.mark.timeout(300)
 def test_a_minute_of_faults_breaks_no_guarantee(tmp_path):
-    seed = int(os.environ.get("ZKV_CHAOS_SEED") or random.randrange(2**31))
+    seed = int(os.environ.get("ZKV_CHAOS_SEED") or DEFAULT_SEED)
     network = "netns" if netns.support() is None else "loopback"
+    print(f"chaos seed {seed} ({network}); ZKV_CHAOS_SEED=N replays another")
     output = io.StringIO()
     result = run_chaos(
         ChaosOptions(duration=DURATION, nodes=5, data_dir=tmp_path / "cluster",
@@ -54,6 +65,7 @@ def test_a_minute_of_faults_breaks_no_guarantee(tmp_path):
     assert counter.holds and counter.final is not None, counter
     assert counter.acked <= counter.final <= counter.acked + counter.unknown, counter
     assert counter.linearizability == "linearizable", counter
-    assert summary.faults.get(KILL, 0) >= 1 and summary.faults.get(PAUSE, 0) >= 1
-    if network == "netns":
-        assert summary.faults.get(PARTITION, 0) >= 1
+    # Every kind of fault the set-up allows was injected.
+    kinds = (KILL, PAUSE, PARTITION, LOSS, SLOW) if network == "netns" else (KILL, PAUSE)
+    missing = [kind for kind in kinds if summary.faults.get(kind, 0) < 1]
+    assert not missing, f"seed {seed}: never injected {missing}; injected {summary.faults}"

@@ -52,6 +52,23 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
         time.sleep(interval)
 
 
+def command_overhead() -> float:
+    """Seconds a ``zkv`` command takes here and now before it does any work (interpreter
+    start-up, imports): measured, so that time bounds on commands hold on a loaded
+    machine too."""
+    started = time.monotonic()
+    result = zkv("get", "k", "--data-dir", "/dev/null/no-cluster")  # exit 2, no network
+    assert result.returncode == 2, result.stderr
+    return time.monotonic() - started
+
+
+def within_timeout(timeout: float, overhead: float) -> float:
+    """A bound on a command that must give up after ``timeout`` seconds: its start-up
+    plus the timeout, and as much again as slack (so a command that ignored a short
+    timeout for the 2 s default, or went round once more, still exceeds it)."""
+    return 2 * overhead + 2 * timeout
+
+
 @dataclass
 class Cluster:
     """A cluster directory under test, and every process seen running in it."""
@@ -125,9 +142,10 @@ def cluster_up(data_dir: Path, nodes: int,
 
 
 @contextmanager
-def running_cluster(data_dir: Path, nodes: int = 3) -> Iterator[Cluster]:
-    """A detached cluster that is brought down (and, failing that, killed) afterwards."""
-    cluster, result = cluster_up(data_dir, nodes)
+def running_cluster(data_dir: Path, nodes: int = 3, *extra: str) -> Iterator[Cluster]:
+    """A detached cluster that is brought down (and, failing that, killed) afterwards;
+    ``extra`` flags go to ``cluster up`` after FAST_TIMERS (the last value counts)."""
+    cluster, result = cluster_up(data_dir, nodes, *extra)
     try:
         assert result.returncode == 0, result.stderr.decode()
         cluster.info()

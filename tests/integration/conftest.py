@@ -92,11 +92,15 @@ def free_base_port() -> int:
     raise RuntimeError("no free port triple found")
 
 
+RUNTIME = (sys.executable, "-m", "zkv.net.runtime")
+
+
 def node_command(node_id: str, port: int, data_dir: Path, seeds: list[str],
-                 options: dict[str, Any]) -> list[str]:
+                 options: dict[str, Any], program: tuple[str, ...] = RUNTIME) -> list[str]:
     """The one command line every test uses to run a real node; ``options`` become
-    flags (``t_fail=1.0`` -> ``--t-fail 1.0``)."""
-    cmd = [sys.executable, "-m", "zkv.net.runtime", "--id", node_id, "--host", HOST,
+    flags (``t_fail=1.0`` -> ``--t-fail 1.0``). ``program`` runs the node (a test may
+    run it under a hook that takes the same arguments)."""
+    cmd = [*program, "--id", node_id, "--host", HOST,
            "--port", str(port), "--data-dir", str(data_dir), "--seeds", ",".join(seeds)]
     for name, value in options.items():
         cmd += [f"--{name.replace('_', '-')}", str(value)]
@@ -178,9 +182,11 @@ class NodeHandle:
 
 
 class Cluster:
-    def __init__(self, root: Path, n: int, options: dict[str, Any], seeds: int = 1) -> None:
+    def __init__(self, root: Path, n: int, options: dict[str, Any], seeds: int = 1,
+                 program: tuple[str, ...] = RUNTIME) -> None:
         self.root = root
         self.options = options
+        self.program = program
         self.nodes: dict[str, NodeHandle] = {}
         for i in range(1, n + 1):
             node_id = f"n{i}"
@@ -198,7 +204,8 @@ class Cluster:
             handle.data_dir.mkdir(parents=True, exist_ok=True)
             log = open(self.root / f"{node_id}.log", "ab")
             handle.proc = subprocess.Popen(
-                node_command(node_id, handle.port, handle.data_dir, self.seeds, self.options),
+                node_command(node_id, handle.port, handle.data_dir, self.seeds, self.options,
+                             self.program),
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 preexec_fn=_die_with_parent)
             log.close()
@@ -299,8 +306,10 @@ def clusters_under(root: Path) -> Iterator[Callable[..., Cluster]]:
     any node hit an exception inside the core."""
     clusters: list[Cluster] = []
 
-    def make(n: int, wait: bool = True, **options: Any) -> Cluster:
-        cluster = Cluster(root / f"cluster{len(clusters)}", n, {**TEST_TIMERS, **options})
+    def make(n: int, wait: bool = True, program: tuple[str, ...] = RUNTIME,
+             **options: Any) -> Cluster:
+        cluster = Cluster(root / f"cluster{len(clusters)}", n, {**TEST_TIMERS, **options},
+                          program=program)
         clusters.append(cluster)
         cluster.start()
         if wait:

@@ -130,6 +130,7 @@ def test_requests_go_straight_to_the_keys_primary(cluster3: Cluster) -> None:
 
 def test_one_client_per_thread(cluster3: Cluster) -> None:
     errors: list[BaseException] = []
+    finished: list[int] = []
 
     def work(t: int) -> None:
         try:
@@ -137,15 +138,21 @@ def test_one_client_per_thread(cluster3: Cluster) -> None:
                 for i in range(40):
                     kv.put(f"thread{t}-{i}", b"%d" % i)
                     assert kv.get(f"thread{t}-{i}") == b"%d" % i
+            finished.append(t)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    threads = [threading.Thread(target=work, args=(t,), daemon=True) for t in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=60)
+    hung = [t.name for t in threads if t.is_alive()]
+    assert not hung, f"threads still running after 60 s (a client blocked): {hung}"
     assert not errors
+    assert sorted(finished) == [0, 1, 2, 3]
+    kv = cluster3.client()
+    assert all(kv.get(f"thread{t}-39") == b"39" for t in range(4))
 
 
 def test_malformed_frames_get_an_error_reply_and_the_node_keeps_serving(

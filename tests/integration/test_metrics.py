@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import urllib.request
 from pathlib import Path
 
@@ -10,16 +11,33 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from zkv.core.messages import ClientReply, ClientRequest, decode, encode
 from zkv.net.eventlog import EVENT_LOG, EventLog, read_events
+from zkv.net.runtime import MAX_POLL
 
-from .conftest import Cluster, wait_for
+from .conftest import START_TIMEOUT, Cluster, wait_for
 
-FAMILIES = (
-    "zkv_requests", "zkv_request_latency_seconds", "zkv_replica_latency_seconds",
-    "zkv_quorum_failures", "zkv_members", "zkv_keys_stored", "zkv_store_bytes",
-    "zkv_handoff_records", "zkv_records_moved", "zkv_events", "zkv_settling_rings",
-    "zkv_checksum_failures", "zkv_rejected_frames", "zkv_process_cpu_percent",
-    "zkv_process_rss_bytes", "process_cpu_seconds", "process_resident_memory_bytes",
-)
+ROOT = Path(__file__).resolve().parents[2]
+TABLE_HEADER = ("Metric", "Type", "Meaning")
+
+
+def documented_families() -> dict[str, str]:
+    """Every family the operator guide's Metrics table lists (README.md, or a page under
+    docs/ if it moved there), with its documented type ('' when the table gives none).
+    A name ending in ``*`` stands for at least one family with that prefix."""
+    documented: dict[str, str] = {}
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
+    for page in pages:
+        in_table = False
+        for line in page.read_text(encoding="utf-8").splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not line.lstrip().startswith("|"):
+                in_table = False
+            elif tuple(cells[:3]) == TABLE_HEADER:
+                in_table = True
+            elif in_table and not set(cells[0]) <= set("-: "):
+                for name in re.findall(r"`([A-Za-z_:*][A-Za-z0-9_:*]*)(?:\{[^}]*\})?`",
+                                       cells[0]):
+                    documented[name] = cells[1]
+    return documented
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -42,9 +60,18 @@ def value(samples: dict, name: str, **labels: str) -> float:
 
 
 def test_every_documented_family_is_served(cluster3: Cluster) -> None:
-    served = families(cluster3.nodes["n1"].metrics_url)
-    missing = [f for f in FAMILIES if f not in served]
-    assert not missing, f"missing from /metrics: {missing}"
+    documented = documented_families()
+    # The table is the promise; a parser that found almost nothing would prove nothing.
+    assert len(documented) >= 15 and "zkv_requests" in documented, documented
+    text = urllib.request.urlopen(cluster3.nodes["n1"].metrics_url, timeout=5).read().decode()
+    served = {f.name: f.type for f in text_string_to_metric_families(text)}
+    missing = [name for name in documented
+               if not (any(f.startswith(name[:-1]) for f in served) if name.endswith("*")
+                       else name in served)]
+    assert not missing, f"documented but missing from /metrics: {missing}"
+    wrong = {name: (kind, served[name]) for name, kind in documented.items()
+             if kind and name in served and served[name] != kind}
+    assert not wrong, f"documented type, served type: {wrong}"
 
 
 def test_the_figures_move_with_operations(cluster3: Cluster) -> None:
@@ -70,7 +97,7 @@ def test_the_figures_move_with_operations(cluster3: Cluster) -> None:
             value(now, "zkv_store_bytes") > 0 and value(now, "zkv_process_rss_bytes") > 0 \
             else None
 
-    wait_for(sampled, 5.0, "keys, bytes and memory to be sampled")
+    wait_for(sampled, 10 * MAX_POLL, "keys, bytes and memory to be sampled")
 
 
 def test_a_quorum_failure_is_counted(cluster3: Cluster) -> None:
@@ -83,13 +110,15 @@ def test_a_quorum_failure_is_counted(cluster3: Cluster) -> None:
     statuses = []
     for i in range(20):
         sock.send(encode(ClientRequest(i + 1, "put", b"rushed-%d" % i, b"v", "all", 1)))
-        assert sock.poll(5000)
+        assert sock.poll(int(START_TIMEOUT * 1000)), "no answer, not even unavailable"
         reply = decode(sock.recv())
         assert isinstance(reply, ClientReply)
         statuses.append(reply.status)
     sock.close()
     after = scrape(node.metrics_url)
-    failures = statuses.count("unavailable")
+    # Not reaching the level in time is answered "unavailable", or "unknown" once the
+    # write may have landed somewhere; the README counts both as quorum failures.
+    failures = statuses.count("unavailable") + statuses.count("unknown")
     assert failures > 0, statuses
     assert value(after, "zkv_quorum_failures_total", op="put") - \
         value(before, "zkv_quorum_failures_total", op="put") == failures

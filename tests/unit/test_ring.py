@@ -48,4 +48,11 @@ def test_segment_tokens_name_segments():
     ring = Ring(["a", "b", "c"])
     for s in range(ring.segments):
         assert ring.segment_of_token(ring.segment_token(s)) == s
-    assert ring.segment_of_token(ring.segment_token(0) + 1) in (None, 1)
+    # A token that names no segment must give None: bisect alone would answer the
+    # next segment's index (1 just after segment 0's token, 0 past the last one).
+    names = {ring.segment_token(s) for s in range(ring.segments)}
+    for s in range(ring.segments):
+        assert ring.segment_token(s) + 1 not in names
+        assert ring.segment_token(s) - 1 not in names
+        assert ring.segment_of_token(ring.segment_token(s) + 1) is None
+        assert ring.segment_of_token(ring.segment_token(s) - 1) is None

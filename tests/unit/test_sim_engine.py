@@ -467,16 +467,17 @@ def test_an_old_value_resurfacing_is_a_lost_write():
 # ----------------------------------------------------------------------------- runner
 
 
-def toy_run(seed: int):
+def toy_run(seed: int, **options):
     return run_random(seed, nodes=4, clients=3, keys=2, duration=5.0, node_factory=ToyNode,
-                      settle=1.0, fault_interval=(0.2, 0.8))
+                      settle=1.0, fault_interval=(0.2, 0.8), **options)
 
 
 def test_random_run_against_a_correct_store_is_safe_and_replays():
     report = toy_run(3)
     assert report.error is None
     assert report.lost_writes == []
-    assert report.linearizable in (True, None), report.linearizability
+    assert report.verdict == "linearizable", report.linearizability  # proven, not undecided
+    assert report.linearizable is True
     assert report.ok, format_report(report)
     assert set(report.final_values) == {b"k0", b"k1"}
     assert report.nemesis  # faults were injected
@@ -485,6 +486,29 @@ def test_random_run_against_a_correct_store_is_safe_and_replays():
     assert final_readers == {3}  # the final reads are in the history, by their own process
     again = toy_run(3)
     assert again.trace_digest == report.trace_digest and again.history == report.history
+
+
+def test_a_history_the_checker_gives_up_on_is_undecided_and_no_pass():
+    report = toy_run(3, max_check_steps=1)  # the search gives up at once
+    assert report.verdict == "undecided", report.linearizability
+    assert report.linearizable is None and report.undecided
+    assert report.safe, "undecided is no violation either"
+    assert not report.ok
+    text = format_report(report)
+    assert text.startswith("UNDECIDED ") and "\nlinearizable: UNDECIDED" in text, text
+
+
+def test_zkv_sim_exits_1_when_the_checker_gave_up(monkeypatch):
+    from typer.testing import CliRunner
+
+    import zkv.sim.scenarios
+    from zkv.cli import app
+
+    undecided = toy_run(3, max_check_steps=1)
+    monkeypatch.setattr(zkv.sim.scenarios, "run_scenario", lambda name, seed: undecided)
+    result = CliRunner().invoke(app, ["sim", "quick", "--seed", "3"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("UNDECIDED "), result.output
 
 
 def test_scenarios_are_registered_by_name():

@@ -22,8 +22,11 @@ class RunReport:
     unread_keys: list[bytes] = field(default_factory=list)  # no final read succeeded
     lost_writes: list[LostWrite] = field(default_factory=list)
     counter: CounterTally | None = None  # the CAS counter's increments, when it ran
-    linearizable: bool | None = None  # None: not checked (or undecided)
+    linearizable: bool | None = None  # True: proven; False: a violation; None: not proven
     linearizability: str = "not checked"
+    # The checker's verdict: "linearizable", "violation", "undecided" (it gave up within
+    # its step budget on some key: safety unproven, never a pass) or "not checked".
+    verdict: str = "not checked"
     error: str | None = None  # a node's step (or the codec) raised: a bug, with context
     net: dict[str, Any] = field(default_factory=dict)
     nemesis: list[tuple[float, str]] = field(default_factory=list)
@@ -61,9 +64,15 @@ class RunReport:
         return self.counter.explains(self.final_values.get(COUNTER_KEY))
 
     @property
+    def undecided(self) -> bool:
+        """The checker gave up on some key: its linearizability is unproven."""
+        return self.verdict == "undecided"
+
+    @property
     def ok(self) -> bool:
-        """Safe, and every key could be read back once the faults were healed."""
-        return self.safe and not self.unread_keys
+        """Safe, proven so when checked (an undecided history is no pass), and every key
+        could be read back once the faults were healed."""
+        return self.safe and not self.undecided and not self.unread_keys
 
 
 def _show(value: bytes | None) -> str:
@@ -71,7 +80,9 @@ def _show(value: bytes | None) -> str:
 
 
 def format_report(report: RunReport) -> str:
-    verdict = "PASS" if report.ok else "FAIL"
+    verdict = ("PASS" if report.ok else
+               "UNDECIDED" if report.safe and report.undecided and not report.unread_keys
+               else "FAIL")
     lines = [
         f"{verdict}  scenario={report.scenario} seed={report.seed}  "
         f"sim {report.sim_time:.1f}s in {report.wall_time:.2f}s wall "
@@ -109,7 +120,9 @@ def format_report(report: RunReport) -> str:
                      + ("consistent" if report.counter_ok else "INCONSISTENT"))
     lines.append("no acknowledged write lost: " + ("yes" if not report.lost_writes else "NO"))
     lines.extend(f"  {lost}" for lost in report.lost_writes)
-    verdict_text = {True: "yes", False: "NO", None: "unknown"}[report.linearizable]
+    verdict_text = ("UNDECIDED (the checker gave up within its step budget: not proven)"
+                    if report.undecided else
+                    {True: "yes", False: "NO", None: "not checked"}[report.linearizable])
     lines.append(f"linearizable: {verdict_text}")
     lines.extend(f"  {line}" for line in report.linearizability.splitlines())
     lines.append(f"trace digest: {report.trace_digest}")

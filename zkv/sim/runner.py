@@ -109,8 +109,9 @@ def run_random(
     report.statuses = history.statuses()
     report.lost_writes = find_lost_writes(history.ops, report.final_values)
     if check_linearizability and report.error is None:
-        report.linearizable, report.linearizability = check_linearizability_of(
+        report.verdict, report.linearizability = check_linearizability_of(
             history, max_check_steps)
+        report.linearizable = {"linearizable": True, "violation": False}.get(report.verdict)
     report.net = cluster.network.stats.snapshot()
     report.nemesis = list(nemesis.log)
     report.event_kinds = dict(sorted(cluster.events.kinds().items()))
@@ -140,18 +141,20 @@ def _final_reads(cluster: SimCluster, keys: list[bytes]
     return final, unread
 
 
-def check_linearizability_of(history: History,
-                             max_steps: int | None = None) -> tuple[bool | None, str]:
-    """(verdict, explanation) from zkv.check; verdict None when skipped or undecided."""
+def check_linearizability_of(history: History, max_steps: int | None = None) -> tuple[str, str]:
+    """(verdict, explanation) from zkv.check. The verdict is "linearizable" (every key
+    proven), "violation" (some key is not), "undecided" (no violation, but the search
+    gave up on some key within ``max_steps``: unproven, which is not a pass) or
+    "not checked"."""
     try:
         from zkv.check import check_history  # noqa: PLC0415 - optional at import time
     except ImportError as exc:
-        return None, f"skipped: zkv.check.check_history is not available ({exc})"
+        return "not checked", f"skipped: zkv.check.check_history is not available ({exc})"
     kwargs = {} if max_steps is None else {"max_steps": max_steps}
     result = check_history(history.for_checker(), **kwargs)
-    summary = result.summary() if hasattr(result, "summary") else str(result)
-    if getattr(result, "ok", result) is True:
-        return True, summary
-    if getattr(result, "violations", True):
-        return False, summary
-    return None, summary  # some keys undecided within the search budget
+    summary = result.summary()
+    if result.violations:
+        return "violation", summary
+    if result.undecided:
+        return "undecided", summary
+    return "linearizable", summary
