@@ -164,7 +164,9 @@ def run_client(seeds: str | None, data_dir: Path, consistency: Consistency, time
 
     addresses = resolve_seeds(seeds, data_dir)
     try:
-        curve = curve_from_env()
+        # $ZKV_CURVE_KEY/$ZKV_SERVER_KEY, else the keys of a `cluster up --curve` cluster
+        # in --data-dir when the addresses are its nodes'.
+        curve = curve_from_env() or _control(sup.cluster_curve, data_dir, addresses)
     except KeyFileError as exc:
         die(str(exc), USAGE)
     try:
@@ -462,6 +464,9 @@ def cluster_up(
     replicas: int | None = typer.Option(None, "--replicas", help="Copies of each key [3]."),
     sync: bool | None = typer.Option(None, "--sync/--no-sync", help="fsync each commit "
                                                                        "[--sync]."),
+    curve: bool = typer.Option(False, "--curve", help="Encrypt and authenticate every socket "
+                                                      "with CurveZMQ, on keys made in "
+                                                      "DATA_DIR/keys (kept for later runs)."),
     daemon: bool = typer.Option(False, "--daemon", hidden=True,
                                 help="Set by --detach for the background supervisor."),
 ) -> None:
@@ -469,6 +474,8 @@ def cluster_up(
 
     In the foreground, Ctrl-C stops the whole cluster. Data survives in
     DATA_DIR/node-i, so a later cluster up starts where this one stopped.
+    With --curve, zkv commands given the same --data-dir use the cluster's
+    client key by themselves.
     """
     node_flags: list[str] = []
     for flag, value in (("--gossip-interval", gossip_interval), ("--t-fail", t_fail),
@@ -490,25 +497,41 @@ def cluster_up(
     _control(sup.check_layout, nodes, base_port)
     hint = "" if data_dir == DEFAULT_DATA_DIR else f" --data-dir {data_dir}"
     prog = os.environ.get("ZKV_PROG", "zkv")  # bin/zkv sets it, so hints say bin/zkv
+    keys = None
+    if curve:  # made here, so a problem shows before anything starts
+        from zkv.net.security import KeyFileError, LocalKeys
+
+        try:
+            keys = LocalKeys.of_cluster(data_dir).ensure()
+        except (OSError, KeyFileError) as exc:
+            die(f"cannot make the cluster's keys in {data_dir}: {exc}", USAGE)
 
     if detach:
         argv = ["--nodes", str(nodes), "--data-dir", str(data_dir.resolve()),
                 "--base-port", str(base_port), "--daemon", *node_flags]
+        if curve:
+            argv.append("--curve")
         info = _control(sup.start_detached, data_dir, argv, timeout)
+        secured = f", CurveZMQ with keys in {keys.directory}" if keys is not None else ""
         typer.echo(f"zkv: {nodes} nodes up in {data_dir} (supervisor pid "
-                   f"{info['supervisor_pid']}, log {data_dir / sup.LOG_FILE}); stop with: "
-                   f"{prog} cluster down{hint}", err=True)
+                   f"{info['supervisor_pid']}, log {data_dir / sup.LOG_FILE}{secured}); stop "
+                   f"with: {prog} cluster down{hint}", err=True)
         typer.echo(",".join(info["seeds"]))
         return
 
     def on_ready(s: sup.Supervisor) -> None:
-        typer.echo(f"\nzkv: cluster ready. From another terminal in this directory:\n"
+        anywhere = f"  export ZKV_SEEDS={','.join(s.seeds)}"
+        if keys is not None:
+            anywhere += (f"\n  export ZKV_CURVE_KEY={keys.client_secret} "
+                         f"ZKV_SERVER_KEY={keys.cluster_public}")
+        typer.echo(f"\nzkv: cluster ready{' (CurveZMQ)' if keys else ''}. From another "
+                   f"terminal in this directory:\n"
                    f"  {prog} put hello world{hint}\n  {prog} get hello{hint}\n"
                    f"  {prog} cluster status{hint}\n"
-                   f"  export ZKV_SEEDS={','.join(s.seeds)}   # to use it from anywhere\n"
+                   f"{anywhere}   # to use it from anywhere\n"
                    f"Ctrl-C stops the cluster.\n")
 
-    supervisor = sup.Supervisor(data_dir, nodes, base_port, node_flags)
+    supervisor = sup.Supervisor(data_dir, nodes, base_port, node_flags, curve=curve)
     code = _control(supervisor.run, None if daemon else on_ready)
     raise typer.Exit(code)
 

@@ -168,6 +168,20 @@ class Client:
         for address in self.seeds:
             self._socket(address)
 
+    @classmethod
+    def from_cluster_dir(cls, data_dir: str | os.PathLike, **kwargs: object) -> Client:
+        """A client of the local cluster in ``data_dir`` (``zkv cluster up``): its nodes'
+        addresses and, for a ``--curve`` cluster, its client key, from ``cluster.json``.
+        Other arguments as for ``Client``."""
+        from zkv.supervisor import ControlError, cluster_connection
+
+        try:
+            addresses, curve = cluster_connection(data_dir)
+        except ControlError as exc:
+            raise InvalidRequest(str(exc)) from None
+        kwargs.setdefault("curve", curve)
+        return cls(addresses, **kwargs)  # type: ignore[arg-type]
+
     # ----------------------------------------------------------------- public API
 
     def get(self, key: str | bytes, *, consistency: str | None = None,

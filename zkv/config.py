@@ -113,6 +113,15 @@ def _seconds(v: Any) -> float:
     return float(v)
 
 
+def _seconds_from(lo: float) -> Callable[[Any], float]:
+    def parse(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v < 10**7:
+            raise ValueError(f"must be a number of seconds of at least {lo:g}, got {_show(v)}")
+        return float(v)
+
+    return parse
+
+
 def _size_in(lo: int, hi: int) -> Callable[[Any], int]:
     def parse(v: Any) -> int:
         n: int | None = v if _is_int(v) else None
@@ -143,8 +152,13 @@ def _bool(v: Any) -> bool:
     return v
 
 
+def is_node_id(v: Any) -> bool:
+    """True for a string that a node's ``id`` setting accepts."""
+    return isinstance(v, str) and _NODE_ID.fullmatch(v) is not None
+
+
 def _node_id(v: Any) -> str:
-    if not isinstance(v, str) or not _NODE_ID.fullmatch(v):
+    if not is_node_id(v):
         raise ValueError("must be 1 to 64 letters, digits, '.', '_' or '-' (starting with a "
                          f"letter or digit), got {_show(v)}")
     return v
@@ -265,6 +279,9 @@ FIELDS: tuple[SettingField, ...] = (
     SettingField("limits.max_key", _size_in(1, 64 * 1024), _D.max_key, "largest key, bytes"),
     SettingField("limits.max_value", _size_in(0, 32 * 1024 * 1024), _D.max_value,
                  "largest value, bytes"),
+    SettingField("limits.max_version_ahead", _seconds_from(1.0), _D.max_version_ahead,
+                 "seconds a version's wall time may be ahead of this node's clock; a peer "
+                 "message with one further ahead is refused (keep clocks closer than this)"),
     SettingField("durability.sync", _bool, True, "fsync each group commit before acknowledging"),
     SettingField("durability.map_size", _size_in(1 << 20, 1 << 40), 64 * 1024 * 1024,
                  "initial LMDB map size (it grows on demand)"),
@@ -407,6 +424,7 @@ def load_settings(path: str | Path | None = None,
         tombstone_grace=get("tombstone_grace"),
         max_key=get("max_key"),
         max_value=get("max_value"),
+        max_version_ahead=get("max_version_ahead"),
     )
     try:
         node.validate()

@@ -20,6 +20,10 @@ Everything another process needs lives in the cluster directory:
   and no two writers share a file.
 - ``node-i/``: each node's data (LMDB, ``events.jsonl``, ``node.json``) and its
   output (``node.log``).
+- ``keys/`` (``cluster up --curve``): the cluster's CurveZMQ keys
+  (``zkv.net.security.LocalKeys``); ``cluster.json`` then names the client key
+  pair and the cluster public key under ``curve``, and ``cluster_curve`` finds
+  them for the CLI and ``Client.from_cluster_dir``.
 
 ``cluster down`` is SIGTERM to the supervisor (pid checked against the lock and
 the recorded create time): it SIGTERMs every node, waits, SIGKILLs stragglers
@@ -48,7 +52,7 @@ from typing import Any, TextIO
 
 import psutil
 
-from zkv.config import node_address
+from zkv.config import node_address, parse_address
 
 CLUSTER_FILE = "cluster.json"
 CONTROL_DIR = "control"
@@ -115,6 +119,53 @@ def require_cluster(data_dir: Path) -> dict:
         raise ControlError(f"no cluster in {data_dir} (no {CLUSTER_FILE}); start one with "
                            f"zkv cluster up --data-dir {data_dir}", 2)
     return data
+
+
+def cluster_curve(data_dir: Path, addresses: Iterable[str] | None = None,
+                  cluster: dict | None = None) -> Any:
+    """The client keys (``CurveKeys``) of the ``--curve`` cluster in ``data_dir``, or
+    None when it runs without CurveZMQ (or has no cluster file).
+
+    With ``addresses``, only if every one of them is a node of that cluster: keys
+    found in a directory are not sent to some other cluster named by ``--seeds``.
+    Raises ControlError (exit 2) when the recorded key files cannot be read.
+    """
+    from zkv.net.security import CurveKeys, KeyFileError
+
+    if cluster is None:
+        try:
+            cluster = read_cluster(data_dir)
+        except ControlError:
+            if addresses is None:
+                raise
+            return None  # an unreadable file in a directory the addresses do not need
+    curve = (cluster or {}).get("curve")
+    if not isinstance(curve, dict):
+        return None
+    if addresses is not None:
+        known = {n.get("address") for n in cluster["nodes"]} | set(cluster.get("seeds") or [])
+        try:
+            if not {parse_address(a) for a in addresses} <= known:
+                return None
+        except ValueError:
+            return None
+    try:
+        return CurveKeys.from_files(curve["client_key"], curve["server_key"])
+    except (KeyError, TypeError, KeyFileError) as exc:
+        raise ControlError(f"{Path(data_dir) / CLUSTER_FILE}: cannot use its curve keys: "
+                           f"{exc}", 2) from None
+
+
+def cluster_connection(data_dir: Path) -> tuple[list[str], Any]:
+    """The node addresses of the local cluster in ``data_dir`` (running ones first) and
+    its client keys (None without CurveZMQ); ControlError if there is no cluster."""
+    cluster = require_cluster(data_dir)
+    nodes = cluster["nodes"]
+    addresses = [n["address"] for n in nodes if n.get("address") and n.get("status") != "stopped"]
+    addresses += [n["address"] for n in nodes if n.get("address") and n["address"] not in addresses]
+    if not addresses:
+        raise ControlError(f"{Path(data_dir) / CLUSTER_FILE} names no node", 2)
+    return addresses, cluster_curve(data_dir, cluster=cluster)
 
 
 def find_node(cluster: dict, node_id: str) -> dict:
@@ -386,11 +437,16 @@ def _last_line(path: Path, offset: int = 0) -> str:
     return last.removeprefix("zkv: ")
 
 
-def probe_ring(address: str, timeout: float = PROBE_TIMEOUT) -> set[str] | None:
+PROBE_MAX_FRAME = 1024 * 1024  # a ring of a few thousand members, or a "not found"
+
+
+def probe_ring(address: str, timeout: float = PROBE_TIMEOUT,
+               curve: Any = None) -> set[str] | None:
     """The node ids in the ring of the node at ``address`` if it serves requests, else None.
 
     A node that restarted knows its old ring before it has rejoined, so a ring
     answer alone is not enough: a read at ``one`` must be answered too.
+    ``curve``: the client ``CurveKeys`` of a cluster that runs CurveZMQ.
     """
     import zmq
 
@@ -412,6 +468,9 @@ def probe_ring(address: str, timeout: float = PROBE_TIMEOUT) -> set[str] | None:
 
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, PROBE_MAX_FRAME)
+    if curve is not None:
+        curve.client(sock)
     try:
         sock.connect(address)
         info = ask(sock, RingQuery(1))
@@ -502,11 +561,19 @@ class Supervisor:
 
     def __init__(self, data_dir: Path, nodes: int = DEFAULT_NODES,
                  base_port: int = DEFAULT_BASE_PORT, node_flags: list[str] | None = None,
-                 host: str = HOST, out: TextIO | None = None) -> None:
+                 host: str = HOST, out: TextIO | None = None, *, curve: bool = False) -> None:
+        """``curve``: run the nodes with CurveZMQ on the cluster directory's keys
+        (``keys/``, made if missing), and probe them with its client key."""
+        from zkv.net.security import LocalKeys
+
         self.data_dir = Path(data_dir).resolve()
         self.host = host
         self.base_port = base_port
         self.node_flags = list(node_flags or [])
+        self.keys = LocalKeys.of_cluster(self.data_dir).ensure() if curve else None
+        self.curve = self.keys.client() if self.keys is not None else None
+        if self.keys is not None:
+            self.node_flags += self.keys.node_flags()
         self.out = out if out is not None else sys.stdout
         addresses = [node_address(host, node_port(base_port, i)) for i in range(nodes)]
         self.seeds = addresses[:2]
@@ -807,7 +874,7 @@ class Supervisor:
         if not wanted or any(n.status != "running" for n in wanted):
             return False
         ids = {n.node_id for n in wanted}
-        return all(probe_ring(n.address) == ids for n in wanted)
+        return all(probe_ring(n.address, curve=self.curve) == ids for n in wanted)
 
     def state(self) -> dict:
         try:
@@ -824,6 +891,10 @@ class Supervisor:
             "base_port": self.base_port,
             "data_dir": str(self.data_dir),
             "node_flags": self.node_flags,
+            "curve": None if self.keys is None else {
+                "client_key": str(self.keys.client_secret),
+                "server_key": str(self.keys.cluster_public),
+            },
             "started_at": self.started_at,
             "updated_at": time.time(),
             "nodes": [n.record() for n in self.nodes],

@@ -26,6 +26,9 @@ class NodeConfig:
     max_value: int = 1024 * 1024
     default_timeout: float = 2.0
     wall_offset: float = 0.0  # added to ``now`` to get wall-clock seconds for versions
+    # A peer message carrying a version whose wall time is further ahead of this
+    # node's clock than this (seconds) is refused: see ``Node.step`` and the README.
+    max_version_ahead: float = 60.0
     extra: dict = field(default_factory=dict)  # settings of experimental or test nodes
 
     def validate(self) -> None:
@@ -42,3 +45,5 @@ class NodeConfig:
             raise ValueError("timers: need 0 < gossip_interval < t_fail < t_remove")
         if self.max_key < 1 or self.max_value < 0:
             raise ValueError("max_key/max_value: must be positive")
+        if not self.max_version_ahead > 0:
+            raise ValueError("max_version_ahead: must be greater than 0 seconds")

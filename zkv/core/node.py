@@ -53,7 +53,7 @@ from zkv.core.messages import (
 )
 from zkv.core.ring import Ring
 from zkv.core.stabilizer import Stabilizer
-from zkv.core.versions import HybridClock
+from zkv.core.versions import HybridClock, latest_wall_ms
 from zkv.storage.base import Store, StoreFull
 
 
@@ -130,7 +130,8 @@ class Node:
     def step(self, event: Input, now: float) -> list[Action]:
         out = _StepOutbox(self)
         if isinstance(event, Deliver):
-            self._on_peer(event.sender, event.message, now, out)
+            if not self._from_the_future(event, now, out):
+                self._on_peer(event.sender, event.message, now, out)
         elif isinstance(event, ClientCall):
             self._on_client(event.client, event.message, now, out)
         elif isinstance(event, Tick):
@@ -442,6 +443,22 @@ class Node:
         out.event("leaving")
 
     # ----------------------------------------------------------------- checks
+
+    def _from_the_future(self, event: Deliver, now: float, out: _StepOutbox) -> bool:
+        """Refuse a peer message carrying a version further ahead of this node's wall
+        clock than ``max_version_ahead``: every version ever issued after it would
+        lie below it, so its key would be unwritable and every clock that saw it
+        pinned (see ``zkv.core.versions``). Clients never send versions."""
+        cfg = self.config
+        wall_ms = latest_wall_ms(event.message)
+        limit_ms = int((now + cfg.wall_offset + cfg.max_version_ahead) * 1000)
+        if wall_ms <= limit_ms:
+            return False
+        self.rejected_frames += 1
+        out.event("future_version_refused", sender=event.sender,
+                  message=type(event.message).__name__, wall_ms=wall_ms,
+                  ahead_ms=wall_ms - int((now + cfg.wall_offset) * 1000))
+        return True
 
     def _report_corruption(self, out: _StepOutbox) -> None:
         count = self.store.corrupt_reads

@@ -3,15 +3,26 @@
 Sockets (ports from ``zkv.config``):
 
 - ROUTER bound on ``port``: requests from clients and messages from peers. A
-  peer's frames carry its node id as identity (``ROUTER_HANDOVER`` lets a
-  restarted peer take its identity over); a client's carry ZeroMQ's own. A
   client sends one message per ZeroMQ message; a peer sends one turn's messages
-  to this node as one multipart batch, a frame each, and replies to a client
-  leave the same way (a client reading frame by frame sees no difference).
+  to this node as one multipart batch, a frame each after a first frame that
+  names the sender (``PEER_MARK`` + node id), and replies to a client leave the
+  same way (a client reading frame by frame sees no difference). Peers and
+  clients alike connect under routing identities ZeroMQ makes up: a chosen
+  identity would be a name anyone could take, and with ``ROUTER_HANDOVER`` a
+  connection under a taken name is left open but never read again (a zombie),
+  so an impostor could cut a peer off for good; handover is off. Senders that
+  connect under a chosen identity and no mark (older nodes, tests) are still
+  taken as that peer.
+  Without CurveZMQ a claimed node id is believed. With it, a frame is a peer's
+  only if the cluster key sent it (its authenticated User-Id, see
+  ``zkv.net.security``); any other key is a client, whatever it claims. A
+  client may send ``ClientRequest`` and ``RingQuery``; a peer message from a
+  client is dropped and counted (``peer_message_refused`` in the event log
+  and in ``zkv_events_total``).
 - PUB bound on ``port + 1``: this node's gossip.
 - SUB connected to the PUB of every member the node wants gossip from
   (``Node.subscriptions()``), reconciled after every loop turn.
-- One DEALER per peer address, identity = this node's id, for point-to-point
+- One DEALER per peer address for point-to-point
   messages. Sends never block: a message to a peer whose queue is full is
   dropped, and the protocol resends what matters.
 
@@ -26,6 +37,13 @@ commit, so a coordinator's own fsync overlaps its replicas' work.
 
 SIGTERM or SIGINT: the node announces it is leaving, finishes the operations it
 coordinates (up to ``shutdown_grace`` seconds), commits, closes, exits 0.
+
+Every socket has ``ZMQ_MAXMSGSIZE`` (``frame_limits``): ZeroMQ reads a frame's
+length before its body and drops the connection when the length is over the
+cap, so an oversized frame is never buffered. The cap is per frame (per part of
+a multipart message), not per ZeroMQ message; ZeroMQ has no cap on the number
+of parts, so it bounds what one frame may cost, and CurveZMQ bounds who may
+send at all.
 
 Besides the event log (``events.jsonl``) the node keeps ``node.json`` in its
 data directory: id, addresses, pid, incarnation and status (``ready`` once the
@@ -53,6 +71,7 @@ from zkv.config import (
     ConfigError,
     NodeSettings,
     gossip_address,
+    is_node_id,
     load_settings,
     node_address,
 )
@@ -68,7 +87,9 @@ from zkv.core.actions import (
     Shutdown,
     Tick,
 )
+from zkv.core.config import NodeConfig
 from zkv.core.messages import (
+    MAX_FRAME,
     ClientReply,
     ClientRequest,
     DecodeError,
@@ -83,6 +104,7 @@ from zkv.core.messages import (
     encode,
 )
 from zkv.core.node import Node
+from zkv.core.stabilizer import BATCH_BYTES
 from zkv.net.eventlog import EventLog
 from zkv.net.metrics import NodeMetrics
 from zkv.net.security import KeyFileError, NodeSecurity
@@ -93,6 +115,9 @@ NODE_FILE = "node.json"
 
 DRAIN_CAP = 1000  # ZeroMQ messages taken from one socket per loop turn
 MAX_BATCH = 256  # protocol messages in one ZeroMQ message (a peer's batch)
+# A peer batch's first frame: this byte and the sender's node id. No CBOR array (every
+# message is one) starts with it, so no single message is mistaken for it.
+PEER_MARK = b"\0"
 PEER_SNDHWM = 1000  # messages queued to one peer before new ones are dropped
 MAX_POLL = 1.0  # seconds; the loop also wakes this often to sample metrics
 PUB_LINGER_MS = 500  # time to flush the last ("left") gossip at exit
@@ -103,6 +128,50 @@ _BEFORE_COMMIT = (ReadRequest, WriteRequest, Prepare)
 _CLIENT_MESSAGES = (ClientRequest, RingQuery)
 # Messages only ever sent to clients: arriving at a node they are forged or misrouted.
 _ANSWERS_TO_CLIENTS = (ClientReply, RingInfo, ErrorReply)
+
+
+# Frame sizes (ZMQ_MAXMSGSIZE): see ``frame_limits``.
+MESSAGE_OVERHEAD = 1024  # CBOR of a message beside its key and values: ids, a version...
+RECORD_OVERHEAD = 256  # per record of a hand-off beside its key and value (a record's
+                       # version, node id of at most 64 bytes, origin and headers: < 200)
+GOSSIP_FRAME = 8 * 1024 * 1024  # a membership table: ~350 bytes a member, >20,000 members
+SUBSCRIPTION_FRAME = 1024  # what a PUB ever receives: subscriptions (zkv's are one byte)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FrameLimits:
+    """The largest frame each of a node's sockets accepts (``ZMQ_MAXMSGSIZE``)."""
+
+    request: int  # ROUTER: client requests and peer messages
+    reply: int  # DEALERs: nothing is expected back; at most an error or a client reply
+    gossip: int  # SUB: one membership table per frame
+    subscription: int  # PUB: subscriptions only
+
+
+def frame_limits(config: NodeConfig) -> FrameLimits:
+    """Caps from the node's limits: the largest frame a well-behaved sender ever sends
+    each socket. ZeroMQ applies them per frame; a peer's batch is one frame per
+    protocol message, so the batch size does not enter.
+
+    The ROUTER takes both clients and peers. A client's frame is one request: the
+    key and, for a cas, two values. A peer's is one message: the largest bounded by
+    the limits is a hand-off (up to ``BATCH_BYTES`` of records, or one record when
+    a value is larger); but an anti-entropy listing (``SyncKeys``, ``SyncPull``)
+    names every key of one ring segment, which the limits do not bound, so peer
+    frames may reach the codec's own limit (``MAX_FRAME``). A peer socket of its
+    own, or listings split into bounded pieces, would let clients get the tighter
+    cap of their requests (see ``zkv.net.security`` for why peers share the socket).
+    """
+    record = config.max_key + config.max_value
+    client_request = config.max_key + 2 * config.max_value + MESSAGE_OVERHEAD
+    handoff = (max(BATCH_BYTES, record) + config.handoff_batch * RECORD_OVERHEAD
+               + MESSAGE_OVERHEAD)
+    return FrameLimits(
+        request=max(client_request, handoff, MAX_FRAME),
+        reply=record + MESSAGE_OVERHEAD,
+        gossip=GOSSIP_FRAME,
+        subscription=SUBSCRIPTION_FRAME,
+    )
 
 
 def store_path(data_dir: Path | str) -> Path:
@@ -130,7 +199,7 @@ class NodeProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = dataclasses.replace(settings.node, wall_offset=time.time() - time.monotonic())
         self.node_id = config.node_id
-        self.identity = config.node_id.encode()
+        self.mark = PEER_MARK + config.node_id.encode()  # heads each batch to a peer
         self.events = EventLog(self.data_dir, config.node_id, settings.event_log_max_bytes)
         self.ctx = zmq.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
@@ -143,6 +212,7 @@ class NodeProcess:
         self.store: Store | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
+        self.limits = frame_limits(config)
         self.rejected_frames = 0  # frames refused before reaching the node
         self.dropped_messages = 0
         self.step_errors = 0
@@ -182,11 +252,14 @@ class NodeProcess:
             self.security.server(self.router)
             self.security.server(self.pub)
             self.security.client(self.sub)
-        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 0)  # see the module docstring
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.MAXMSGSIZE, self.limits.request)
         self.pub.setsockopt(zmq.LINGER, PUB_LINGER_MS)
+        self.pub.setsockopt(zmq.MAXMSGSIZE, self.limits.subscription)
         self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.MAXMSGSIZE, self.limits.gossip)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         for sock, port, what in ((self.router, s.port, "request"),
                                  (self.pub, s.gossip_port, "gossip")):
@@ -230,8 +303,7 @@ class NodeProcess:
     def _dealer(self, address: str) -> zmq.Socket:
         sock = self.dealers.get(address)
         if sock is None:
-            sock = self.ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.IDENTITY, self.identity)
+            sock = self.ctx.socket(zmq.DEALER)  # no chosen identity: see the docstring
             sock.setsockopt(zmq.LINGER, 0)
             # Messages queue (up to SNDHWM) while the connection is being made or remade:
             # a JoinRequest sent at start-up must not be lost to connection set-up, as the
@@ -240,6 +312,7 @@ class NodeProcess:
             # tolerates (idempotent, versioned) like any delayed message.
             sock.setsockopt(zmq.SNDHWM, PEER_SNDHWM)
             sock.setsockopt(zmq.RCVHWM, 16)  # peers never answer on it; bound the waste
+            sock.setsockopt(zmq.MAXMSGSIZE, self.limits.reply)
             if self.security is not None:
                 self.security.client(sock)
             sock.connect(address)
@@ -294,21 +367,40 @@ class NodeProcess:
 
     def _drain_router(self, actions: list[Action]) -> None:
         router = self.router
+        peer_key = self.security.peer_user_id if self.security is not None else None
+        key: str | None = None
         for _ in range(DRAIN_CAP):
             try:
-                frames = router.recv_multipart(zmq.NOBLOCK)
+                if peer_key is None:
+                    frames = router.recv_multipart(zmq.NOBLOCK)
+                else:
+                    parts = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                    key = _user_id(parts[-1])
+                    frames = [part.bytes for part in parts]
             except zmq.Again:
                 return
             identity = frames[0]
-            sender = _peer_id(identity)
-            if sender is None and len(frames) != 2:
-                self._reject(identity, f"expected one frame, got {len(frames) - 1}")
+            payloads = frames[1:]
+            if payloads and payloads[0][:1] == PEER_MARK:  # a peer's batch, naming its sender
+                claimed = _node_id(payloads[0][1:])
+                payloads = payloads[1:]
+                if claimed is None or not payloads:
+                    self._reject(identity, "a peer batch names a node id and holds at "
+                                           "least one message")
+                    continue
+            else:
+                claimed = _named_peer(identity)
+            # Without CurveZMQ a claim is all there is to go by; with it, only the cluster
+            # key speaks as a peer (see the README's Security section).
+            sender = claimed if peer_key is None or key == peer_key else None
+            if claimed is None and len(payloads) != 1:
+                self._reject(identity, f"expected one frame, got {len(payloads)}")
                 continue
-            if len(frames) > MAX_BATCH + 1:
-                self._reject(identity, f"a batch of {len(frames) - 1} frames; "
+            if len(payloads) > MAX_BATCH:
+                self._reject(identity, f"a batch of {len(payloads)} frames; "
                                        f"at most {MAX_BATCH} are read")
                 continue
-            for payload in frames[1:]:  # a peer sends one turn's messages as one batch
+            for payload in payloads:  # a peer sends one turn's messages as one batch
                 try:
                     message = decode(payload)
                 except DecodeError as exc:
@@ -321,8 +413,7 @@ class NodeProcess:
                                            "client; no node accepts one")
                     continue
                 elif sender is None:
-                    self._reject(identity, f"{type(message).__name__} is a peer message; "
-                                           "clients may send ClientRequest and RingQuery")
+                    self._refuse_peer_message(identity, claimed, key, message)
                     continue
                 else:
                     event = Deliver(sender, message)
@@ -357,6 +448,22 @@ class NodeProcess:
     def _reject(self, identity: bytes, reason: str) -> None:
         self.rejected_frames += 1
         self._log("rejected_frame", {"channel": "request", "reason": reason})
+        self._answer_error(identity, reason)
+
+    def _refuse_peer_message(self, identity: bytes, claimed: str | None, key: str | None,
+                             message: Any) -> None:
+        """A peer message from a client (with CurveZMQ: from any key but the cluster's,
+        whatever node it claims to be): dropped, logged and counted."""
+        kind = type(message).__name__
+        self.rejected_frames += 1
+        fields = {"claimed": claimed, "key": key, "message": kind}
+        self._log("peer_message_refused", fields)
+        if self.metrics is not None:
+            self.metrics.observe_event("peer_message_refused", fields)
+        self._answer_error(identity, f"{kind} is a peer message; clients may send "
+                                     "ClientRequest and RingQuery")
+
+    def _answer_error(self, identity: bytes, reason: str) -> None:
         try:
             self.router.send_multipart([identity, encode(ErrorReply(-1, reason))], zmq.NOBLOCK)
         except zmq.ZMQError:
@@ -472,7 +579,7 @@ class NodeProcess:
                     self.dropped_messages += len(batch)
 
     def _to_peer(self, address: str, batch: list[bytes]) -> None:
-        self._dealer(address).send_multipart(batch, zmq.NOBLOCK)
+        self._dealer(address).send_multipart([self.mark, *batch], zmq.NOBLOCK)
 
     def _to_client(self, client: bytes, batch: list[bytes]) -> None:
         self.router.send_multipart([client, *batch], zmq.NOBLOCK)
@@ -560,9 +667,28 @@ class NodeProcess:
         self._wake_w.close()
 
 
-def _peer_id(identity: bytes) -> str | None:
-    """The node id a peer connected with, or None for an anonymous client (ZeroMQ
-    names those with a leading zero byte, which no chosen identity may have)."""
+def _user_id(frame: zmq.Frame) -> str | None:
+    """The User-Id the ZAP handler gave the connection a frame came on (with CurveZMQ,
+    the sender's public key as Z85 text)."""
+    try:
+        return frame.get("User-Id")
+    except zmq.ZMQError:
+        return None
+
+
+def _node_id(raw: bytes) -> str | None:
+    """The node id a peer batch's first frame names, or None if it is not one."""
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        return None
+    return text if is_node_id(text) else None
+
+
+def _named_peer(identity: bytes) -> str | None:
+    """The node id a sender connected under as its routing identity (how older nodes,
+    and tests, speak as a peer), or None for one ZeroMQ named (a leading zero byte,
+    which no chosen identity may have)."""
     if identity[:1] == b"\0":
         return None
     try:
@@ -635,7 +761,7 @@ def settings_from_args(argv: list[str] | None = None) -> NodeSettings:
     p.add_argument("--authorized-keys", help="directory of public keys allowed to connect")
     for name in ("gossip_interval", "t_fail", "t_remove", "t_transition", "retry_interval",
                  "anti_entropy_interval", "default_timeout", "tombstone_grace",
-                 "shutdown_grace"):
+                 "shutdown_grace", "max_version_ahead"):
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=float, metavar="SECONDS")
     args = vars(p.parse_args(argv))
     path = args.pop("config")

@@ -17,15 +17,47 @@ The model (one cluster key, many client keys):
   (``Client(..., curve=CurveKeys.from_files(...))``). A client without CURVE, or
   with a key that is not authorized, gets no answer: its requests time out.
 
+**Peers are peers by key.** Admission says nothing about *role*: whoever
+connects may claim any node id, so a client key holder could speak as
+``node-2`` (gossip that a node left, a replica write at version 2^64-1). So the
+ZAP handler names every connection by its public key (ZeroMQ's authenticated
+``User-Id``, the key's Z85 text, attached to every frame that connection
+delivers), and a node takes a frame as peer traffic only when that User-Id is
+the cluster key's (``NodeSecurity.peer_user_id``); from any other key it is a
+client's, whatever it claims, and a client may send ``ClientRequest`` and
+``RingQuery`` only (``zkv.net.runtime``).
+
+Why the User-Id and not a separate peer socket that only the cluster key may
+connect to: a second socket needs a fourth port per node, and every layout that
+assumes three (``base + 3i`` in the supervisor, chaos, bench and the tests, the
+systemd units, firewall rules) would change with it, while the User-Id is one
+comparison per ZeroMQ message (a batch of up to 256 protocol messages) on the
+socket that already exists. What a separate socket would also give for free,
+the runtime does itself: clients cannot disturb peers' connections. Peers used
+to connect under their node id as routing identity with ``ROUTER_HANDOVER``;
+a client connecting as ``node-2`` then took that identity over, and ZeroMQ
+leaves the connection it took it from open but unread, so node-2 could no
+longer reach this node at all (until it restarted). Peers now connect under
+identities ZeroMQ makes up and name themselves in each batch's first frame,
+and handover is off, so no client can take over a connection. What the
+shared socket still costs: a client's frames may be as large as a peer's (see
+``zkv.net.runtime.frame_limits``).
+
 Why not a key pair per node: a node connects to peers it learns from gossip by
 address only, so it would need each peer's public key to be distributed first
 (through gossip that is itself meant to be protected); the shared cluster key
 avoids that at the cost that every node can impersonate every other node, which
 they can already do by their role in the protocol.
+
+A local cluster (``zkv cluster up --curve``) keeps its keys in the cluster
+directory (``LocalKeys``): a cluster pair, one client pair, and an
+``authorized/`` directory holding both public keys; the CLI and
+``Client.from_cluster_dir`` find the client pair there.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +144,8 @@ class NodeSecurity:
             raise KeyFileError(f"the cluster public key of {str(secret_key)!r} is not in "
                                f"{str(authorized)!r}; nodes could not reach each other")
         self.keys = CurveKeys(public, secret, public)
+        # What ZeroMQ reports as a frame's User-Id when the cluster key sent it.
+        self.peer_user_id = public.decode("ascii")
         self.auth = ThreadAuthenticator(ctx)
         self.auth.start()
         self.auth.configure_curve(domain="*", location=str(authorized))
@@ -140,8 +174,6 @@ SERVER_KEY_ENV = "ZKV_SERVER_KEY"  # the cluster's public .key file
 def curve_from_env(environ: dict[str, str] | None = None) -> CurveKeys | None:
     """The command-line client's keys, from ``ZKV_CURVE_KEY`` and ``ZKV_SERVER_KEY``;
     None when neither is set."""
-    import os
-
     env = os.environ if environ is None else environ
     client, server = env.get(CLIENT_KEY_ENV), env.get(SERVER_KEY_ENV)
     if not client and not server:
@@ -150,3 +182,62 @@ def curve_from_env(environ: dict[str, str] | None = None) -> CurveKeys | None:
         raise KeyFileError(f"set both {CLIENT_KEY_ENV} (your .key_secret) and "
                            f"{SERVER_KEY_ENV} (the cluster's .key), or neither")
     return CurveKeys.from_files(client, server)
+
+
+LOCAL_KEYS_DIR = "keys"  # inside a local cluster's directory
+
+
+@dataclass(frozen=True, slots=True)
+class LocalKeys:
+    """The key files of a local cluster (``zkv cluster up --curve``) in ``directory``:
+    ``cluster.key``/``cluster.key_secret`` (the nodes'), ``client.key``/
+    ``client.key_secret`` (the CLI's and the supervisor's), and ``authorized/``
+    holding both public keys (the nodes' ``authorized_keys``)."""
+
+    directory: Path
+
+    @classmethod
+    def of_cluster(cls, cluster_dir: Path | str) -> LocalKeys:
+        return cls(Path(cluster_dir).resolve() / LOCAL_KEYS_DIR)
+
+    @property
+    def cluster_secret(self) -> Path:
+        return self.directory / "cluster.key_secret"
+
+    @property
+    def cluster_public(self) -> Path:
+        return self.directory / "cluster.key"
+
+    @property
+    def client_secret(self) -> Path:
+        return self.directory / "client.key_secret"
+
+    @property
+    def authorized(self) -> Path:
+        return self.directory / "authorized"
+
+    def ensure(self) -> LocalKeys:
+        """Make whatever key is missing; keys already there are kept (a cluster that
+        restarts keeps its keys, and clients keep working)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)
+        self.authorized.mkdir(exist_ok=True)
+        for name in ("cluster", "client"):
+            public = self.directory / f"{name}.key"
+            secret = self.directory / f"{name}.key_secret"
+            if not secret.exists():
+                public.unlink(missing_ok=True)
+                generate(self.directory, name)
+            copy = self.authorized / public.name
+            if not copy.exists() or copy.read_bytes() != public.read_bytes():
+                copy.write_bytes(public.read_bytes())
+        return self
+
+    def node_flags(self) -> list[str]:
+        """The ``zkv node start`` flags that run a node on these keys."""
+        return ["--curve", "--secret-key", str(self.cluster_secret),
+                "--authorized-keys", str(self.authorized)]
+
+    def client(self) -> CurveKeys:
+        """The client pair, connecting to servers of the cluster key."""
+        return CurveKeys.from_files(self.client_secret, self.cluster_public)
