@@ -417,7 +417,7 @@ def node_kill(
 ) -> None:
     """SIGKILL a cluster node by its recorded pid; it is restarted unless --no-restart."""
     pid = _control(sup.kill_node, data_dir, node, restart=not no_restart)
-    after = ("it stays down until: zkv node start " + node if no_restart
+    after = (f"it stays down until: {sup.program_name()} node start {node}" if no_restart
              else "the supervisor will restart it")
     typer.echo(f"killed {node} (pid {pid}); {after}")
 
@@ -492,11 +492,11 @@ def cluster_up(
     if sup.supervisor_running(data_dir):
         info = _control(sup.read_cluster, data_dir) or {}
         die(f"a cluster is already running in {data_dir} (supervisor pid "
-            f"{info.get('supervisor_pid', '?')}); stop it with: zkv cluster down --data-dir "
-            f"{data_dir}", USAGE)
+            f"{info.get('supervisor_pid', '?')}); stop it with: {sup.program_name()} cluster "
+            f"down --data-dir {data_dir}", USAGE)
     _control(sup.check_layout, nodes, base_port)
     hint = "" if data_dir == DEFAULT_DATA_DIR else f" --data-dir {data_dir}"
-    prog = os.environ.get("ZKV_PROG", "zkv")  # bin/zkv sets it, so hints say bin/zkv
+    prog = sup.program_name()  # bin/zkv sets it, so hints say bin/zkv
     keys = None
     if curve:  # made here, so a problem shows before anything starts
         from zkv.net.security import KeyFileError, LocalKeys

@@ -113,11 +113,16 @@ def read_cluster(data_dir: Path) -> dict | None:
     return data
 
 
+def program_name() -> str:
+    """The command the user typed to run zkv (``bin/zkv`` sets $ZKV_PROG), for hints."""
+    return os.environ.get("ZKV_PROG", "zkv")
+
+
 def require_cluster(data_dir: Path) -> dict:
     data = read_cluster(data_dir)
     if data is None:
         raise ControlError(f"no cluster in {data_dir} (no {CLUSTER_FILE}); start one with "
-                           f"zkv cluster up --data-dir {data_dir}", 2)
+                           f"{program_name()} cluster up --data-dir {data_dir}", 2)
     return data
 
 
@@ -263,7 +268,7 @@ def send_request(data_dir: Path, op: str, node_id: str, timeout: float = 15.0) -
     data_dir = Path(data_dir)
     if not supervisor_running(data_dir):
         raise ControlError(f"no supervisor is running for {data_dir}; start the cluster with "
-                           f"zkv cluster up --data-dir {data_dir}", 3)
+                           f"{program_name()} cluster up --data-dir {data_dir}", 3)
     control = data_dir / CONTROL_DIR
     control.mkdir(exist_ok=True)
     stem = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}"

@@ -269,3 +269,14 @@ def test_a_node_with_curve_and_a_bad_key_stops_with_one_line(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.decode().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"zkv: {config}: security.secret_key: ")
+
+
+def test_hints_name_the_command_the_user_typed(tmp_path):
+    """bin/zkv sets ZKV_PROG; every hint names it, not a bare ``zkv`` off the PATH."""
+    env = dict(os.environ, ZKV_PROG="bin/zkv")
+    for args in (["node", "kill", "node-1"], ["node", "stop", "node-1"]):
+        done = subprocess.run([sys.executable, "-m", "zkv", *args, "--data-dir",
+                               str(tmp_path / "none")], capture_output=True, env=env,
+                              timeout=60)
+        assert done.returncode != 0
+        assert b"bin/zkv cluster up" in done.stderr, done.stderr
