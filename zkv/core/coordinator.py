@@ -106,7 +106,7 @@ class Operation:
     narrow: bool = False  # the read phase asked only the replicas it needs
     above: Version | None = None  # the highest version or promise a refusal named
     attempts: int = 0  # Paxos rounds begun
-    change: bool = False  # the accept phase carries this op's own change
+    change: bool = False  # the accept carries a change (this op's or a folded op's)
     mine: set[Version] = field(default_factory=set)  # ballots of records with this op's change
     recovering: bool = False  # the change may have landed: only finish it, never redo it
     wrote: bool = False  # this op's own evaluation changed the state (in its round)
