@@ -498,16 +498,6 @@ def _wait_port(port: int, popen: subprocess.Popen, deadline: float, what: str) -
     raise CompareError(f"{what} did not listen on port {port} in time")
 
 
-def _stop_popen(popen: subprocess.Popen, grace: float = 10.0) -> None:
-    if popen.poll() is None:
-        popen.terminate()
-        try:
-            popen.wait(grace)
-        except subprocess.TimeoutExpired:
-            popen.kill()
-            popen.wait()
-
-
 def _spawn(cmd: list[str], log: Path, popens: list[subprocess.Popen]) -> subprocess.Popen:
     """Start ``cmd`` in its own session (Ctrl-C is ours to handle), logging to ``log``,
     SIGTERMed by the kernel if this script dies; remembered in ``popens`` at once."""
@@ -542,7 +532,7 @@ class Server:
             if p.poll() is None:
                 p.terminate()
         for p in self.popens:
-            _stop_popen(p, self.grace)
+            sup.stop_popen(p, self.grace)
 
 
 @dataclass

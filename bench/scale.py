@@ -390,13 +390,7 @@ def start_joiner(data_dir: Path, seeds: list[str]) -> tuple[subprocess.Popen, di
 def stop_process(popen: subprocess.Popen, grace: float = sup.STOP_TIMEOUT) -> float:
     """SIGTERM, SIGKILL after ``grace`` seconds; how long it took to exit."""
     start = time.monotonic()
-    if popen.poll() is None:
-        popen.terminate()
-        try:
-            popen.wait(grace)
-        except subprocess.TimeoutExpired:
-            popen.kill()
-            popen.wait()
+    sup.stop_popen(popen, grace)
     return round(time.monotonic() - start, 2)
 
 

@@ -349,6 +349,17 @@ def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Proce
     return alive
 
 
+def stop_popen(popen: subprocess.Popen, grace: float) -> None:
+    """SIGTERM a child, SIGKILL it if it has not exited after ``grace`` seconds, reap it."""
+    if popen.poll() is None:
+        popen.terminate()
+        try:
+            popen.wait(grace)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait()
+
+
 def terminate_all(procs: list[psutil.Process], grace: float) -> None:
     """SIGTERM, wait up to ``grace`` seconds, SIGKILL whatever is left."""
     for proc in procs:
@@ -418,12 +429,7 @@ def start_detached(data_dir: Path, argv: list[str], timeout: float) -> dict:
         if info and info.get("supervisor_pid") == popen.pid and info.get("ready"):
             return info
         time.sleep(0.1)
-    popen.terminate()
-    try:
-        popen.wait(STOP_TIMEOUT + 5)
-    except subprocess.TimeoutExpired:
-        popen.kill()
-        popen.wait()
+    stop_popen(popen, STOP_TIMEOUT + 5)
     raise ControlError(f"the cluster did not become ready within {timeout:g}s (stopped it "
                        f"again); see {log_path}", 3)
 

@@ -125,7 +125,6 @@ class Coordinator:
         self._recent_reads: dict[int, tuple[bytes, Record | None]] = {}  # for late read repair
         self._read_time = 0.0  # moving average of read-phase durations; 0: none seen yet
         self._spread = 0  # rotates the replicas a narrow read asks
-        self.paxos_retries = 0  # rounds begun again after a refusal (contention)
         self.repairs = 0  # repair rounds in flight (see ``repair``)
         # One Paxos round per key at a time from this node: the op holding each key,
         # and the ops waiting for it (clients send a key's requests to its primary,
@@ -447,7 +446,6 @@ class Coordinator:
                 assert op.record is not None
                 version = self.clock.next(self._wall_ms(now),
                                           _max_version(op.record.version, op.above))
-                self.paxos_retries += 1
                 self._enter(op, WRITE, Record(version, False, op.record.value), now, out)
         else:
             # An accept, or a write-back fenced by a promise: another round settles
@@ -461,7 +459,6 @@ class Coordinator:
     def _back_off(self, op: Operation, now: float) -> None:
         """Wait a jittered, growing delay before the next round, so duelling
         proposers stop refusing each other."""
-        self.paxos_retries += 1
         op.phase = BACKOFF
         jitter = blake2b(b"%d:%d" % (op.op_id, op.attempts), digest_size=2).digest()
         spread = 0.5 + int.from_bytes(jitter, "big") / 65535  # 0.5 .. 1.5
