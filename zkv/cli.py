@@ -4,8 +4,10 @@ Exit codes, for every command:
 
     0  success
     1  key not found, or a condition failed (create of an existing key, update or
-       delete of a missing one; kill or stop of a node that is not running)
-    2  usage or input error (bad flag, bad config file, key or value too large)
+       delete of a missing one; kill or stop of a node that is not running; a ring
+       change that did not finish within its --timeout)
+    2  usage or input error (bad flag, bad config file, key or value too large, a
+       membership change the cluster refuses)
     3  unavailable or timed out (consistency level not reached, no node answered,
        no supervisor running)
 
@@ -18,7 +20,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Any, NoReturn
@@ -48,9 +52,10 @@ app = typer.Typer(
          "error; 3 unavailable or timed out.",
     **_TYPER,
 )
-node_app = typer.Typer(help="Run one node, or start, stop and kill nodes of a local cluster.",
-                       **_TYPER)
-cluster_app = typer.Typer(help="A local cluster of node processes under a supervisor.", **_TYPER)
+node_app = typer.Typer(help="Run one node; start, stop and kill nodes of a local cluster; "
+                            "decommission or remove a node from the ring.", **_TYPER)
+cluster_app = typer.Typer(help="A local cluster of node processes under a supervisor: up, "
+                               "down, status, add nodes.", **_TYPER)
 app.add_typer(node_app, name="node")
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(keys_app, name="keys")
@@ -60,6 +65,11 @@ class Consistency(str, Enum):
     one = "one"
     quorum = "quorum"
     all = "all"
+
+
+class Removal(str, Enum):
+    auto = "auto"
+    manual = "manual"
 
 
 def die(message: str, code: int) -> NoReturn:
@@ -132,7 +142,7 @@ def resolve_seeds(seeds: str | None, data_dir: Path) -> list[str]:
             USAGE)
     # Nodes that are up (or coming back) first; a stopped node would only cost a timeout.
     addresses = [n["address"] for n in cluster["nodes"]
-                 if n.get("address") and n.get("status") != "stopped"]
+                 if n.get("address") and n.get("status") not in ("stopped", "decommissioned")]
     addresses = addresses or list(cluster.get("seeds") or [])
     if not addresses:
         die(f"{data_dir / sup.CLUSTER_FILE} names no node", USAGE)
@@ -351,6 +361,10 @@ def node_start(
     t_remove: float | None = typer.Option(None, "--t-remove", help="Seconds without "
                                                                       "heartbeat before removal "
                                                                       "from the ring [8]."),
+    removal: Removal | None = typer.Option(None, "--removal",
+                                           help="auto: a node silent for t_remove is removed "
+                                                "from the ring by a majority; manual: only "
+                                                "'zkv node remove' removes it [auto]."),
     max_key: str | None = typer.Option(None, "--max-key", help="Largest key [1KiB]."),
     max_value: str | None = typer.Option(None, "--max-value", help="Largest value [1MiB]."),
     sync: bool | None = typer.Option(None, "--sync/--no-sync",
@@ -393,6 +407,7 @@ def node_start(
         "replicas": replicas, "vnodes": vnodes,
         "consistency": consistency.value if consistency is not None else None,
         "gossip_interval": gossip_interval, "t_fail": t_fail, "t_remove": t_remove,
+        "removal": removal.value if removal is not None else None,
         "max_key": max_key, "max_value": max_value, "sync": sync, "map_size": map_size,
         "curve": curve, "secret_key": secret_key, "authorized_keys": authorized_keys,
     }
@@ -441,17 +456,262 @@ def node_stop(
     typer.echo(f"stopped {node} (no supervisor was running)")
 
 
+# --------------------------------------------------------------------------- membership
+
+STATUS_TIMEOUT = 1.0  # seconds a node gets to answer a status query
+ADMIN_TIMEOUT = 5.0  # seconds for some node to take a membership command
+WATCH_INTERVAL = 0.2  # seconds between looks at a ring change under way
+RESEND_AFTER = 3.0  # a command the map does not show yet is sent again after this long
+RATE_SAMPLE = 0.5  # seconds between cluster status's two looks at streaming
+CHANGE_TIMEOUT_HELP = ("Seconds to wait for the change to finish; past them exit 1 (the "
+                       "cluster goes on with it).")
+ProgressOption = typer.Option(True, "--progress/--no-progress",
+                              help="Show a progress bar (on a terminal).")
+
+
+def _node_views(records: list[dict], curve: Any,
+                timeout: float = STATUS_TIMEOUT) -> dict[str, dict]:
+    """Each running node's own view of the cluster (``Client.node_status``) by node id,
+    asked in parallel; nodes that are not running or do not answer in time are left out."""
+    import zmq
+
+    from zkv.client import Client
+
+    live = [r for r in records if r.get("address")
+            and sup.live_process(r.get("pid"), r.get("pid_create_time")) is not None]
+
+    def ask(record: dict) -> dict | None:
+        try:
+            with Client([record["address"]], timeout=timeout, curve=curve) as client:
+                return client.node_status(record["address"])
+        except zmq.ZMQError:
+            return None
+
+    if not live:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(16, len(live))) as pool:
+        views = list(pool.map(ask, live))
+    return {r["id"]: v for r, v in zip(live, views) if v is not None}
+
+
+def _newest(views: dict[str, dict]) -> dict | None:
+    """The view holding the newest cluster map."""
+    return max(views.values(), key=lambda v: v["epoch"], default=None)
+
+
+def _streaming(views: dict[str, dict], epoch: int) -> dict | None:
+    """What the gainers of the ring change at ``epoch`` have streamed, summed over them;
+    None when no node streams for that epoch."""
+    gainers = [v["streaming"] for v in views.values()
+               if v["streaming"]["epoch"] == epoch and v["streaming"]["ranges"]]
+    if not gainers:
+        return None
+    summed = {k: sum(g[k] for g in gainers) for k in ("ranges_done", "ranges", "keys", "bytes")}
+    return {"epoch": epoch, "nodes": len(gainers), **summed}
+
+
+@contextmanager
+def _progress(show: bool, label: str) -> Iterator[Callable[[int, int | None, str], None]]:
+    """``update(done, total, detail)`` of a progress bar on stderr, shown only when
+    ``show`` and stderr is a terminal (the bar is gone once the block ends)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    if not show or not console.is_terminal:
+        yield lambda done, total, detail: None
+        return
+    columns = (TextColumn(label), BarColumn(), TextColumn("{task.fields[detail]}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(label, total=None, detail="")
+
+        def update(done: int, total: int | None, detail: str) -> None:
+            bar.update(task, completed=done, total=total, detail=detail)
+
+        yield update
+
+
+def _membership_change(action: str, node_id: str, data_dir: Path, timeout: float,
+                       as_json: bool, show: bool) -> None:
+    """Send ``action`` (decommission or remove) of ``node_id`` to a live node of the
+    local cluster, then wait until no live node's map lists it and, for a
+    decommission, its process has exited."""
+    from zkv.client import Client
+    from zkv.errors import InvalidRequest, Unavailable
+
+    started = time.monotonic()
+    deadline = started + timeout
+    cluster = _control(sup.require_cluster, data_dir)
+    record = _control(sup.find_node, cluster, node_id)
+    curve = _control(sup.cluster_curve, data_dir, cluster=cluster)
+    live = [r for r in cluster["nodes"] if r.get("address")
+            and sup.live_process(r.get("pid"), r.get("pid_create_time")) is not None]
+    if not live:
+        die(f"no node of the cluster in {data_dir} is running; start it with: "
+            f"{sup.program_name()} cluster up --data-dir {data_dir}", UNAVAILABLE)
+    newest = _newest(_node_views(live, curve))
+    epoch_before = newest["epoch"] if newest else None
+    # The node itself first (it knows whether it can go), then the others.
+    order = [r["address"] for r in sorted(live, key=lambda r: (r["id"] != node_id, r["id"]))]
+
+    def send(limit: float) -> Any:
+        with Client(order, timeout=limit, curve=curve) as client:
+            return client.admin(action, node_id)
+
+    if action == "remove" and sup.live_process(record.get("pid"),
+                                               record.get("pid_create_time")) is None:
+        # Its process is gone, but the cluster counts it alive until t_fail has passed
+        # without a heartbeat, and refuses to remove a live node: wait for that.
+        with _progress(show and not as_json, f"remove {node_id}") as update:
+            while any(v["members"].get(node_id, {}).get("status") == "alive"
+                      for v in _node_views(live, curve).values()):
+                update(0, None, f"waiting for the cluster to notice that {node_id} is down")
+                if time.monotonic() >= deadline:
+                    die(f"the cluster still counts {node_id} alive after {timeout:g}s", FAILED)
+                time.sleep(WATCH_INTERVAL)
+    try:
+        reply = send(ADMIN_TIMEOUT)
+    except (Unavailable, InvalidRequest) as exc:
+        die(str(exc), UNAVAILABLE)
+    if reply.status == "refused":
+        die(f"cannot {action} {node_id}: {reply.detail}", USAGE)
+    if reply.status != "pending":
+        die(f"{action} {node_id}: the node answered {reply.status}"
+            + (f": {reply.detail}" if reply.detail else ""), UNAVAILABLE)
+
+    streamed: dict[int, tuple[int, int]] = {}  # transition epoch -> most (keys, bytes) seen
+    resend_at = time.monotonic() + RESEND_AFTER
+    epoch = epoch_before or 0
+    with _progress(show and not as_json, f"{action} {node_id}") as update:
+        while True:
+            cluster = _control(sup.require_cluster, data_dir)
+            record = _control(sup.find_node, cluster, node_id)
+            views = _node_views(cluster["nodes"], curve)
+            newest = _newest(views)
+            epoch = max(epoch, newest["epoch"] if newest else 0)
+            listed = any(node_id in v["members"] for v in views.values())
+            out = not listed and any(i != node_id for i in views)
+            if action != "decommission" or record.get("status") == "decommissioned":
+                exited = True
+            else:  # without a supervisor, nobody restarts it: gone is gone
+                exited = (not sup.supervisor_running(data_dir) and
+                          sup.live_process(record.get("pid"), record.get("pid_create_time"))
+                          is None)
+            stream = _streaming(views, epoch)
+            if stream:
+                keys, size = streamed.get(epoch, (0, 0))
+                streamed[epoch] = (max(keys, stream["keys"]), max(size, stream["bytes"]))
+            if out and exited:
+                break
+            state = (newest or {}).get("members", {}).get(node_id, {}).get("state")
+            if out:
+                phase = f"out of the ring; waiting for {node_id} to exit"
+            elif stream:
+                phase = f"epoch {epoch}: {_describe_stream(stream)}"
+            elif state in (None, "normal"):
+                phase = f"epoch {epoch}: waiting for the cluster to take the {action}"
+            else:
+                phase = f"epoch {epoch}: {node_id} {state}"
+            if stream:
+                update(stream["ranges_done"], stream["ranges"], phase)
+            elif streamed or out:  # streaming is over: a full bar
+                update(1, 1, phase)
+            else:
+                update(0, None, phase)
+            now = time.monotonic()
+            if now >= deadline:
+                die(f"{action} of {node_id} did not finish within {timeout:g}s ({phase}); the "
+                    f"cluster goes on with it: see {sup.program_name()} cluster status", FAILED)
+            if state == "normal" and now >= resend_at:
+                # Only the node that took the command proposes it; were that one restarted
+                # meanwhile, the command would be lost. A second copy is the same change.
+                resend_at = now + RESEND_AFTER
+                try:
+                    send(STATUS_TIMEOUT)
+                except (Unavailable, InvalidRequest):
+                    pass
+            time.sleep(WATCH_INTERVAL)
+
+    seconds = time.monotonic() - started
+    keys = sum(k for k, _ in streamed.values()) if streamed else None
+    size = sum(b for _, b in streamed.values()) if streamed else None
+    if as_json:
+        typer.echo(json.dumps({"node": node_id, "action": action, "epoch_before": epoch_before,
+                               "epoch_after": epoch, "seconds": round(seconds, 2),
+                               "keys_streamed": keys, "bytes_streamed": size}))
+        return
+    moved = f"; {keys} keys ({human_bytes(size or 0)}) streamed" if keys is not None else ""
+    if action == "decommission":
+        typer.echo(f"decommissioned {node_id}: its ranges are on the other nodes, it is out "
+                   f"of the ring (epoch {epoch_before} -> {epoch}) and its process has exited"
+                   f"{moved}; {seconds:.1f}s")
+    else:
+        typer.echo(f"removed {node_id} from the ring (epoch {epoch_before} -> {epoch}); its "
+                   f"ranges were copied from the surviving replicas{moved}; {seconds:.1f}s")
+
+
+@node_app.command("decommission")
+def node_decommission(
+    node: str = typer.Argument(..., metavar="ID", help=NODE_ID_HELP),
+    data_dir: Path = DataDirOption,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end: "
+                                                       "node, epochs before and after, "
+                                                       "seconds, keys and bytes streamed "
+                                                       "(as last seen; null if not seen)."),
+    timeout: float = typer.Option(300.0, "--timeout", "-t", min=0.1, help=CHANGE_TIMEOUT_HELP),
+    progress: bool = ProgressOption,
+) -> None:
+    """Take a live node out of the cluster for good: the others stream its ranges from
+    their replicas, the ring drops it, and its process exits (the supervisor does not
+    restart it, and cluster up leaves it out).
+
+    Returns once no live node's map lists it and its process has exited. Exit 0 then;
+    1 if that takes longer than --timeout (the change goes on); 2 if the cluster refuses
+    (the reason is printed: fewer nodes would remain than the replicas of a key, the node
+    is not in the ring, ...); 3 if no node answers.
+
+    \b
+    zkv node decommission node-2
+    """
+    _membership_change("decommission", node, data_dir, timeout, as_json, progress)
+
+
+@node_app.command("remove")
+def node_remove(
+    node: str = typer.Argument(..., metavar="ID", help=NODE_ID_HELP),
+    data_dir: Path = DataDirOption,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
+    timeout: float = typer.Option(300.0, "--timeout", "-t", min=0.1, help=CHANGE_TIMEOUT_HELP),
+    progress: bool = ProgressOption,
+) -> None:
+    """Declare a dead node gone: the ring drops it, and the nodes that take over its ranges
+    copy them from the surviving replicas. (With --removal auto, the default, the cluster
+    does this by itself once a node has been silent for t_remove.)
+
+    Returns once no live node's map lists it. Exit 0 then; 1 past --timeout; 2 if the
+    cluster refuses (the node is alive: decommission it instead; too few nodes would
+    remain; it is not in the ring); 3 if no node answers.
+
+    \b
+    zkv node kill node-3 --no-restart && zkv node remove node-3
+    """
+    _membership_change("remove", node, data_dir, timeout, as_json, progress)
+
+
 # --------------------------------------------------------------------------- cluster commands
 
 
 @cluster_app.command("up")
 def cluster_up(
-    nodes: int = typer.Option(sup.DEFAULT_NODES, "--nodes", "-n", min=1, max=100,
-                              help="Number of nodes."),
+    nodes: int | None = typer.Option(None, "--nodes", "-n", min=1, max=100,
+                                     help="Number of nodes [as many as DATA_DIR's last run "
+                                          "had, 'cluster add' included; else 5]."),
     data_dir: Path = typer.Option(DEFAULT_DATA_DIR, "--data-dir", "-d",
                                   help="Cluster directory: cluster.json and node-i/ data."),
-    base_port: int = typer.Option(sup.DEFAULT_BASE_PORT, "--base-port", "-p",
-                                  help="Node i (from 0) uses ports base+3i .. base+3i+2."),
+    base_port: int | None = typer.Option(None, "--base-port", "-p",
+                                         help="Node i (from 0) uses ports base+3i .. base+3i+2 "
+                                              "[DATA_DIR's last base port, else 7400]."),
     detach: bool = typer.Option(False, "--detach", help="Run in the background; return once "
                                                         "the ring has converged, print seeds."),
     timeout: float = typer.Option(60.0, "--timeout", help="With --detach: seconds to wait for "
@@ -461,6 +721,10 @@ def cluster_up(
     t_fail: float | None = typer.Option(None, "--t-fail", help="Node timer, seconds [2]."),
     t_remove: float | None = typer.Option(None, "--t-remove", help="Node timer, seconds "
                                                                       "[8]."),
+    removal: Removal | None = typer.Option(None, "--removal",
+                                           help="auto: a node silent for t_remove is removed "
+                                                "from the ring; manual: only 'zkv node remove' "
+                                                "removes it [auto]."),
     replicas: int | None = typer.Option(None, "--replicas", help="Copies of each key [3]."),
     sync: bool | None = typer.Option(None, "--sync/--no-sync", help="fsync each commit "
                                                                        "[--sync]."),
@@ -473,27 +737,33 @@ def cluster_up(
     """Start NODES nodes on 127.0.0.1 under a supervisor that restarts any that dies.
 
     In the foreground, Ctrl-C stops the whole cluster. Data survives in
-    DATA_DIR/node-i, so a later cluster up starts where this one stopped.
-    With --curve, zkv commands given the same --data-dir use the cluster's
-    client key by themselves.
+    DATA_DIR/node-i, so a later cluster up starts where this one stopped: the
+    same nodes (those 'cluster add' added too) on the same ports, except the
+    decommissioned ones. With --curve, zkv commands given the same --data-dir
+    use the cluster's client key by themselves.
     """
     node_flags: list[str] = []
     for flag, value in (("--gossip-interval", gossip_interval), ("--t-fail", t_fail),
-                        ("--t-remove", t_remove), ("--replicas", replicas)):
+                        ("--t-remove", t_remove), ("--replicas", replicas),
+                        ("--removal", removal.value if removal is not None else None)):
         if value is not None:
             node_flags += [flag, str(value)]
     if sync is not None:
         node_flags.append("--sync" if sync else "--no-sync")
-    try:  # the same checks a node makes, before any process starts
-        load_settings(None, {"id": "node-1", "port": base_port, "gossip_interval": gossip_interval,
-                             "t_fail": t_fail, "t_remove": t_remove, "replicas": replicas})
-    except ConfigError as exc:
-        die(str(exc), USAGE)
     if sup.supervisor_running(data_dir):
         info = _control(sup.read_cluster, data_dir) or {}
         die(f"a cluster is already running in {data_dir} (supervisor pid "
             f"{info.get('supervisor_pid', '?')}); stop it with: {sup.program_name()} cluster "
             f"down --data-dir {data_dir}", USAGE)
+    last_nodes, last_base_port, retired = sup.recorded_layout(
+        _control(sup.read_cluster, data_dir))
+    nodes = nodes or last_nodes or sup.DEFAULT_NODES
+    base_port = base_port or last_base_port or sup.DEFAULT_BASE_PORT
+    try:  # the same checks a node makes, before any process starts
+        load_settings(None, {"id": "node-1", "port": base_port, "gossip_interval": gossip_interval,
+                             "t_fail": t_fail, "t_remove": t_remove, "replicas": replicas})
+    except ConfigError as exc:
+        die(str(exc), USAGE)
     _control(sup.check_layout, nodes, base_port)
     hint = "" if data_dir == DEFAULT_DATA_DIR else f" --data-dir {data_dir}"
     prog = sup.program_name()  # bin/zkv sets it, so hints say bin/zkv
@@ -513,7 +783,8 @@ def cluster_up(
             argv.append("--curve")
         info = _control(sup.start_detached, data_dir, argv, timeout)
         secured = f", CurveZMQ with keys in {keys.directory}" if keys is not None else ""
-        typer.echo(f"zkv: {nodes} nodes up in {data_dir} (supervisor pid "
+        running = sum(1 for n in info["nodes"] if n.get("status") != "decommissioned")
+        typer.echo(f"zkv: {running} nodes up in {data_dir} (supervisor pid "
                    f"{info['supervisor_pid']}, log {data_dir / sup.LOG_FILE}{secured}); stop "
                    f"with: {prog} cluster down{hint}", err=True)
         typer.echo(",".join(info["seeds"]))
@@ -531,7 +802,8 @@ def cluster_up(
                    f"{anywhere}   # to use it from anywhere\n"
                    f"Ctrl-C stops the cluster.\n")
 
-    supervisor = sup.Supervisor(data_dir, nodes, base_port, node_flags, curve=curve)
+    supervisor = sup.Supervisor(data_dir, nodes, base_port, node_flags, curve=curve,
+                                retired=retired)
     code = _control(supervisor.run, None if daemon else on_ready)
     raise typer.Exit(code)
 
@@ -543,6 +815,76 @@ def cluster_down(data_dir: Path = DataDirOption) -> None:
         typer.echo(f"cluster in {data_dir} stopped")
     else:
         typer.echo(f"nothing was running in {data_dir}")
+
+
+@cluster_app.command("add")
+def cluster_add(
+    nodes: int = typer.Option(1, "--nodes", "-n", min=1, max=100, help="How many nodes to add."),
+    data_dir: Path = DataDirOption,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
+    timeout: float = typer.Option(120.0, "--timeout", "-t", min=0.1, help=CHANGE_TIMEOUT_HELP),
+    progress: bool = ProgressOption,
+) -> None:
+    """Add nodes to the running local cluster: its supervisor starts them with the next ids
+    and ports (node-N+1, ... on the layout of cluster up), they join through the running
+    nodes and stream the ranges they gain.
+
+    Returns once every running node serves with a ring that holds them and no ring change
+    is under way. Exit 0 then; 1 if that takes longer than --timeout (the join goes on);
+    2 if no supervisor runs for DATA_DIR or a port the new nodes need is in use.
+
+    \b
+    zkv cluster add --nodes 2
+    """
+    prog = sup.program_name()
+    cluster = _control(sup.require_cluster, data_dir)
+    if not sup.supervisor_running(data_dir):
+        die(f"no supervisor is running for {data_dir}, so there is nothing to add nodes to; "
+            f"start the cluster with: {prog} cluster up --data-dir {data_dir} --detach", USAGE)
+    curve = _control(sup.cluster_curve, data_dir, cluster=cluster)
+    started = time.monotonic()
+    deadline = started + timeout
+    newest = _newest(_node_views(cluster["nodes"], curve))
+    epoch_before = newest["epoch"] if newest else None
+    answer = _control(sup.send_request, data_dir, "add", "", count=nodes)
+    added: list[str] = answer["ids"]
+    wanted = set(added)
+    label = f"adding {', '.join(added)}"
+    with _progress(progress and not as_json, label) as update, \
+            ThreadPoolExecutor(max_workers=16) as pool:
+        while True:
+            cluster = _control(sup.require_cluster, data_dir)
+            running = [r for r in cluster["nodes"] if r.get("status") == "running"]
+            rings = list(pool.map(lambda r: sup.probe_ring(r["address"], curve=curve), running))
+            holding = sum(1 for ring in rings if ring is not None and wanted <= ring)
+            up = wanted <= {r["id"] for r in running}
+            if up and holding == len(running):
+                break
+            views = _node_views(cluster["nodes"], curve)
+            newest = _newest(views)
+            stream = _streaming(views, newest["epoch"]) if newest else None
+            phase = f"{holding}/{len(running)} nodes serve with them in the ring"
+            if newest:
+                phase += f"; epoch {newest['epoch']}"
+            if stream:
+                phase += f": {_describe_stream(stream)}"
+            update(holding, len(running), phase)
+            if time.monotonic() >= deadline:
+                die(f"{label} did not finish within {timeout:g}s ({phase}); the cluster goes "
+                    f"on with it: see {prog} cluster status --data-dir {data_dir}", FAILED)
+            time.sleep(WATCH_INTERVAL)
+    newest = _newest(_node_views(cluster["nodes"], curve))
+    ring = sorted(rings[0]) if rings and rings[0] else []
+    seconds = time.monotonic() - started
+    if as_json:
+        typer.echo(json.dumps({"added": added, "addresses": answer["addresses"],
+                               "epoch_before": epoch_before,
+                               "epoch_after": newest["epoch"] if newest else None,
+                               "ring": ring, "seconds": round(seconds, 2)}))
+        return
+    after = f" -> {newest['epoch']}" if newest else ""
+    typer.echo(f"added {', '.join(added)}: every running node serves with them in the ring "
+               f"({len(ring)} nodes, epoch {epoch_before}{after}); {seconds:.1f}s")
 
 
 def _uptime(seconds: float) -> str:
@@ -561,14 +903,33 @@ def cluster_status(
     data_dir: Path = DataDirOption,
     as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
 ) -> None:
-    """A table of the cluster's nodes: address, status, keys held, PID, uptime, restarts, and
+    """A table of the cluster's nodes: address, status, keys held, PID, uptime, restarts;
     from each node's metrics: operations coordinated, how many failed (unavailable), CPU and
-    memory."""
+    memory; and from the nodes' cluster maps: each node's epoch, its state in the newest
+    map (RING: normal, joining, leaving, removing; down when it is in the ring but not
+    alive; decommissioned once it left; - when not in the map) and the ranges it has
+    streamed of those it gains in a ring change under way (STREAM).
+
+    Below the table: the streaming under way (keys, bytes, rate, ETA), and "ranges
+    degraded: N" when a node streamed ranges from fewer than a read quorum."""
     cluster = _control(sup.require_cluster, data_dir)
     supervised = sup.supervisor_running(data_dir)
     records = cluster["nodes"]
+    curve = _control(sup.cluster_curve, data_dir, cluster=cluster)
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(records)))) as pool:
-        figures = list(pool.map(lambda r: node_figures(r.get("metrics")), records))
+        pending = [pool.submit(node_figures, r.get("metrics")) for r in records]
+        views = _node_views(records, curve)
+        sampled = time.monotonic()
+        figures = [f.result() for f in pending]
+    newest = _newest(views)
+    epoch = newest["epoch"] if newest else None
+    members = newest["members"] if newest else {}
+    stream = _streaming(views, epoch) if newest else None
+    if stream and stream["ranges_done"] < stream["ranges"]:  # a second look, for a rate
+        time.sleep(RATE_SAMPLE)
+        later = _streaming(_node_views(records, curve), epoch)
+        if later:
+            stream = _with_rate(stream, later, time.monotonic() - sampled)
     now = time.time()
     rows = []
     for record, fig in zip(records, figures):
@@ -577,37 +938,92 @@ def cluster_status(
         if status in ("running", "stopping") and not alive:
             status = "dead"
         started = record.get("started_at")
+        view = views.get(record.get("id"))
+        member = members.get(record.get("id"))
+        streaming = view["streaming"] if view else None
         rows.append({
             "node": record.get("id"), "address": record.get("address"), "status": status,
             "keys": fig.keys if fig else None, "pid": record.get("pid") if alive else None,
             "uptime": _uptime(now - started) if alive and started else "-",
             "restarts": record.get("restarts", 0),
             "metrics": fig.as_dict() if fig else None,
+            "epoch": view["epoch"] if view else None,
+            "ring": _ring_state(record, alive, member),
+            "map_state": member["state"] if member else None,
+            "liveness": member["status"] if member else None,
+            "streaming": streaming if streaming and streaming["epoch"] == epoch
+            and streaming["ranges"] else None,
+            "degraded_ranges": streaming["degraded_ranges"] if streaming else None,
         })
+    degraded = sum(r["degraded_ranges"] or 0 for r in rows)
     if as_json:
         typer.echo(json.dumps({"supervisor_running": supervised,
                                "supervisor_pid": cluster.get("supervisor_pid") if supervised
                                else None, "ready": cluster.get("ready", False) and supervised,
-                               "seeds": cluster.get("seeds", []), "nodes": rows}, indent=2))
+                               "seeds": cluster.get("seeds", []), "epoch": epoch,
+                               "streaming": stream, "ranges_degraded": degraded,
+                               "nodes": rows}, indent=2))
         return
     if supervised:
         head = (f"supervisor pid {cluster.get('supervisor_pid')}, "
                 f"{'ready' if cluster.get('ready') else 'starting'}")
     else:
         head = "no supervisor running (statuses as last recorded)"
-    typer.echo(f"cluster {data_dir}: {head}; seeds {','.join(cluster.get('seeds', []))}")
+    typer.echo(f"cluster {data_dir}: {head}; seeds {','.join(cluster.get('seeds', []))}"
+               + (f"; epoch {epoch}" if epoch is not None else ""))
     table = [("NODE", "ADDRESS", "STATUS", "KEYS", "PID", "UPTIME", "RESTARTS", "OPS", "FAILED",
-              "CPU%", "MEM")]
+              "CPU%", "MEM", "EPOCH", "RING", "STREAM")]
     for r in rows:
-        m = r["metrics"]
+        m, st = r["metrics"], r["streaming"]
         table.append((r["node"], r["address"], r["status"],
                       "-" if r["keys"] is None else str(r["keys"]), str(r["pid"] or "-"),
                       r["uptime"], str(r["restarts"]),
                       *((str(m["ops"]), str(m["failed"]), f"{m['cpu_percent']:.0f}",
-                         human_bytes(m["rss_bytes"])) if m else ("-",) * 4)))
+                         human_bytes(m["rss_bytes"])) if m else ("-",) * 4),
+                      "-" if r["epoch"] is None else str(r["epoch"]), r["ring"],
+                      f"{st['ranges_done']}/{st['ranges']}" if st else "-"))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
     for row in table:
         typer.echo("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+    if stream:
+        typer.echo(f"streaming (epoch {epoch}): {_describe_stream(stream)}")
+    if degraded:
+        typer.echo(f"ranges degraded: {degraded} (streamed from fewer than a read quorum of "
+                   f"their replicas: writes only the lost replicas held are gone)")
+
+
+def _ring_state(record: dict, alive: bool, member: dict | None) -> str:
+    """A node's RING cell: its state in the newest map, down, decommissioned, or -."""
+    if record.get("status") == "decommissioned":
+        return "decommissioned"
+    if member is None:
+        return "-"
+    if member["state"] == "normal" and (not alive or member["status"] in ("down", "removed")):
+        return "down"
+    return member["state"]
+
+
+def _with_rate(first: dict, second: dict, seconds: float) -> dict:
+    """``second`` with keys/s and, from the ranges finished meanwhile, an ETA."""
+    out = dict(second)
+    if seconds > 0 and first["epoch"] == second["epoch"]:
+        out["keys_per_s"] = round(max(0, second["keys"] - first["keys"]) / seconds, 1)
+        finished = second["ranges_done"] - first["ranges_done"]
+        if finished > 0:
+            left = second["ranges"] - second["ranges_done"]
+            out["eta_s"] = round(left * seconds / finished, 1)
+    return out
+
+
+def _describe_stream(stream: dict) -> str:
+    text = (f"{stream['ranges_done']}/{stream['ranges']} ranges on {stream['nodes']} "
+            f"node{'s' if stream['nodes'] != 1 else ''}, {stream['keys']} keys, "
+            f"{human_bytes(stream['bytes'])}")
+    if stream.get("keys_per_s") is not None:
+        text += f", {stream['keys_per_s']:.0f} keys/s"
+    if stream.get("eta_s") is not None:
+        text += f", ETA {stream['eta_s']:.0f}s"
+    return text
 
 
 # --------------------------------------------------------------------------- simulator

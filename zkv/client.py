@@ -9,6 +9,8 @@
         kv.delete("user:2")         # raises KeyNotFound
         kv.cas("user:1", b"ada", b"grace")  # True; False (nothing changed) if it held another
         kv.locate("user:1")         # ["n3", "n1", "n4"]: replica ids, primary first
+        kv.admin("decommission", "n2")  # AdminReply: "pending" (the cluster moves its data)
+        kv.node_status("tcp://127.0.0.1:7000")  # that node's view: epoch, members, streaming
 
 Guarantees:
 
@@ -61,7 +63,10 @@ from types import TracebackType
 import zmq
 
 from zkv.core.messages import (
+    ADMIN_ACTIONS,
     OPS,
+    AdminReply,
+    AdminRequest,
     ClientReply,
     ClientRequest,
     DecodeError,
@@ -230,6 +235,78 @@ class Client:
         """The ring's members as {node id: address}, freshly learned from a node."""
         self._fetch_ring(time.monotonic() + self.timeout)
         return dict(self._node_address)
+
+    # ----------------------------------------------------------------- membership
+
+    def admin(self, action: str, node_id: str = "", address: str | None = None,
+              timeout: float | None = None) -> AdminReply:
+        """Send an operator's command to one node and return its ``AdminReply``:
+        ``decommission`` or ``remove`` of ``node_id``, or ``status``.
+
+        It goes to ``address``, else to the seeds in order (then the ring's other
+        nodes): one that is not connected is skipped, and one silent for a third of
+        the timeout gets the next one asked beside it (the first answer wins; a
+        command accepted twice is still one change). ``pending`` means the node
+        accepted the command and proposes it to the cluster; the ring changes later.
+        Raises Unavailable when no node answers within ``timeout``, InvalidRequest
+        when a node cannot take the request at all.
+        """
+        if self._closed:
+            raise InvalidRequest("the client is closed")
+        if action not in ADMIN_ACTIONS:
+            raise InvalidRequest(f"action must be one of {', '.join(ADMIN_ACTIONS)}, "
+                                 f"not {action!r}")
+        limit = self.timeout if timeout is None else float(timeout)
+        if not limit > 0:
+            raise InvalidRequest("timeout: must be positive")
+        now = time.monotonic()
+        deadline = now + limit
+        if address is not None:
+            order = [_address(address)]
+        else:
+            order = self._suspects_last(list(dict.fromkeys(
+                [*self.seeds, *sorted(self._node_address.values())])))
+        patience = limit / 3 if len(order) > 1 else limit
+        req_id = next(self._ids)
+        frame = encode(AdminRequest(req_id, action, node_id))
+        what = f"{action} {node_id}".rstrip()
+        tried = waiting = rounds = 0
+        ask_next_at = now
+        while (remaining := deadline - time.monotonic()) > 0:
+            now = time.monotonic()
+            if now >= ask_next_at and tried < len(order):
+                target = order[tried]
+                tried += 1
+                if self._send(target, frame):
+                    waiting += 1
+                    ask_next_at = now + patience
+                else:
+                    self._suspect(target, now)
+                continue
+            if waiting == 0:  # nobody connected: wait for one to be, then go round again
+                self._pause(order, min(CONNECT_WAIT * 2 ** rounds, MAX_ROUND_PAUSE, remaining))
+                rounds += 1
+                tried = 0
+                continue
+            until = ask_next_at if tried < len(order) else deadline
+            for message in self._receive(min(until, deadline) - now):
+                if type(message) is AdminReply and message.req_id == req_id:
+                    return message
+                if type(message) is ErrorReply:
+                    raise InvalidRequest(f"{what}: a node refused the request: "
+                                         f"{message.reason}")
+        who = f"no answer from {order[0]}" if address is not None else "no node answered"
+        raise Unavailable(f"{what}: {who} within {limit:g}s")
+
+    def node_status(self, address: str, timeout: float | None = None) -> dict | None:
+        """The node at ``address``'s view of the cluster (its ``AdminReply`` info: epoch,
+        map members and their states, streaming progress), or None if it does not
+        answer within ``timeout`` (or refuses the request)."""
+        try:
+            reply = self.admin("status", address=address, timeout=timeout)
+        except (Unavailable, InvalidRequest):
+            return None
+        return reply.info if reply.status == "ok" else None
 
     # ----------------------------------------------------------------- pipelining
 

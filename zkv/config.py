@@ -250,8 +250,8 @@ FIELDS: tuple[SettingField, ...] = (
     SettingField("port", _int_in(1, MAX_PORT), DEFAULT_PORT,
                  "request port; gossip uses port+1, metrics port+2"),
     SettingField("data_dir", _data_dir, _BY_ID, "LMDB data, event log (default zkv-data/<id>)"),
-    SettingField("seeds", _seeds, (), "addresses of nodes to join through; a node whose own "
-                 "address is listed founds a new cluster if it has never been in one"),
+    SettingField("seeds", _seeds, (), "addresses of nodes to join through; the node whose own "
+                 "address is the first seed founds a new cluster if it has never been in one"),
     SettingField("metrics_port", _int_in(0, 65535), None,
                  "Prometheus metrics port (default port+2; 0 turns metrics off)"),
     SettingField("replicas", _int_in(1, 32), _D.replicas, "copies of each key (N)"),
@@ -263,9 +263,8 @@ FIELDS: tuple[SettingField, ...] = (
     SettingField("timers.t_fail", _seconds, _D.t_fail,
                  "seconds without a heartbeat before a node counts as down"),
     SettingField("timers.t_remove", _seconds, _D.t_remove,
-                 "seconds without a heartbeat before a node leaves the ring"),
-    SettingField("timers.t_transition", _seconds, _D.t_transition,
-                 "seconds quorums span old and new replicas after a ring change"),
+                 "seconds without a heartbeat before a node is removed from the ring "
+                 "(a majority decision; see membership.removal)"),
     SettingField("timers.anti_entropy_interval", _seconds, _D.anti_entropy_interval,
                  "seconds between anti-entropy rounds"),
     SettingField("timers.tombstone_grace", _seconds, _D.tombstone_grace,
@@ -282,6 +281,9 @@ FIELDS: tuple[SettingField, ...] = (
     SettingField("limits.max_version_ahead", _seconds_from(1.0), _D.max_version_ahead,
                  "seconds a version's wall time may be ahead of this node's clock; a peer "
                  "message with one further ahead is refused (keep clocks closer than this)"),
+    SettingField("membership.removal", _choice("auto", "manual"), _D.removal,
+                 "auto: a node silent for t_remove is removed by a majority decision; "
+                 "manual: only `zkv node remove` removes a dead node"),
     SettingField("durability.sync", _bool, True, "fsync each group commit before acknowledging"),
     SettingField("durability.map_size", _size_in(1 << 20, 1 << 40), 64 * 1024 * 1024,
                  "initial LMDB map size (it grows on demand)"),
@@ -417,7 +419,7 @@ def load_settings(path: str | Path | None = None,
         gossip_interval=get("gossip_interval"),
         t_fail=get("t_fail"),
         t_remove=get("t_remove"),
-        t_transition=get("t_transition"),
+        removal=get("removal"),
         anti_entropy_interval=get("anti_entropy_interval"),
         retry_interval=get("retry_interval"),
         default_timeout=get("default_timeout"),

@@ -10,7 +10,10 @@ Everything another process needs lives in the cluster directory:
 - ``cluster.json``: seeds, the supervisor's pid, and per node its address, pid
   (with the pid's create time, so nobody ever signals a recycled pid), metrics
   URL, data directory, status (``running``, ``stopping``, ``restarting``,
-  ``stopped``), start time and restart count. Always replaced atomically.
+  ``stopped``, ``decommissioned``), start time and restart count. Always
+  replaced atomically. The next ``cluster up`` in the directory runs the nodes
+  it lists (``cluster add`` appends to them) on the same ports, except the
+  decommissioned ones.
 - ``supervisor.lock``: held (``flock``) for as long as the supervisor lives, so
   "is a supervisor running here?" has an answer that cannot go stale.
 - ``control/``: requests from other CLI invocations. A request is one JSON file
@@ -53,6 +56,7 @@ from typing import Any, TextIO
 import psutil
 
 from zkv.config import node_address, parse_address
+from zkv.exit_codes import EXIT_DECOMMISSIONED
 
 CLUSTER_FILE = "cluster.json"
 CONTROL_DIR = "control"
@@ -166,7 +170,8 @@ def cluster_connection(data_dir: Path) -> tuple[list[str], Any]:
     its client keys (None without CurveZMQ); ControlError if there is no cluster."""
     cluster = require_cluster(data_dir)
     nodes = cluster["nodes"]
-    addresses = [n["address"] for n in nodes if n.get("address") and n.get("status") != "stopped"]
+    addresses = [n["address"] for n in nodes if n.get("address")
+                 and n.get("status") not in ("stopped", "decommissioned")]
     addresses += [n["address"] for n in nodes if n.get("address") and n["address"] not in addresses]
     if not addresses:
         raise ControlError(f"{Path(data_dir) / CLUSTER_FILE} names no node", 2)
@@ -242,6 +247,18 @@ def node_port(base_port: int, index: int) -> int:
     return base_port + PORTS_PER_NODE * index
 
 
+def recorded_layout(cluster: dict | None) -> tuple[int | None, int | None, list[str]]:
+    """What the last run of a cluster directory ran, from its cluster file: how many
+    nodes (those ``cluster add`` added included), its base port, and the ids of the
+    nodes that were decommissioned (not to be started again); Nones without a file."""
+    if cluster is None:
+        return None, None, []
+    nodes = cluster["nodes"]
+    base_port = cluster.get("base_port")
+    retired = [str(n.get("id")) for n in nodes if n.get("status") == "decommissioned"]
+    return (len(nodes) or None, base_port if isinstance(base_port, int) else None, retired)
+
+
 def check_layout(nodes: int, base_port: int, host: str = HOST) -> None:
     """Raise ControlError (exit 2) if ``nodes`` nodes cannot use ports from ``base_port``."""
     if nodes < 1:
@@ -259,8 +276,10 @@ def check_layout(nodes: int, base_port: int, host: str = HOST) -> None:
 # --------------------------------------------------------------------------- control requests
 
 
-def send_request(data_dir: Path, op: str, node_id: str, timeout: float = 15.0) -> dict:
-    """Ask the running supervisor of ``data_dir`` to do ``op`` to a node; its answer.
+def send_request(data_dir: Path, op: str, node_id: str, timeout: float = 15.0,
+                 **fields: Any) -> dict:
+    """Ask the running supervisor of ``data_dir`` to do ``op`` to a node (``fields``
+    go along in the request); its answer.
 
     Raises ControlError if no supervisor runs there, it does not answer in time,
     or it refuses (the answer's ``code``).
@@ -274,7 +293,7 @@ def send_request(data_dir: Path, op: str, node_id: str, timeout: float = 15.0) -
     stem = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}"
     request = control / f"{stem}.req"
     response = control / f"{stem}.resp"
-    write_json_atomic(request, {"op": op, "id": node_id, "from_pid": os.getpid()})
+    write_json_atomic(request, {**fields, "op": op, "id": node_id, "from_pid": os.getpid()})
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -453,7 +472,8 @@ PROBE_MAX_FRAME = 1024 * 1024  # a ring of a few thousand members, or a "not fou
 
 def probe_ring(address: str, timeout: float = PROBE_TIMEOUT,
                curve: Any = None) -> set[str] | None:
-    """The node ids in the ring of the node at ``address`` if it serves requests, else None.
+    """The node ids in the ring of the node at ``address`` if it serves requests and
+    no ring change is under way there, else None.
 
     A node that restarted knows its old ring before it has rejoined, so a ring
     answer alone is not enough: a read at ``one`` must be answered too.
@@ -485,7 +505,7 @@ def probe_ring(address: str, timeout: float = PROBE_TIMEOUT,
     try:
         sock.connect(address)
         info = ask(sock, RingQuery(1))
-        if not isinstance(info, RingInfo):
+        if not isinstance(info, RingInfo) or not info.settled:
             return None
         probe = ask(sock, ClientRequest(2, "get", b"zkv-supervisor-probe", None, "one",
                                         int(timeout * 1000)))
@@ -532,7 +552,7 @@ class ManagedNode:
     host: str = HOST
     popen: subprocess.Popen | None = None
     pid_create_time: float | None = None
-    status: str = "stopped"  # running | stopping | restarting | stopped
+    status: str = "stopped"  # running | stopping | restarting | stopped | decommissioned
     restart: bool = True  # restart when it dies
     restarts: int = 0
     backoff: float = 0.0
@@ -572,9 +592,11 @@ class Supervisor:
 
     def __init__(self, data_dir: Path, nodes: int = DEFAULT_NODES,
                  base_port: int = DEFAULT_BASE_PORT, node_flags: list[str] | None = None,
-                 host: str = HOST, out: TextIO | None = None, *, curve: bool = False) -> None:
+                 host: str = HOST, out: TextIO | None = None, *, curve: bool = False,
+                 retired: Iterable[str] = ()) -> None:
         """``curve``: run the nodes with CurveZMQ on the cluster directory's keys
-        (``keys/``, made if missing), and probe them with its client key."""
+        (``keys/``, made if missing), and probe them with its client key. ``retired``:
+        ids of decommissioned nodes, kept in the list but never started."""
         from zkv.net.security import LocalKeys
 
         self.data_dir = Path(data_dir).resolve()
@@ -586,17 +608,23 @@ class Supervisor:
         if self.keys is not None:
             self.node_flags += self.keys.node_flags()
         self.out = out if out is not None else sys.stdout
+        retired = set(retired)
+        ids = [f"node-{i + 1}" for i in range(nodes)]
         addresses = [node_address(host, node_port(base_port, i)) for i in range(nodes)]
-        self.seeds = addresses[:2]
+        staying = [a for i, a in zip(ids, addresses) if i not in retired] or addresses
+        self.seeds = staying[:2]
         # node-1 founds the cluster (its own address is its seed) and every other node joins
         # through it alone. A joining node keeps asking until it has heard back; were the
         # others to join through each other too, two of them could form a ring without
         # node-1 and stop asking (clients still get both seeds).
         self.nodes = [
-            ManagedNode(f"node-{i + 1}", node_port(base_port, i), self.data_dir / f"node-{i + 1}",
-                        [addresses[0]], host)
-            for i in range(nodes)
+            ManagedNode(node_id, node_port(base_port, i), self.data_dir / node_id,
+                        [staying[0]], host)
+            for i, node_id in enumerate(ids)
         ]
+        for node in self.nodes:
+            if node.node_id in retired:
+                node.status, node.restart = "decommissioned", False
         self.by_id = {n.node_id: n for n in self.nodes}
         self.control = self.data_dir / CONTROL_DIR
         self.ready = False
@@ -627,8 +655,10 @@ class Supervisor:
                 stale.unlink(missing_ok=True)
             for node in self.nodes:
                 node.data_dir.mkdir(parents=True, exist_ok=True)
-                self._spawn(node)
-            self._say(f"started {len(self.nodes)} nodes in {self.data_dir} "
+                if node.restart:
+                    self._spawn(node)
+            started = sum(1 for n in self.nodes if n.popen is not None)
+            self._say(f"started {started} nodes in {self.data_dir} "
                       f"(supervisor pid {os.getpid()})")
             self._loop(on_ready)
             self._say(f"stopping ({signal.Signals(self._stop_signal).name})"
@@ -676,7 +706,8 @@ class Supervisor:
                 if self._converged():
                     self.ready = True
                     self._dirty = True
-                    self._say(f"ready: {len(self.nodes)} nodes, ring converged; seeds "
+                    wanted = sum(1 for n in self.nodes if n.restart)
+                    self._say(f"ready: {wanted} nodes, ring converged; seeds "
                               f"{','.join(self.seeds)}")
                     if on_ready is not None:
                         self._write_state()
@@ -742,7 +773,11 @@ class Supervisor:
             how += f" ({detail})" if detail else ""
         node.last_exit = how
         self._dirty = True
-        if node.restart:
+        if rc == EXIT_DECOMMISSIONED:
+            node.restart = False
+            node.status = "decommissioned"
+            self._say(f"{node.node_id} decommissioned: it left the cluster; not restarted")
+        elif node.restart:
             ran = now - node.started_mono
             self._schedule_restart(node, now, quick_failure=ran < STABLE_AFTER,
                                    immediately=node.status == "stopping")
@@ -786,7 +821,8 @@ class Supervisor:
             node.popen = None
             node.pid_create_time = None
         for node in self.nodes:
-            node.status = "stopped"
+            if node.status != "decommissioned":
+                node.status = "stopped"
             for stem in node.waiters:  # a stop someone asked for: done
                 self._answer(stem, {"ok": True, "id": node.node_id, "status": node.status})
             node.waiters.clear()
@@ -831,6 +867,9 @@ class Supervisor:
         if not isinstance(request, dict) or not isinstance(request.get("id"), str):
             self._answer(stem, {"ok": False, "code": 2, "error": "malformed control request"})
             return
+        if request.get("op") == "add":
+            self._answer(stem, self.add_nodes(request.get("count")))
+            return
         node = self.by_id.get(request["id"])
         if node is None:
             known = ", ".join(self.by_id)
@@ -870,6 +909,35 @@ class Supervisor:
                                 "pid_create_time": node.pid_create_time})
         else:
             self._answer(stem, {"ok": False, "code": 2, "error": f"unknown operation {op!r}"})
+
+    def add_nodes(self, count: Any) -> dict:
+        """Run ``count`` more nodes, with the next ids and ports (the layout of ``cluster
+        up``); they join the cluster through its running nodes. The control answer:
+        their ids and addresses, or why not (a port in use)."""
+        if type(count) is not int or count < 1:
+            return {"ok": False, "code": 2, "error": "add: the count must be at least 1"}
+        first = len(self.nodes)
+        ids = [f"node-{i + 1}" for i in range(first, first + count)]
+        low, high = node_port(self.base_port, first), node_port(self.base_port, first + count) - 1
+        if high > 65535:
+            return {"ok": False, "code": 2, "error": f"add: {', '.join(ids)} would need ports "
+                                                     f"{low}-{high}, past 65535"}
+        busy = ports_in_use(self.host, range(low, high + 1))
+        if busy:
+            return {"ok": False, "code": 2,
+                    "error": f"port {busy[0]} on {self.host} is in use ({', '.join(ids)} need "
+                             f"{low}-{high}); free it and try again"}
+        seeds = [n.address for n in self.nodes if n.popen is not None][:3] or self.seeds
+        for i, node_id in enumerate(ids, start=first):
+            node = ManagedNode(node_id, node_port(self.base_port, i), self.data_dir / node_id,
+                               seeds, self.host)
+            node.data_dir.mkdir(parents=True, exist_ok=True)
+            self.nodes.append(node)
+            self.by_id[node_id] = node
+            self._spawn(node)
+        self._say(f"added {', '.join(ids)}; joining through {', '.join(seeds)}")
+        self._write_state()
+        return {"ok": True, "ids": ids, "addresses": [self.by_id[i].address for i in ids]}
 
     def _answer(self, stem: str, answer: dict) -> None:
         try:

@@ -27,10 +27,9 @@ CLIENT_TIMEOUT = 1.0
 
 
 def wait_until_settled(cluster: ChaosCluster, timeout: float = 30.0) -> None:
-    """Until no node counts an earlier ring in its quorums any more (t_transition after
-    the cluster formed). Within that window a quorum also needs the old replica set,
-    which a freshly formed cluster's first ring may share with the node paused below,
-    and the test is about plain quorums."""
+    """Until every node holds a settled map (no ring transition): during one a quorum
+    also needs the old replica set, which a forming cluster's first ring may share
+    with the node paused below, and the test is about plain quorums."""
     urls = [json.loads((cluster.data_dir / node / "node.json").read_text())["metrics"]
             for node in cluster.node_ids]
     deadline = time.monotonic() + timeout
@@ -39,11 +38,11 @@ def wait_until_settled(cluster: ChaosCluster, timeout: float = 30.0) -> None:
         for url in urls:
             text = urllib.request.urlopen(url, timeout=2).read().decode()
             values += [float(line.split()[1]) for line in text.splitlines()
-                       if line.startswith("zkv_settling_rings ")]
+                       if line.startswith("zkv_ring_transition ")]
         if len(values) == len(urls) and not any(values):
             return
         time.sleep(0.1)
-    raise AssertionError(f"rings still settling after {timeout} s")
+    raise AssertionError(f"a ring transition still under way after {timeout} s")
 
 
 def puts_coordinated(cluster: ChaosCluster, node: str) -> list[dict]:

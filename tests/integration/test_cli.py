@@ -137,9 +137,9 @@ def test_cluster_status_shows_every_node_with_keys_and_pid(cluster):
     assert result.returncode == 0
     lines = result.stdout.decode().splitlines()
     assert lines[1].split() == ["NODE", "ADDRESS", "STATUS", "KEYS", "PID", "UPTIME", "RESTARTS",
-                                "OPS", "FAILED", "CPU%", "MEM"]
+                                "OPS", "FAILED", "CPU%", "MEM", "EPOCH", "RING", "STREAM"]
     info = cluster.info()
-    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    rows = {line.split()[0]: line.split() for line in lines[2:] if line.startswith("node-")}
     assert set(rows) == {"node-1", "node-2", "node-3"}
     for node in info["nodes"]:
         row = rows[node["id"]]
@@ -147,13 +147,16 @@ def test_cluster_status_shows_every_node_with_keys_and_pid(cluster):
         assert row[3].isdigit() and int(row[3]) >= 1  # every node replicates every key of 3
         assert row[4] == str(node["pid"])
         assert row[7].isdigit() and row[8].isdigit() and row[10].endswith("iB")
+        assert row[11].isdigit() and row[12] == "normal"  # the node's epoch; in the ring
+    assert len({row[11] for row in rows.values()}) == 1  # settled: one epoch everywhere
     assert sum(int(row[7]) for row in rows.values()) >= 1  # the put was coordinated somewhere
 
 
 def test_every_command_has_help():
     commands = [[], ["put"], ["get"], ["delete"], ["create"], ["update"], ["locate"], ["sim"],
-                ["node"], ["node", "start"], ["node", "stop"], ["node", "kill"], ["cluster"],
-                ["cluster", "up"], ["cluster", "down"], ["cluster", "status"], ["keys"],
+                ["node"], ["node", "start"], ["node", "stop"], ["node", "kill"],
+                ["node", "decommission"], ["node", "remove"], ["cluster"], ["cluster", "up"],
+                ["cluster", "down"], ["cluster", "add"], ["cluster", "status"], ["keys"],
                 ["keys", "generate"]]
     runner = CliRunner()
     for command in commands:

@@ -21,25 +21,32 @@ import pytest
 import zmq
 
 from zkv.client import Client
+from zkv.core.cluster_map import ClusterMap, MapMember
 from zkv.core.messages import (
+    AdminRequest,
     ClientReply,
     ClientRequest,
+    EpochRefused,
     ErrorReply,
     Gossip,
     Handoff,
     HandoffAck,
     JoinRequest,
+    MapLearn,
+    MapPrepare,
+    MapQuery,
     MemberState,
     Message,
+    Prepare,
+    PrepareReply,
     ReadReply,
     ReadRequest,
     RingInfo,
     RingQuery,
+    StreamPull,
     SyncDigest,
     SyncKeys,
     SyncPull,
-    Prepare,
-    PrepareReply,
     WriteReply,
     WriteRequest,
     decode,
@@ -85,6 +92,9 @@ def _record(rng: random.Random) -> Record:
                   rng.randbytes(rng.randrange(16)))
 
 
+FORGED_MAP = ClusterMap.founding(MapMember("fuzz", "tcp://127.0.0.1:1", 1), 3, 64).encode()
+
+
 def valid_messages(rng: random.Random, key: bytes) -> list[Message]:
     """One well-formed message of every kind (peer kinds included)."""
     member = MemberState("fuzz", "tcp://127.0.0.1:1", 1, 1, "alive")
@@ -96,7 +106,7 @@ def valid_messages(rng: random.Random, key: bytes) -> list[Message]:
         ClientRequest(rng.randrange(1 << 32), "cas", key, None, "quorum", 1000, b"old"),
         RingQuery(rng.randrange(1 << 32)),
         ClientReply(1, "ok", b"v", ""),
-        RingInfo(1, [("n1", "tcp://127.0.0.1:1")], 3, 64),
+        RingInfo(1, [("n1", "tcp://127.0.0.1:1")], 3, 64, 2, True),
         ReadRequest(1, key),
         ReadReply(1, key, _record(rng), None),
         WriteRequest(1, key, _record(rng)),
@@ -109,8 +119,15 @@ def valid_messages(rng: random.Random, key: bytes) -> list[Message]:
         SyncKeys(1, 5, 0, [(key, version)]),
         SyncPull(1, [key]),
         Gossip("fuzz", [member]),
-        JoinRequest(member),
+        JoinRequest(member, 5),
         ErrorReply(1, "x"),
+        AdminRequest(1, "status", ""),
+        AdminRequest(2, "remove", "nobody"),
+        MapQuery(0),
+        MapLearn(FORGED_MAP),
+        MapPrepare(2, [1, "fuzz"], FORGED_MAP),
+        StreamPull(1, 1, 0, 1 << 63),
+        EpochRefused(1, key, 99, None),
     ]
 
 

@@ -198,6 +198,11 @@ def _events(handle: NodeHandle, kind: str, **fields: Any) -> list[dict[str, Any]
             if all(e["fields"].get(k) == v for k, v in fields.items())]
 
 
+def _epoch(handle: NodeHandle) -> int:
+    """The node's cluster map epoch: replica requests built on an older one are refused."""
+    return max(e["fields"]["epoch"] for e in handle.events("map_adopted"))
+
+
 def _metric(handle: NodeHandle, line_start: str) -> float:
     text = urllib.request.urlopen(handle.metrics_url, timeout=5).read().decode()
     values = [float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
@@ -216,7 +221,8 @@ def test_a_client_key_posing_as_a_node_changes_no_membership_and_writes_no_versi
     # "n3 has left", as n2 would say it, fresher than anything n1 knows of n3; and a
     # replica write at an honest version (the version bound is not what stops it).
     gossip = Gossip("n2", [MemberState("n3", n3.address, 1 << 40, 0, "left")])
-    write = WriteRequest(1, b"posed-key", Record(Version(_now_ms(), 0, "n2"), False, b"posed"))
+    write = WriteRequest(1, b"posed-key", Record(Version(_now_ms(), 0, "n2"), False, b"posed"),
+                         _epoch(n1))
     refused_before = _metric(n1, 'zkv_events_total{kind="peer_message_refused"}')
 
     def outcome() -> str | None:
@@ -257,7 +263,8 @@ def test_the_cluster_key_is_a_peer(cluster: Cluster, keys: Path) -> None:
     """The control for the test above: the same batch with the cluster's key pair is
     taken as n2's, so what stopped alice was her key, not the way the test sends."""
     n1 = cluster.nodes["n1"]
-    write = WriteRequest(1, b"peer-key", Record(Version(_now_ms(), 0, "n2"), False, b"ok"))
+    write = WriteRequest(1, b"peer-key", Record(Version(_now_ms(), 0, "n2"), False, b"ok"),
+                         _epoch(n1))
     peer = _socket_with_key(cluster, keys, "cluster", "n1")
     try:
         _keep_sending(peer, [_peer_batch("n2", write)],
@@ -271,8 +278,9 @@ def test_a_far_future_version_is_refused_and_counted_and_the_key_stays_writable(
         cluster: Cluster, keys: Path) -> None:
     n1 = cluster.nodes["n1"]
     hour_ahead = Version(_now_ms() + 3_600_000, 0, "n2")
-    forged = [WriteRequest(1, b"future-key", Record(Version(MAX, MAX, "n2"), False, b"x")),
-              Prepare(2, b"future-key", hour_ahead)]
+    epoch = _epoch(n1)
+    forged = [WriteRequest(1, b"future-key", Record(Version(MAX, MAX, "n2"), False, b"x"), epoch),
+              Prepare(2, b"future-key", hour_ahead, epoch)]
     before = _metric(n1, 'zkv_events_total{kind="future_version_refused"}')
 
     def outcome() -> str | None:

@@ -1,6 +1,6 @@
 """Membership: joining, failure detection within a stated bound, no false removals."""
 
-from tests.sim.conftest import formed
+from tests.sim.conftest import formed, rings_agree
 
 # Stated bound: a crashed node is marked down by every live node within
 # t_fail + 3 gossip intervals (one interval for the last heartbeat to spread,
@@ -40,7 +40,10 @@ def detection_within_bound(c, crashed: list[str]) -> None:
         assert set(removed) == live, f"{n} not removed by {live - set(removed)}"
         assert max(down.values()) - t0 <= cfg.t_fail + SLACK_INTERVALS * cfg.gossip_interval
         assert max(removed.values()) - t0 <= cfg.t_remove + SLACK_INTERVALS * cfg.gossip_interval
-        assert all(n not in c.node(i).ring.nodes for i in live)
+    # Then a majority decides the removal, the gainers stream, and the ring settles.
+    assert c.run_until_condition(
+        lambda: all(n not in c.node(i).ring.nodes for i in live for n in crashed)
+        and rings_agree(c), deadline=c.now + 3.0)
 
 
 def test_single_failure_is_detected_by_every_live_node_within_the_bound():

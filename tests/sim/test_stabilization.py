@@ -25,30 +25,49 @@ def values_intact(c, values) -> None:
         assert c.get(c.running()[0], key).value == value
 
 
-def test_join_leave_and_rejoin_leave_every_key_on_exactly_its_replicas():
+def in_every_ring(c, node: str) -> bool:
+    return all(node in c.node(i).ring.nodes for i in c.running())
+
+
+def test_join_and_decommission_leave_every_key_on_exactly_its_replicas():
     c = formed(8, seed=31)
     values = load(c)
     settle(c)
 
     joined = c.add_node()
+    assert c.run_until_condition(lambda: in_every_ring(c, joined), deadline=c.now + 10)
     settle(c)
     assert any(joined in holders(c, k) for k in KEYS), "the new node took over no keys"
     values_intact(c, values)
 
-    c.stop("n3")  # graceful leave
+    c.decommission("n3")
     assert c.run_until_condition(lambda: c.gone("n3"), deadline=c.now + 10)
     settle(c)
-    assert all("n3" not in holders(c, k) for k in KEYS)
+    assert all("n3" not in c.node(i).ring.nodes for i in c.running())
     values_intact(c, values)
 
-    c.restart("n3")  # comes back with its old data and a higher incarnation
-    settle(c)
-    assert any("n3" in holders(c, k) for k in KEYS)
-    values_intact(c, values)
+    # A decommissioned node restarted with its old directory stays out of the cluster.
+    c.restart("n3")
+    assert c.run_until_condition(lambda: c.gone("n3"), deadline=c.now + 5)
 
-    moves = c.events.of_kind("stabilize_push")
+    streamed = c.events.of_kind("stream_done")
     drops = c.events.of_kind("strays_dropped")
-    assert moves and drops
+    assert streamed and drops
+
+
+def test_a_graceful_stop_keeps_the_node_a_member_and_moves_no_data():
+    c = formed(6, seed=33)
+    values = load(c)
+    settle(c)
+    epoch = c.node("n0").cluster_map.epoch
+    c.stop("n2", grace=0.5)
+    assert c.run_until_condition(lambda: c.gone("n2"), deadline=c.now + 2)
+    c.restart("n2")
+    settle(c)
+    values_intact(c, values)
+    assert c.node("n0").cluster_map.epoch == epoch  # no ring change either way
+    assert not [e for e in c.events.of_kind("stream_start")
+                if e.time > 0 and e.fields["epoch"] > epoch]
 
 
 def test_crashed_node_removed_then_back_keeps_placement_exact():

@@ -1,6 +1,6 @@
 """Which replicas the coordinator asks, and when it asks the rest."""
 
-from zkv.core.coordinator import Coordinator
+from zkv.core.coordinator import Coordinator, Placement
 from zkv.core.messages import ClientReply, ClientRequest, ReadReply, ReadRequest, WriteRequest
 from zkv.core.versions import HybridClock, Version
 from zkv.storage.record import Record
@@ -19,8 +19,8 @@ def recipients(out: RecordingOutbox, kind: type) -> list[str]:
 def start(coord: Coordinator, out: RecordingOutbox, op: str = "get", level: str = "quorum",
           sets=(REPLICAS,), now: float = 0.0, req_id: int = 1) -> int:
     value = b"v" if op == "put" else None
-    coord.start("client", ClientRequest(req_id, op, b"k", value, level, 1000), list(sets),
-                {"a", "b", "c", "d"}, now, 1.0, out)
+    coord.start("client", ClientRequest(req_id, op, b"k", value, level, 1000),
+                Placement(0, list(sets), {"a", "b", "c", "d"}), now, 1.0, out)
     return max(coord.ops)
 
 

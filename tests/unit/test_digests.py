@@ -9,7 +9,6 @@ from zkv.core.versions import Version
 from zkv.storage.memory import MemoryStore
 from zkv.storage.record import Record
 
-
 NOW = 5_000  # wall ms; every version in these tests is within RETAIN_MS of it
 ALL = 10 ** 12  # a horizon after every write
 

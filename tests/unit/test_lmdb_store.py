@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from zkv.core.ring import Ring, token
 from zkv.core.versions import Version
 from zkv.storage.base import StoreFull
-from zkv.core.ring import Ring, token
 from zkv.storage.lmdb_store import (
     SHORT_KEY_MAX,
     CorruptMeta,

@@ -4,16 +4,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from zkv.core import messages as m
+from zkv.core.cluster_map import ClusterMap, MapMember
 from zkv.core.versions import Version
 from zkv.storage.record import Record
 
 REC = Record(Version(1, 2, "n1"), False, b"value")
+MAP = ClusterMap.founding(MapMember("n1", "tcp://127.0.0.1:1", 5), 3, 64).encode()
 SAMPLES = [
     m.ClientRequest(1, "put", b"k", b"v", "quorum", 2000),
     m.ClientRequest(2, "get", b"k", None, "one", 0),
     m.ClientReply(1, "ok", b"v", ""),
     m.RingQuery(3),
-    m.RingInfo(3, [("n1", "tcp://127.0.0.1:1")], 3, 64),
+    m.RingInfo(3, [("n1", "tcp://127.0.0.1:1")], 3, 64, 2, False),
     m.ReadRequest(4, b"k"),
     m.ClientRequest(3, "cas", b"k", None, "quorum", 100, b"old"),
     m.ReadReply(4, b"k", REC, None),
@@ -32,6 +34,23 @@ SAMPLES = [
     m.Gossip("n1", [m.MemberState("n1", "tcp://127.0.0.1:1", 1, 9, "alive")]),
     m.JoinRequest(m.MemberState("n2", "tcp://127.0.0.1:4", 2, 0, "alive")),
     m.ErrorReply(-1, "bad"),
+    m.ReadRequest(4, b"k", 7),
+    m.EpochRefused(4, b"k", 9, MAP),
+    m.EpochRefused(4, b"k", 9, None),
+    m.Gossip("n1", [], 3, 2),
+    m.JoinRequest(m.MemberState("n2", "tcp://127.0.0.1:4", 2, 0, "alive"), 77),
+    m.MapPrepare(2, [1, "n1"], MAP),
+    m.MapPromise(2, [1, "n1"], True, [0, ""], None, 1),
+    m.MapPromise(2, [1, "n1"], False, [3, "n2"], MAP, 1),
+    m.MapAccept(2, [1, "n1"], MAP),
+    m.MapAccepted(2, [1, "n1"], True, 1),
+    m.MapLearn(MAP),
+    m.MapQuery(1),
+    m.StreamPull(1, 2, 0, 1 << 63),
+    m.StreamChunk(1, [(b"k", REC)], 55),
+    m.StreamChunk(1, [], None),
+    m.AdminRequest(1, "decommission", "n2"),
+    m.AdminReply(1, "refused", "why", {"epoch": 3}),
 ]
 
 
@@ -52,11 +71,11 @@ def test_every_message_round_trips(message):
     (cbor2.dumps([1, 1, "put", "str-key", b"v", "quorum", 0, None]), "key must be bytes"),
     (cbor2.dumps([1, -1, "put", b"k", b"v", "quorum", 0, None]), "must not be negative"),
     (cbor2.dumps([1, 1, "put", b"k", b"v", "strong", 0, None]), "consistency must be one of"),
-    (cbor2.dumps([12, 1, b"k", [1, 2, "n", True, b"x"]]), "tombstone carries no value"),
-    (cbor2.dumps([12, 1, b"k", [1, 2]]), "record must be a list of 5"),
-    (cbor2.dumps([30, "n1", [["n1", "a", 1, 1, "zombie"]]]), "must be one of 'alive'"),
-    (cbor2.dumps([10, True, b"k"]), "must be an integer"),
-    (cbor2.dumps([10, 1 << 70, b"k"]), "out of range"),
+    (cbor2.dumps([12, 1, b"k", [1, 2, "n", True, b"x"], 1]), "tombstone carries no value"),
+    (cbor2.dumps([12, 1, b"k", [1, 2], 1]), "record must be a list of 5"),
+    (cbor2.dumps([30, "n1", [["n1", "a", 1, 1, "zombie"]], 1, 0, 0]), "must be one of 'alive'"),
+    (cbor2.dumps([10, True, b"k", 1]), "must be an integer"),
+    (cbor2.dumps([10, 1 << 70, b"k", 1]), "out of range"),
 ])
 def test_malformed_frames_are_rejected_with_a_reason(frame, reason):
     with pytest.raises(m.DecodeError, match=reason):

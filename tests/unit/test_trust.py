@@ -59,7 +59,7 @@ def v(wall_ms: int, counter: int = 0, node_id: str = "n2") -> Version:
 def test_a_replica_write_at_the_highest_version_is_refused_and_counted() -> None:
     n = node()
     forged = Record(v(MAX, MAX), False, b"mine forever")
-    actions = n.step(Deliver("n2", WriteRequest(7, b"k", forged)), NOW)
+    actions = n.step(Deliver("n2", WriteRequest(7, b"k", forged, 1)), NOW)
     assert n.store.get(b"k") is None
     assert n.rejected_frames == 1
     [refused] = refusals(actions)
@@ -69,22 +69,22 @@ def test_a_replica_write_at_the_highest_version_is_refused_and_counted() -> None
     assert n.clock.next(WALL_MS).wall_ms == WALL_MS
     # And the key can still be written at an ordinary version.
     honest = Record(v(WALL_MS), False, b"v")
-    assert not refusals(n.step(Deliver("n2", WriteRequest(8, b"k", honest)), NOW))
+    assert not refusals(n.step(Deliver("n2", WriteRequest(8, b"k", honest, 1)), NOW))
     assert n.store.get(b"k") == honest
 
 
 def test_the_bound_is_the_configured_distance_ahead_of_the_receivers_clock() -> None:
     n = node(max_version_ahead=60.0)
     at_bound = Record(v(WALL_MS + 60_000), False, b"skewed")
-    assert not refusals(n.step(Deliver("n2", WriteRequest(1, b"a", at_bound)), NOW))
+    assert not refusals(n.step(Deliver("n2", WriteRequest(1, b"a", at_bound, 1)), NOW))
     assert n.store.get(b"a") == at_bound  # a clock ahead by less than the bound is fine
     beyond = Record(v(WALL_MS + 60_001), False, b"too far")
-    assert refusals(n.step(Deliver("n2", WriteRequest(2, b"b", beyond)), NOW))
+    assert refusals(n.step(Deliver("n2", WriteRequest(2, b"b", beyond, 1)), NOW))
     assert n.store.get(b"b") is None
     # The bound moves with the receiver's clock, and follows the config.
-    assert not refusals(n.step(Deliver("n2", WriteRequest(3, b"b", beyond)), NOW + 1))
+    assert not refusals(n.step(Deliver("n2", WriteRequest(3, b"b", beyond, 1)), NOW + 1))
     strict = node(max_version_ahead=5.0)
-    assert refusals(strict.step(Deliver("n2", WriteRequest(1, b"a", at_bound)), NOW))
+    assert refusals(strict.step(Deliver("n2", WriteRequest(1, b"a", at_bound, 1)), NOW))
 
 
 @pytest.mark.parametrize("message", [
@@ -111,9 +111,9 @@ def test_every_peer_message_with_a_far_future_version_is_refused(message: object
 
 def test_a_far_future_ballot_leaves_no_promise_behind() -> None:
     n = node()
-    n.step(Deliver("n2", Prepare(1, b"k", v(WALL_MS + 3_600_000))), NOW)
+    n.step(Deliver("n2", Prepare(1, b"k", v(WALL_MS + 3_600_000), 1)), NOW)
     assert n.store.get_promise(b"k") is None
-    n.step(Deliver("n2", Prepare(2, b"k", v(WALL_MS + 1_000))), NOW)
+    n.step(Deliver("n2", Prepare(2, b"k", v(WALL_MS + 1_000), 1)), NOW)
     assert n.store.get_promise(b"k") == v(WALL_MS + 1_000)  # an honest one is kept
 
 

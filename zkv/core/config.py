@@ -15,8 +15,8 @@ class NodeConfig:
     consistency: str = "quorum"  # default when a request does not say
     gossip_interval: float = 0.2
     t_fail: float = 2.0  # no fresh heartbeat for this long: down (still in the ring)
-    t_remove: float = 8.0  # no fresh heartbeat for this long: removed from the ring
-    t_transition: float = 3.0  # after a ring change, quorums span old and new replica sets
+    t_remove: float = 8.0  # no fresh heartbeat for this long: removable from the ring
+    removal: str = "auto"  # auto: the t_remove timer proposes removals; manual: operators do
     retry_interval: float = 0.1  # resend unanswered replica requests and hand-offs
     anti_entropy_interval: float = 5.0  # one digest message per round; cheap
     handoff_batch: int = 256
@@ -43,6 +43,8 @@ class NodeConfig:
             raise ValueError("consistency: must be one, quorum or all")
         if not 0 < self.gossip_interval < self.t_fail < self.t_remove:
             raise ValueError("timers: need 0 < gossip_interval < t_fail < t_remove")
+        if self.removal not in ("auto", "manual"):
+            raise ValueError("removal: must be auto or manual")
         if self.max_key < 1 or self.max_value < 0:
             raise ValueError("max_key/max_value: must be positive")
         if not self.max_version_ahead > 0:

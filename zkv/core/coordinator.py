@@ -52,13 +52,22 @@ A read phase first asks only as many replicas as the level needs (this node
 first when it is one), like Cassandra; when they have not all answered after a
 speculative delay (a few times the recent read-phase time, at most
 ``retry_interval``) it asks every replica. Writes, prepares and accepts go to
-every replica. During a ring change (joint quorums) every phase asks every
+every replica. During a ring transition (joint quorums) every phase asks every
 replica of both sets and needs a quorum of each.
+
+Epochs. Every replica request carries the epoch of the cluster map its replica
+sets came from; a replica that has seen a newer epoch refuses it and sends its
+map (``EpochRefused``). The operation then goes on under the new map: a read,
+prepare or write phase is asked again of the new sets (a write keeps its
+version: it was chosen above everything a quorum of the older sets held, which
+every newer write also had to pass); a refused accept counts as a refusal, and
+the next round prepares on the new sets. So no phase completes on an epoch a
+quorum of its replicas has left behind, which is what ``cluster_map`` needs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from hashlib import blake2b
 from typing import Hashable
@@ -67,6 +76,7 @@ from zkv.core.backoff import backoff
 from zkv.core.messages import (
     ClientReply,
     ClientRequest,
+    EpochRefused,
     Prepare,
     PrepareReply,
     ReadReply,
@@ -85,6 +95,16 @@ QUEUED = "queued"  # waiting for this node's round on the same key to end
 FOLLOWING = "following"  # evaluated within another op's round (see ``_prepare``)
 MAX_FOLD = 64  # operations one round decides at most
 MIN_SPECULATION = 0.002  # seconds: a narrow read waits at least this before asking all
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where an operation on a key runs: the map epoch, the replica sets (one, or
+    two during a transition) and the replicas not known to be down."""
+
+    epoch: int
+    sets: list[tuple[str, ...]]
+    reachable: set[str]
 
 
 @dataclass(slots=True)
@@ -112,6 +132,7 @@ class Operation:
     wrote: bool = False  # this op's own evaluation changed the state (in its round)
     followers: list[Operation] = field(default_factory=list)  # ops folded into its round
     leader: Operation | None = None  # the op whose round decides this one
+    epoch: int = 0  # of the map its replica sets came from
 
 
 class Coordinator:
@@ -131,46 +152,43 @@ class Coordinator:
         # so this is where rounds on one key would otherwise duel).
         self._rounds: dict[bytes, Operation] = {}
         self._waiting: dict[bytes, list[Operation]] = {}
+        self.epoch = 0  # the node's map epoch
+        self.placement: Callable[[bytes], Placement] = lambda key: Placement(0, [], set())
 
     # ----------------------------------------------------------------- entry
 
-    def start(
-        self,
-        client: Hashable,
-        request: ClientRequest,
-        replica_sets: list[tuple[str, ...]],
-        reachable: set[str],
-        now: float,
-        timeout: float,
-        out: Outbox,
-    ) -> None:
-        """Begin ``request``; ``reachable`` are the targets not known to be down."""
-        tracker = QuorumTracker(replica_sets, request.consistency)
+    def start(self, client: Hashable, request: ClientRequest, placement: Placement,
+              now: float, timeout: float, out: Outbox) -> None:
+        """Begin ``request`` on ``placement``."""
+        tracker = QuorumTracker(placement.sets, request.consistency)
+        reachable = placement.reachable
         if not tracker.targets or not tracker.possible(reachable):
             self._answer_now(client, request, "unavailable",
                              f"{len(reachable & set(tracker.targets))} of "
                              f"{len(tracker.targets)} replicas reachable", out)
             return
         self._next += 1
-        op = Operation(self._next, client, request, tracker, now, now + timeout)
+        op = Operation(self._next, client, request, tracker, now, now + timeout,
+                       epoch=placement.epoch)
         self.ops[op.op_id] = op
         if request.op in ("get", "put"):
-            asked = self._narrow_targets(tracker, reachable)
+            asked = self._narrow_targets(tracker, placement.reachable)
             op.narrow = bool(asked)
             self._send_phase(op, now, out, asked)  # [] asks every replica
         else:
             self._prepare(op, now, out)
 
-    def repair(self, key: bytes, above: Version | None, replica_sets: list[tuple[str, ...]],
-               reachable: set[str], now: float, timeout: float, out: Outbox) -> None:
+    def repair(self, key: bytes, above: Version | None, placement: Placement, now: float,
+               timeout: float, out: Outbox) -> None:
         """A Paxos round that only makes ``key``'s newest state chosen, above ``above``
         (a promise that fenced a newer record here): no client waits for it."""
-        tracker = QuorumTracker(replica_sets, "quorum")
-        if not tracker.targets or not tracker.possible(reachable):
+        tracker = QuorumTracker(placement.sets, "quorum")
+        if not tracker.targets or not tracker.possible(placement.reachable):
             return
         self._next += 1
         request = ClientRequest(0, "get", key, None, "quorum", 0)
-        op = Operation(self._next, None, request, tracker, now, now + timeout, above=above)
+        op = Operation(self._next, None, request, tracker, now, now + timeout, above=above,
+                       epoch=placement.epoch)
         self.ops[op.op_id] = op
         self.repairs += 1
         self._prepare(op, now, out)
@@ -250,6 +268,36 @@ class Coordinator:
         elif not op.tracker.possible(set(op.tracker.targets) - op.rejects):
             self._refused(op, now, out)
 
+    def on_epoch_refused(self, sender: str, msg: EpochRefused, now: float,
+                         out: Outbox) -> None:
+        """A replica has seen a newer map than this op's (the node adopted the map
+        the refusal carried): go on under the new one (see the module docstring)."""
+        op = self.ops.get(msg.op_id)
+        if op is None or sender not in op.tracker.targets or msg.key != op.request.key:
+            return
+        if op.phase == ACCEPT:
+            op.rejects.add(sender)
+            if not op.tracker.possible(set(op.tracker.targets) - op.rejects):
+                self._refused(op, now, out)
+            return
+        if not self._rebase(op):
+            return  # the node has no newer map yet; the resend asks again
+        if op.phase == PREPARE:
+            self._back_off(op, now)
+        elif op.phase in (READ, REPAIR, WRITE):
+            if op.phase == READ:
+                op.reads = {}
+            self._enter(op, op.phase, op.record, now, out)  # type: ignore[arg-type]
+
+    def _rebase(self, op: Operation) -> bool:
+        """Move ``op`` to the node's newer map, if it has one; True when it moved."""
+        if self.epoch <= op.epoch:
+            return False
+        placement = self.placement(op.request.key)
+        op.tracker = QuorumTracker(placement.sets, op.request.consistency)
+        op.epoch = placement.epoch
+        return True
+
     def tick(self, now: float, retry_interval: float, out: Outbox) -> None:
         for op in list(self.ops.values()):
             if self.ops.get(op.op_id) is not op:
@@ -293,21 +341,22 @@ class Coordinator:
         """Send the phase's requests to ``targets`` (all) that have not answered."""
         op.sent_at = now
         key = op.request.key
+        epoch = op.epoch
         if op.phase == READ:
             for target in targets or op.tracker.targets:
                 if target not in op.reads:
-                    out.send(target, ReadRequest(op.op_id, key))
+                    out.send(target, ReadRequest(op.op_id, key, epoch))
             return
         if op.phase == PREPARE:
             assert op.record is not None  # the ballot travels as the record's version
             for target in op.tracker.targets:
                 if target not in op.reads and target not in op.rejects:
-                    out.send(target, Prepare(op.op_id, key, op.record.version))
+                    out.send(target, Prepare(op.op_id, key, op.record.version, epoch))
             return
         assert op.record is not None
         for target in op.tracker.targets:
             if target not in op.acks and target not in op.rejects:
-                out.send(target, WriteRequest(op.op_id, key, op.record))
+                out.send(target, WriteRequest(op.op_id, key, op.record, epoch))
 
     def _after_read(self, op: Operation, now: float, out: Outbox) -> None:
         newest = _newest(op.reads.values())
@@ -352,7 +401,7 @@ class Coordinator:
                 return
             newest = recent[1]
         if newest is not None and _version(msg.record) < newest.version:
-            out.send(sender, WriteRequest(0, msg.key, newest))
+            out.send(sender, WriteRequest(0, msg.key, newest, self.epoch))
             out.event("read_repair", key=msg.key, stale=[sender])
 
     # ----------------------------------------------------------------- Paxos rounds
@@ -365,6 +414,7 @@ class Coordinator:
             op.phase = QUEUED
             self._waiting.setdefault(key, []).append(op)
             return
+        self._rebase(op)
         if not op.recovering and op.client is not None:
             self._fold(op)
         op.attempts += 1

@@ -34,7 +34,6 @@ from zkv.core.versions import Version
 from zkv.storage.base import Store
 from zkv.storage.record import Record
 
-
 RETAIN_MS = 30_000  # how far back a horizon may lie
 
 

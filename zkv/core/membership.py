@@ -134,10 +134,17 @@ class Membership:
                 me.node_id, me.address, state.incarnation, state.heartbeat + 1, me.status
             )
 
-    def check(self, now: float) -> list[StatusChange]:
-        """Apply the failure-detection timers; returns the status changes."""
+    def majority_alive(self, voters: frozenset[str]) -> bool:
+        """True when more than half of ``voters`` (the cluster map's) are alive to this node."""
+        alive = sum(1 for v in voters if v == self.me_id or self.alive(v))
+        return 2 * alive > len(voters)
+
+    def check(self, now: float, majority: bool | None = None) -> list[StatusChange]:
+        """Apply the failure-detection timers; returns the status changes. A member
+        turns ``removed`` (removable) only while this node sees a ``majority``."""
         changes: list[StatusChange] = []
-        majority = self.has_majority()
+        if majority is None:
+            majority = self.has_majority()
         for node_id, m in self.members.items():
             if node_id == self.me_id or m.status not in IN_RING:
                 continue

@@ -22,6 +22,7 @@ OPS = ("get", "put", "delete", "create", "update", "cas")
 CONDITIONAL_OPS = ("delete", "create", "update", "cas")  # decided by per-key Paxos
 CONSISTENCY = ("one", "quorum", "all")
 MEMBER_STATUSES = ("alive", "left")
+ADMIN_ACTIONS = ("decommission", "remove", "status")
 
 
 class DecodeError(Exception):
@@ -83,13 +84,19 @@ class RingInfo(Message):
     members: list  # [[node_id, address], ...] of nodes in the ring
     replicas: int
     vnodes: int
+    epoch: int = 0  # of the node's cluster map
+    settled: bool = True  # False while a ring change is under way
 
 
 @dataclass(frozen=True, slots=True)
 class ReadRequest(Message):
+    """``epoch`` (here and in every replica request): the coordinator's cluster
+    map epoch; a replica that has seen a newer one refuses with ``EpochRefused``."""
+
     KIND: ClassVar[int] = 10
     op_id: int
     key: bytes
+    epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +118,7 @@ class WriteRequest(Message):
     op_id: int
     key: bytes
     record: Record
+    epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +140,7 @@ class Prepare(Message):
     op_id: int
     key: bytes
     ballot: Version
+    epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +154,18 @@ class PrepareReply(Message):
     promised: bool
     record: Record | None
     conflict: Version | None
+
+
+@dataclass(frozen=True, slots=True)
+class EpochRefused(Message):
+    """A replica request built on an older epoch than the replica has seen; carries
+    the replica's map (``cluster_map`` encoding) so the coordinator retries on it."""
+
+    KIND: ClassVar[int] = 16
+    op_id: int
+    key: bytes
+    epoch: int
+    cluster_map: list | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,15 +224,125 @@ class MemberState:
 
 @dataclass(frozen=True, slots=True)
 class Gossip(Message):
+    """``epoch``: the sender's cluster map epoch; ``streamed``: the transition epoch
+    whose gained ranges the sender has all streamed (0: none); ``instance``: the
+    sender's data directory (see ``cluster_map``)."""
+
     KIND: ClassVar[int] = 30
     sender: str
     members: list  # [MemberState, ...]
+    epoch: int = 0
+    streamed: int = 0
+    instance: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class JoinRequest(Message):
+    """``instance``: drawn when the node's data directory was made (see ``cluster_map``)."""
+
     KIND: ClassVar[int] = 31
     member: MemberState
+    instance: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MapPrepare(Message):
+    """Phase 1 of the instance deciding epoch ``slot``; ``base`` is epoch slot-1's map."""
+
+    KIND: ClassVar[int] = 32
+    slot: int
+    ballot: list  # [round, node_id]
+    base: list
+
+
+@dataclass(frozen=True, slots=True)
+class MapPromise(Message):
+    """``accepted``: the acceptor's accepted ballot and ``value`` (ok) or its promise
+    (refused); ``epoch``: the acceptor's current map epoch."""
+
+    KIND: ClassVar[int] = 33
+    slot: int
+    ballot: list
+    ok: bool
+    accepted: list
+    value: list | None
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class MapAccept(Message):
+    KIND: ClassVar[int] = 34
+    slot: int
+    ballot: list
+    value: list
+
+
+@dataclass(frozen=True, slots=True)
+class MapAccepted(Message):
+    KIND: ClassVar[int] = 35
+    slot: int
+    ballot: list
+    ok: bool
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class MapLearn(Message):
+    """A decided map, to a node that is behind (or asked with ``MapQuery``)."""
+
+    KIND: ClassVar[int] = 36
+    value: list
+
+
+@dataclass(frozen=True, slots=True)
+class MapQuery(Message):
+    KIND: ClassVar[int] = 37
+    epoch: int  # the asker's
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPull(Message):
+    """A gainer asks a ring replica for its records in tokens ``first``..``last``
+    (the page starting there); the replica first fences epochs below ``epoch``."""
+
+    KIND: ClassVar[int] = 38
+    pull_id: int
+    epoch: int
+    first: int
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamChunk(Message):
+    """One page; ``next`` is the token to ask from for the following page, or None
+    when the range is done."""
+
+    KIND: ClassVar[int] = 39
+    pull_id: int
+    records: list  # [(key, Record), ...]
+    next: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AdminRequest(Message):
+    """An operator's membership command: ``decommission`` or ``remove`` a node, or
+    ``status``. Answered with an ``AdminReply``."""
+
+    KIND: ClassVar[int] = 41
+    req_id: int
+    action: str
+    node_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AdminReply(Message):
+    """status: ok | pending | refused | unavailable; ``info``: a JSON-able dict."""
+
+    KIND: ClassVar[int] = 42
+    req_id: int
+    status: str
+    detail: str
+    info: dict
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +437,24 @@ def _pair(first: Check, second: Check) -> Check:
     return inner
 
 
+def _list(v: Any) -> list:
+    if type(v) is not list:
+        raise DecodeError("must be a list")
+    return v
+
+
+def _dict(v: Any) -> dict:
+    if type(v) is not dict:
+        raise DecodeError("must be a map")
+    return v
+
+
+def _ballot(v: Any) -> list:
+    if type(v) is not list or len(v) != 2 or type(v[1]) is not str:
+        raise DecodeError("must be [round, node_id]")
+    return [_nonneg(v[0]), v[1]]
+
+
 def _record(v: Any) -> Record:
     try:
         return Record.decode(v)
@@ -337,20 +486,31 @@ _SCHEMA: dict[type, tuple[Check, ...]] = {
                     _nonneg, _optional(_bytes)),
     ClientReply: (_nonneg, _str, _optional(_bytes), _str),
     RingQuery: (_nonneg,),
-    RingInfo: (_nonneg, _list_of(_pair(_str, _str)), _nonneg, _nonneg),
-    ReadRequest: (_nonneg, _bytes),
+    RingInfo: (_nonneg, _list_of(_pair(_str, _str)), _nonneg, _nonneg, _nonneg, _bool),
+    ReadRequest: (_nonneg, _bytes, _nonneg),
     ReadReply: (_nonneg, _bytes, _optional(_record), _optional(_version)),
-    WriteRequest: (_nonneg, _bytes, _record),
+    WriteRequest: (_nonneg, _bytes, _record, _nonneg),
     WriteReply: (_nonneg, _bytes, _bool, _optional(_version)),
-    Prepare: (_nonneg, _bytes, _version),
+    Prepare: (_nonneg, _bytes, _version, _nonneg),
     PrepareReply: (_nonneg, _bytes, _bool, _optional(_record), _optional(_version)),
+    EpochRefused: (_nonneg, _bytes, _nonneg, _optional(_list)),
     Handoff: (_nonneg, _list_of(_pair(_bytes, _record))),
     HandoffAck: (_nonneg,),
     SyncDigest: (_nonneg, _nonneg, _list_of(_pair(_nonneg, _bytes))),
     SyncKeys: (_nonneg, _nonneg, _nonneg, _list_of(_pair(_bytes, _version))),
     SyncPull: (_nonneg, _list_of(_bytes)),
-    Gossip: (_str, _list_of(_member)),
-    JoinRequest: (_member,),
+    Gossip: (_str, _list_of(_member), _nonneg, _nonneg, _nonneg),
+    JoinRequest: (_member, _nonneg),
+    MapPrepare: (_nonneg, _ballot, _list),
+    MapPromise: (_nonneg, _ballot, _bool, _list, _optional(_list), _nonneg),
+    MapAccept: (_nonneg, _ballot, _list),
+    MapAccepted: (_nonneg, _ballot, _bool, _nonneg),
+    MapLearn: (_list,),
+    MapQuery: (_nonneg,),
+    StreamPull: (_nonneg, _nonneg, _nonneg, _nonneg),
+    StreamChunk: (_nonneg, _list_of(_pair(_bytes, _record)), _optional(_nonneg)),
+    AdminRequest: (_nonneg, _one_of(ADMIN_ACTIONS), _str),
+    AdminReply: (_nonneg, _str, _str, _dict),
     ErrorReply: (_int, _str),
 }
 _BY_KIND: dict[int, type] = {cls.KIND: cls for cls in _SCHEMA}

@@ -1,15 +1,15 @@
 """A zkv node as a pure state machine: ``step(event, now) -> actions``.
 
-It ties membership, ring, coordinator, replica and stabilizer together and
-never touches a socket, a thread or the clock; the simulator and the ZeroMQ
-runtime drive the very same object.
+It ties membership (who is alive), the cluster map (who is in the ring, see
+``ring_changes``), coordinator, replica and stabilizer together and never
+touches a socket, a thread or the clock; the simulator and the ZeroMQ runtime
+drive the very same object.
 """
 
 from __future__ import annotations
 
+from hashlib import blake2b
 from typing import Any, Hashable
-
-import cbor2
 
 from zkv.core import replica
 from zkv.core.actions import (
@@ -24,19 +24,29 @@ from zkv.core.actions import (
     Shutdown,
     Tick,
 )
+from zkv.core.cluster_map import ClusterMap, MapMember
 from zkv.core.config import NodeConfig
-from zkv.core.coordinator import Coordinator
+from zkv.core.coordinator import Coordinator, Placement
 from zkv.core.digests import DigestedStore
-from zkv.core.membership import LEFT, Membership, StatusChange
+from zkv.core.membership import LEFT, REMOVED, Membership
 from zkv.core.messages import (
     CONDITIONAL_OPS,
+    AdminReply,
+    AdminRequest,
     ClientReply,
     ClientRequest,
+    EpochRefused,
     ErrorReply,
     Gossip,
     Handoff,
     HandoffAck,
     JoinRequest,
+    MapAccept,
+    MapAccepted,
+    MapLearn,
+    MapPrepare,
+    MapPromise,
+    MapQuery,
     MemberState,
     Message,
     Prepare,
@@ -45,6 +55,8 @@ from zkv.core.messages import (
     ReadRequest,
     RingInfo,
     RingQuery,
+    StreamChunk,
+    StreamPull,
     SyncDigest,
     SyncKeys,
     SyncPull,
@@ -52,12 +64,13 @@ from zkv.core.messages import (
     WriteRequest,
 )
 from zkv.core.ring import Ring
+from zkv.core.ring_changes import RingChanges
 from zkv.core.stabilizer import Stabilizer
 from zkv.core.versions import HybridClock, latest_wall_ms
 from zkv.storage.base import Store, StoreFull
 
-
 REPAIRS_IN_FLIGHT = 32  # Paxos rounds this node runs at once to settle fenced keys
+REPLICA_REQUESTS = (ReadRequest, WriteRequest, Prepare)
 
 
 class _StepOutbox:
@@ -74,7 +87,7 @@ class _StepOutbox:
         if to == self.node.node_id:
             self.local.append(message)
             return
-        address = self.node.membership.address(to)
+        address = self.node.address_of(to)
         if address is not None:
             self.actions.append(Send(to, address, message))
 
@@ -95,40 +108,98 @@ class Node:
         incarnation = int.from_bytes(store.get_meta("incarnation") or b"\0", "big") + 1
         store.put_meta("incarnation", incarnation.to_bytes(8, "big"))
         self.incarnation = incarnation
+        self.instance = self._instance(now)
         self.clock = HybridClock(self.node_id)
         self.membership = Membership(
             MemberState(self.node_id, self.address, incarnation, 0, "alive"),
             config.t_fail, config.t_remove, now,
         )
-        known = self._load_members()
-        self.membership.merge(known, now)
-        # A node that founds the cluster is joined at once; any other waits for a peer's table.
-        self.joined = self.address in config.seeds and not known
-        self.ring = Ring(self.membership.ring_members(), config.replicas, config.vnodes)
-        self.settling: list[tuple[Ring, float]] = []  # earlier rings, until their end time
         op_base = incarnation << 32
+        self.changes = RingChanges(self.node_id, self.instance, store, op_base,
+                                   config.removal)
+        cmap = self.changes.map
+        # The first seed founds the cluster if its directory was never in one, after
+        # t_fail without hearing of one: an empty directory may be a wiped member,
+        # which must join the cluster it was in, not found another.
+        founder = cmap is None and bool(config.seeds) and config.seeds[0] == self.address
+        self._found_at = now + config.t_fail if founder else float("inf")
+        if cmap is not None:
+            self.membership.merge([MemberState(m.node_id, m.address, 0, 0, "alive")
+                                   for m in cmap.members if m.node_id != self.node_id], now)
+        self.ring = Ring(cmap.ring if cmap else (), config.replicas, config.vnodes)
         self.coordinator = Coordinator(self.node_id, self.clock, op_base, config.wall_offset)
+        self.coordinator.placement = self._placement
+        self.coordinator.epoch = self.changes.epoch
         self.stabilizer = Stabilizer(self.node_id, store, config.handoff_batch, op_base,
                                      config.wall_offset)
         self.stabilizer.prepare(self.ring, now)
         self.stopping = False
-        # Coordinate only once every peer can have heard of us: see _hold_coordination.
-        self._coordinate_from = now + config.t_fail if self.joined else float("inf")
+        # This directory's data moved away and it left the cluster; a restart on it ends
+        # at once (a wiped directory may join again, as a new member).
+        self.decommissioned = bool(store.get_meta("decommissioned"))
+        self._was_member = self.changes.member()
+        # Voters that gossiped an epoch no newer than this node's since it last had reason
+        # to doubt its map (a restart, a stall, a lost majority); None: no doubt. It
+        # coordinates only once they are a majority (see ``_doubt``).
+        self._confirming: set[str] | None = set() if self.joined else None
         self._isolated = False
         self._gossip_turn = 0
-        self._catch_up: list[str] = []  # peers to run anti-entropy with soon
+        # Peers to run anti-entropy with soon: after a restart, every one (what was
+        # written while this node was down).
+        self._catch_up = sorted(n for n in self.ring.nodes if n != self.node_id)
         self.rejected_frames = 0
         self._next_gossip = now
         self._next_check = now + config.gossip_interval
         self._next_anti_entropy = now + config.anti_entropy_interval
         self._next_tombstone_gc = now + config.tombstone_gc_interval
         self._corrupt_seen = 0
+        self._last_step = now
         store.commit()
+
+    def _instance(self, now: float) -> int:
+        """This data directory's instance number, drawn at its first start."""
+        raw = self.store.get_meta("instance")
+        if raw:
+            return int.from_bytes(raw, "big")
+        seed = f"{self.node_id}|{self.address}|{now!r}|{self.incarnation}".encode()
+        instance = int.from_bytes(blake2b(seed, digest_size=6).digest(), "big")
+        self.store.put_meta("instance", instance.to_bytes(8, "big"))
+        return instance
 
     # ----------------------------------------------------------------- driver interface
 
+    @property
+    def joined(self) -> bool:
+        """In the cluster map (ring or target) as this data directory."""
+        return self.changes.member()
+
+    @property
+    def coordinating(self) -> bool:
+        """Whether client requests are taken (see ``_on_client``)."""
+        return self.joined and not self.stopping and self._confirming is None
+
+    @property
+    def settling(self) -> list[Ring]:
+        """The target ring while a transition is under way (quorums span both)."""
+        cmap = self.changes.map
+        target = cmap.rings[1] if cmap is not None else None
+        return [target] if target is not None else []
+
+    @property
+    def cluster_map(self) -> ClusterMap | None:
+        return self.changes.map
+
+    def address_of(self, node_id: str) -> str | None:
+        address = self.membership.address(node_id)
+        if address is None and self.changes.map is not None:
+            address = self.changes.map.address(node_id)
+        return address
+
     def step(self, event: Input, now: float) -> list[Action]:
         out = _StepOutbox(self)
+        if now - self._last_step > self.config.t_fail and not isinstance(event, Tick):
+            self._woke(now - self._last_step, now, out)
+        self._last_step = now
         if isinstance(event, Deliver):
             if not self._from_the_future(event, now, out):
                 self._on_peer(event.sender, event.message, now, out)
@@ -140,12 +211,13 @@ class Node:
             self._on_shutdown(now, out)
         while out.local:
             self._on_peer(self.node_id, out.local.pop(0), now, out)
+        self._after_step(now, out)
         self._report_corruption(out)
         return out.actions
 
     def next_wakeup(self) -> float:
         times = [self._next_gossip, self._next_check, self._next_anti_entropy,
-                 self._next_tombstone_gc]
+                 self._next_tombstone_gc, self._found_at]
         due = self.coordinator.next_wakeup(self.config.retry_interval)
         if due is not None:
             times.append(due)
@@ -154,10 +226,16 @@ class Node:
         resend = self.stabilizer.next_resend(self.config.retry_interval)
         if resend is not None:
             times.append(resend)
+        pulls = self.changes.streamer.next_resend(self.config.retry_interval)
+        if pulls is not None:
+            times.append(pulls)
         return min(times)
 
     def subscriptions(self) -> set[str]:
-        return self.membership.subscriptions()
+        subs = self.membership.subscriptions()
+        if self.changes.map is not None:
+            subs |= {m.address for m in self.changes.map.members if m.node_id != self.node_id}
+        return subs
 
     def locate(self, key: bytes | str) -> tuple[str, ...]:
         return self.ring.locate(key)
@@ -166,9 +244,13 @@ class Node:
 
     def _on_client(self, client: Hashable, msg: Message, now: float, out: _StepOutbox) -> None:
         if isinstance(msg, RingQuery):
-            members = sorted((n, self.membership.address(n) or "") for n in self.ring.nodes)
+            members = sorted((n, self.address_of(n) or "") for n in self.ring.nodes)
             out.reply(client, RingInfo(msg.req_id, members, self.config.replicas,
-                                       self.config.vnodes))
+                                       self.config.vnodes, self.changes.epoch,
+                                       not self.settling))
+            return
+        if isinstance(msg, AdminRequest):
+            self._on_admin(client, msg, out)
             return
         if not isinstance(msg, ClientRequest):
             self.rejected_frames += 1
@@ -179,20 +261,26 @@ class Node:
             self.rejected_frames += 1
             out.reply(client, ClientReply(msg.req_id, "invalid", None, problem))
             return
-        if not self.joined or self.stopping or now < self._coordinate_from:
+        if not self.coordinating:
             out.reply(client, ClientReply(msg.req_id, "unavailable", None,
-                                          "node is not coordinating (joining, rejoining "
-                                          "or leaving)"))
+                                          "node is not coordinating (joining, confirming its "
+                                          "cluster map after a restart, a stall or a "
+                                          "partition, or stopping)"))
             return
-        if msg.consistency != "one" and not self.membership.has_majority():
+        if msg.consistency != "one" and not self._majority():
             out.reply(client, ClientReply(msg.req_id, "unavailable", None,
                                           "node cannot see a majority of the cluster"))
             return
-        sets = [r.locate(msg.key) for r, _ in self.settling] + [self.ring.locate(msg.key)]
+        timeout = msg.timeout_ms / 1000 if msg.timeout_ms else self.config.default_timeout
+        self.coordinator.start(client, msg, self._placement(msg.key), now, timeout, out)
+
+    def _placement(self, key: bytes) -> Placement:
+        """The epoch, replica sets and reachable replicas an operation on ``key`` uses."""
+        cmap = self.changes.map
+        sets = cmap.replica_sets(key) if cmap is not None else []
         reachable = {n for s in sets for n in s
                      if n == self.node_id or self.membership.alive(n)}
-        timeout = msg.timeout_ms / 1000 if msg.timeout_ms else self.config.default_timeout
-        self.coordinator.start(client, msg, sets, reachable, now, timeout, out)
+        return Placement(self.changes.epoch, sets, reachable)
 
     def _invalid(self, msg: ClientRequest) -> str:
         if not msg.key:
@@ -212,9 +300,60 @@ class Node:
                     "not one")
         return ""
 
+    def _on_admin(self, client: Hashable, msg: AdminRequest, out: _StepOutbox) -> None:
+        info = self.status()
+        if msg.action == "status":
+            out.reply(client, AdminReply(msg.req_id, "ok", "", info))
+            return
+        problem = self.changes.command(msg.action, msg.node_id, self.membership.alive)
+        if problem:
+            self.rejected_frames += 1
+            out.event("command_refused", action=msg.action, node=msg.node_id, reason=problem)
+            out.reply(client, AdminReply(msg.req_id, "refused", problem, info))
+            return
+        out.event("command", action=msg.action, node=msg.node_id)
+        out.reply(client, AdminReply(msg.req_id, "pending", "", info))
+
+    def ring_gauges(self) -> dict[str, int]:
+        """The ring's metrics (``zkv.net.metrics.RING_GAUGES``)."""
+        streamer = self.changes.streamer
+        done, ranges = streamer.progress
+        return {"epoch": self.changes.epoch, "ring_transition": int(bool(self.settling)),
+                "ranges_degraded": self.changes.degraded_ranges, "stream_keys": streamer.keys,
+                "stream_ranges_left": ranges - done}
+
+    def status(self) -> dict[str, Any]:
+        """What ``zkv cluster status`` shows of this node's view."""
+        cmap = self.changes.map
+        streamer = self.changes.streamer
+        done, ranges = streamer.progress
+        states = {}
+        if cmap is not None:
+            for m in cmap.members:
+                if m.node_id in cmap.gone:
+                    state = "removing"
+                elif cmap.target is not None and m.node_id not in cmap.target:
+                    state = "leaving"
+                elif m.node_id not in cmap.ring:
+                    state = "joining"
+                else:
+                    state = "normal"
+                states[m.node_id] = {"state": state, "address": m.address,
+                                     "status": self.membership.status(m.node_id) or "unknown"}
+        return {
+            "node": self.node_id, "epoch": self.changes.epoch,
+            "member": self.joined, "members": states, "removal": self.config.removal,
+            "streaming": {"epoch": streamer.epoch, "ranges_done": done, "ranges": ranges,
+                          "keys": streamer.keys, "bytes": streamer.bytes,
+                          "degraded_ranges": self.changes.degraded_ranges},
+            "decommissioned": self.decommissioned,
+        }
+
     # ----------------------------------------------------------------- peers
 
     def _on_peer(self, sender: str, msg: Message, now: float, out: _StepOutbox) -> None:
+        if isinstance(msg, REPLICA_REQUESTS) and not self._admit(sender, msg, now, out):
+            return
         if isinstance(msg, ReadRequest):
             record, promise = replica.read(self.store, msg.key)
             out.event("replica_read", key=msg.key, op_id=msg.op_id,
@@ -230,10 +369,40 @@ class Node:
             self.coordinator.on_write_reply(sender, msg, now, out)
         elif isinstance(msg, PrepareReply):
             self.coordinator.on_prepare_reply(sender, msg, now, out)
+        elif isinstance(msg, EpochRefused):
+            if msg.cluster_map is not None:
+                cmap = self.changes.decode_map(msg.cluster_map, sender, out)
+                if cmap is not None:
+                    self._adopt(cmap, now, out)
+            self.coordinator.on_epoch_refused(sender, msg, now, out)
         elif isinstance(msg, Gossip):
             self._on_gossip(msg, now, out)
         elif isinstance(msg, JoinRequest):
-            self._on_join(msg.member, now, out)
+            self._on_join(msg, now, out)
+        elif isinstance(msg, MapPrepare):
+            self.changes.on_prepare(sender, msg, out)
+        elif isinstance(msg, MapAccept):
+            self.changes.on_accept(sender, msg, out)
+        elif isinstance(msg, MapPromise):
+            self.changes.on_promise(sender, msg, now, out)
+        elif isinstance(msg, MapAccepted):
+            decided = self.changes.on_accepted(sender, msg, now, out)
+            if decided is not None:
+                self._adopt(decided, now, out)
+                self.changes.announce(decided, out)
+        elif isinstance(msg, MapLearn):
+            cmap = self.changes.decode_map(msg.value, sender, out)
+            if cmap is not None:
+                self._adopt(cmap, now, out)
+        elif isinstance(msg, MapQuery):
+            self.changes.on_query(sender, msg, out)
+        elif isinstance(msg, StreamPull):
+            self.changes.on_pull(sender, msg, now, self.config.retry_interval, out)
+        elif isinstance(msg, StreamChunk):
+            try:
+                self.changes.streamer.on_chunk(sender, msg, self.store, now, out)
+            except StoreFull as exc:
+                out.event("store_full", detail=str(exc))
         elif isinstance(msg, Handoff):
             try:
                 self.stabilizer.on_handoff(sender, msg, self.ring, now, out)
@@ -247,11 +416,29 @@ class Node:
             self.stabilizer.on_sync_keys(sender, msg)
         elif isinstance(msg, SyncPull):
             self.stabilizer.on_sync_pull(sender, msg, now, out)
-        elif isinstance(msg, (ClientRequest, RingQuery)):
+        elif isinstance(msg, (ClientRequest, RingQuery, AdminRequest)):
             self._on_client(sender, msg, now, out)
         else:
             self.rejected_frames += 1
             out.event("rejected_message", sender=sender, message=type(msg).__name__)
+
+    def _admit(self, sender: str, msg: ReadRequest | WriteRequest | Prepare, now: float,
+               out: _StepOutbox) -> bool:
+        """Epoch fencing of replica requests: refuse one built on an older map than
+        this replica holds (with the map, so the coordinator retries on it); leave
+        one built on a newer map for its resend, once this replica has fetched that
+        map. A node outside the map (a wiped directory under an old id) answers
+        nothing."""
+        changes = self.changes
+        if not self.joined:
+            self.rejected_frames += 1
+            return False
+        if msg.epoch < changes.epoch:
+            cmap = changes.map
+            out.send(sender, EpochRefused(msg.op_id, msg.key, changes.epoch,
+                                          cmap.encode() if cmap is not None else None))
+            return False
+        return not changes.behind(sender, msg.epoch, now, self.config.retry_interval, out)
 
     def _replica_write(self, sender: str, msg: WriteRequest, now: float,
                        out: _StepOutbox) -> None:
@@ -284,53 +471,65 @@ class Node:
 
     def _on_gossip(self, msg: Gossip, now: float, out: _StepOutbox) -> None:
         changes = self.membership.merge(msg.members, now)
-        if not self.joined and msg.sender != self.node_id:
-            # The first table a newcomer learns is not a ring change anyone acted on.
-            self.joined = True
-            self._hold_coordination(now, out)
-            out.event("joined", via=msg.sender)
-            self._membership_changed(changes, now, out, settle=False)
-            return
-        self._membership_changed(changes, now, out)
-
-    def _on_join(self, member: MemberState, now: float, out: _StepOutbox) -> None:
-        if not self.joined:
-            return  # our own table is not complete yet; the newcomer asks again
-        changes = self.membership.merge([member], now)
-        self._membership_changed(changes, now, out)
-        out.actions.append(Send(member.node_id, member.address,
-                                Gossip(self.node_id, self.membership.gossip_table())))
-
-    def _membership_changed(self, changes: list[StatusChange], now: float,
-                            out: _StepOutbox, settle: bool = True) -> None:
         for change in changes:
             out.event("member_status", node=change.node_id, old=change.old, new=change.new)
-        members = self.membership.ring_members()
-        if members == self.ring.nodes:
-            return
-        old = self.ring
-        self.ring = Ring(members, self.config.replicas, self.config.vnodes)
-        if settle:
-            self.settling.append((old, now + self.config.t_transition))
-        out.event("ring_changed", members=sorted(members), added=sorted(members - old.nodes),
-                  removed=sorted(old.nodes - members))
-        self._save_members()
-        self.stabilizer.on_ring_change(old, self.ring, now, out)
+        if msg.sender != self.node_id:
+            self.changes.on_gossip(msg.sender, msg.epoch, msg.streamed, msg.instance, out)
+            self._confirm(msg.sender, msg.epoch, out)
 
-    def _load_members(self) -> list[MemberState]:
-        raw = self.store.get_meta("members")
-        if not raw:
-            return []
-        try:
-            return [MemberState(*fields) for fields in cbor2.loads(raw)
-                    if fields[0] != self.node_id]
-        except Exception:
-            return []  # an unreadable table only costs a rejoin through the seeds
+    def _on_join(self, msg: JoinRequest, now: float, out: _StepOutbox) -> None:
+        member = msg.member
+        self.membership.merge([member], now)
+        if not self.joined:
+            return  # the newcomer asks again, of others too
 
-    def _save_members(self) -> None:
-        table = [[m.node_id, m.address, m.incarnation, 0, "alive"]
-                 for m in self.membership.gossip_table() if m.node_id in self.ring.nodes]
-        self.store.put_meta("members", cbor2.dumps(table))
+        def forward(node_id: str) -> None:
+            proposer = self.changes.proposer_id(self.membership.alive)
+            if proposer is not None and proposer != self.node_id:
+                out.send(proposer, msg)
+
+        self.changes.on_join(MapMember(member.node_id, member.address, msg.instance), now,
+                             out, forward)
+        cmap = self.changes.map
+        if cmap is not None:
+            out.actions.append(Send(member.node_id, member.address, MapLearn(cmap.encode())))
+
+    def _adopt(self, cmap: ClusterMap, now: float, out: _StepOutbox) -> None:
+        old = self.changes.map
+        if self.changes.adopt(cmap, out):
+            self._adopted(old, cmap, now, out)
+
+    def _adopted(self, old: ClusterMap | None, cmap: ClusterMap, now: float,
+                 out: _StepOutbox) -> None:
+        self.coordinator.epoch = cmap.epoch
+        for m in cmap.members:
+            if m.node_id != self.node_id and self.membership.status(m.node_id) is None:
+                self.membership.merge([MemberState(m.node_id, m.address, 0, 0, "alive")], now)
+        if old is None or old.ring != cmap.ring:
+            previous = self.ring
+            self.ring = Ring(cmap.ring, self.config.replicas, self.config.vnodes)
+            self.stabilizer.on_ring_change(previous, self.ring, now)
+        member = self.changes.member()
+        if member and not self._was_member:
+            self._catch_up = sorted(n for n in self.ring.nodes if n != self.node_id)
+            out.event("joined", epoch=cmap.epoch)
+        elif self._was_member and not member:
+            if not cmap.decommissioned(self.node_id, self.instance):
+                out.event("removed", epoch=cmap.epoch)  # declared dead: ask to join again
+            else:
+                self.decommissioned = True
+                self.store.put_meta("decommissioned", cmap.epoch.to_bytes(8, "big"))
+                self.membership.leave()
+                out.actions.append(Publish(Gossip(self.node_id, self.membership.gossip_table(),
+                                                  cmap.epoch, 0, self.instance)))
+                out.event("decommissioned", epoch=cmap.epoch)
+        self._was_member = member
+
+    def _after_step(self, now: float, out: _StepOutbox) -> None:
+        """Adopt a map this step's proposal decided; settle fenced stream merges."""
+        for key in self.changes.streamer.fenced:
+            self.stabilizer.note_fenced(key, now)
+        self.changes.streamer.fenced.clear()
 
     # ----------------------------------------------------------------- timers
 
@@ -338,29 +537,45 @@ class Node:
         cfg = self.config
         self.stabilizer.answer_sync_keys(self.ring, now, out)
         self.stabilizer.work(now, out)
+        transition = self.settling
+        if self.changes.map is None and now >= self._found_at:
+            self._found_at = float("inf")
+            self._adopted(None, self.changes.found(self.address, cfg.replicas, cfg.vnodes, out),
+                          now, out)
         if now >= self._next_gossip:
             self._next_gossip = now + cfg.gossip_interval
             self.membership.beat()
-            gossip = Gossip(self.node_id, self.membership.gossip_table())
+            gossip = Gossip(self.node_id, self.membership.gossip_table(), self.changes.epoch,
+                            self.changes.streamed(), self.instance)
             out.actions.append(Publish(gossip))
             self._push_gossip(gossip, out)
-            if not self.joined or len(self.ring.nodes) == 1:
+            if not self.joined and not self.decommissioned:
                 self._ask_to_join(out)
-            elif self._catch_up and not self.settling and not self.store.rebuilding:
+            elif self._isolated or self._confirming is not None:
+                # Cut off, or just restarted: perhaps the others moved to new addresses
+                # (or this node did); the seeds' addresses are what the operator says now.
+                for address in sorted(set(self.config.seeds) - {self.address}):
+                    out.actions.append(Send("", address, gossip))
+            elif self._catch_up and not transition and not self.store.rebuilding:
                 peer = self._catch_up.pop()
                 if self.membership.alive(peer) and peer in self.ring.nodes:
                     self.stabilizer.start_round(self.ring, set(), now, out, peer=peer)
         if now >= self._next_check:
             self._next_check = now + cfg.gossip_interval
-            self._membership_changed(self.membership.check(now), now, out)
+            for change in self.membership.check(now, self._majority()):
+                out.event("member_status", node=change.node_id, old=change.old, new=change.new)
             self._watch_majority(now, out)
-            self.settling = [(r, t) for r, t in self.settling if t > now]
+            self._confirm(None, 0, out)  # a cluster of one confirms itself
+            if not self.stopping and not self.decommissioned:
+                self.changes.plan(now, self.membership.alive, self._dead, self._majority(),
+                                  cfg.default_timeout, out)
+        self.changes.tick(now, cfg.retry_interval, out)
         self.coordinator.tick(now, cfg.retry_interval, out)
         self._repair_fenced(now, out)
         self.stabilizer.resend(now, cfg.retry_interval, self.ring, out)
         if now >= self._next_anti_entropy:
             self._next_anti_entropy = now + cfg.anti_entropy_interval
-            if self.joined and not self.settling:
+            if self.joined and not transition:
                 self.stabilizer.collect_strays(self.ring)
                 alive = {n for n in self.ring.nodes if self.membership.alive(n)}
                 self.stabilizer.start_round(self.ring, alive, now, out)
@@ -369,47 +584,77 @@ class Node:
             grace_ms = int((now + cfg.wall_offset - cfg.tombstone_grace) * 1000)
             self.stabilizer.collect_tombstones(self.ring, grace_ms)
 
+    def _woke(self, stalled: float, now: float, out: _StepOutbox) -> None:
+        """The process was stalled (no step for longer than t_fail). Timers come
+        before the queued event: the failure detector ages everyone it has not
+        heard from; and the map is in doubt (``_doubt``)."""
+        out.event("stall", seconds=round(stalled, 3))
+        if self.joined:
+            self._doubt(out, "map_in_doubt")
+        self._on_tick(now, out)
+
+    def _confirm(self, sender: str | None, epoch: int, out: _StepOutbox) -> None:
+        """Count ``sender``'s gossip toward confirming this node's map (see ``_doubt``)."""
+        heard = self._confirming
+        cmap = self.changes.map
+        if heard is None or cmap is None or epoch > self.changes.epoch:
+            return
+        if sender is not None:
+            heard.add(sender)
+        voters = cmap.voters
+        if 2 * len((heard | {self.node_id}) & voters) > len(voters):
+            self._confirming = None
+            out.event("map_confirmed", epoch=self.changes.epoch)
+
+    def _dead(self, node_id: str) -> bool:
+        """Silent for longer than t_remove: the ``auto`` policy removes it."""
+        return self.membership.status(node_id) == REMOVED
+
+    def _majority(self) -> bool:
+        cmap = self.changes.map
+        if cmap is None:
+            return False
+        return self.membership.majority_alive(cmap.voters)
+
     def _repair_fenced(self, now: float, out: _StepOutbox) -> None:
         """Settle keys whose newer records a promise kept out (see ``replica.merge``)
         with a Paxos round of this node's: it writes the newest state above the
         promise. Only once the promise is surely stale (any round that made it has
         long ended), and a few at a time."""
         fenced = self.stabilizer.fenced
-        if not fenced or not self.joined or now < self._coordinate_from:
+        if not fenced or not self.joined or self._confirming is not None:
             return
         stale_before = now - 2 * self.config.default_timeout
         budget = REPAIRS_IN_FLIGHT - self.coordinator.repairs
         for key in [k for k, seen in fenced.items() if seen <= stale_before][:max(0, budget)]:
             del fenced[key]
-            sets = [r.locate(key) for r, _ in self.settling] + [self.ring.locate(key)]
-            if self.node_id not in sets[-1]:
+            placement = self._placement(key)
+            if not any(self.node_id in s for s in placement.sets):
                 continue  # no longer ours to hold
-            reachable = {n for s in sets for n in s
-                         if n == self.node_id or self.membership.alive(n)}
-            self.coordinator.repair(key, self.store.get_promise(key), sets, reachable, now,
+            self.coordinator.repair(key, self.store.get_promise(key), placement, now,
                                     self.config.default_timeout, out)
 
     def _watch_majority(self, now: float, out: _StepOutbox) -> None:
-        majority = self.membership.has_majority()
+        if not self.joined:
+            return
+        majority = self._majority()
         if not majority and not self._isolated:
             self._isolated = True
             out.event("majority_lost")
         elif majority and self._isolated:
             self._isolated = False
-            self._hold_coordination(now, out)
-            out.event("majority_regained")
+            self._doubt(out, "majority_regained")
 
-    def _hold_coordination(self, now: float, out: _StepOutbox) -> None:
-        """Wait t_fail before coordinating after joining or regaining a majority.
-
-        Peers may have removed this node while it was away, or not know it yet;
-        its own ring is then larger than theirs, and a quorum taken on it could
-        miss theirs. Within t_fail every peer hears its heartbeats and re-adds
-        it, entering a transition whose joint quorums cover both rings.
-        """
-        self._coordinate_from = now + self.config.t_fail
-        # Whatever was written meanwhile: catch up with every peer, one per gossip interval.
+    def _doubt(self, out: _StepOutbox, why: str) -> None:
+        """This node may hold an outdated map (it was stalled, or cut off from the
+        majority): coordinate nothing until a majority of voters has gossiped an epoch
+        no newer than its own (it learns any newer map on the way). Fencing alone
+        would not do: replicas cut off with it hold the same outdated map, and a
+        quorum of them may be all it reaches. Meanwhile, catch up with every peer
+        (anti-entropy, one per gossip interval) on what was written."""
+        self._confirming = set()
         self._catch_up = sorted(n for n in self.ring.nodes if n != self.node_id)
+        out.event(why)
 
     def _push_gossip(self, gossip: Gossip, out: _StepOutbox) -> None:
         """Also send the table straight to one member, in turn.
@@ -430,17 +675,17 @@ class Node:
 
     def _ask_to_join(self, out: _StepOutbox) -> None:
         me = self.membership.me
-        targets = set(self.config.seeds) | {
-            a for n in self.ring.nodes if (a := self.membership.address(n))
-        }
+        targets = set(self.config.seeds)
+        if self.changes.map is not None:
+            targets |= {m.address for m in self.changes.map.members}
         for address in sorted(targets - {self.address}):
-            out.actions.append(Send("", address, JoinRequest(me)))
+            out.actions.append(Send("", address, JoinRequest(me, self.instance)))
 
     def _on_shutdown(self, now: float, out: _StepOutbox) -> None:
+        """Stop, and stay a member: a restart moves no data. Leaving the cluster is
+        an explicit decommission."""
         self.stopping = True
-        self.membership.leave()
-        out.actions.append(Publish(Gossip(self.node_id, self.membership.gossip_table())))
-        out.event("leaving")
+        out.event("stopping")
 
     # ----------------------------------------------------------------- checks
 
@@ -470,4 +715,5 @@ class Node:
 
     @property
     def left(self) -> bool:
-        return self.membership.me.status == LEFT
+        """Decommissioned: its data is on its successors and it is out of the map."""
+        return self.decommissioned

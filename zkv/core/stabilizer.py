@@ -1,17 +1,16 @@
 """Stabilization and anti-entropy: every record ends on exactly its replica set.
 
-- On a ring change, each record is pushed to the replicas it gained by one of
-  its old replicas (the first still in the ring; every holder, if none is);
-  receivers merge by version and acknowledge. A node keeps at most ``WINDOW``
-  unacknowledged batches per peer and queues the rest, so moving a million
-  keys is a steady stream, not a burst that overflows the sockets and comes
-  back as a storm of resends.
-- Every pass over the store (a ring change's pushes, the search for strays,
-  tombstone collection, rebuilding digests) reads a few segments per tick
-  (``work``), so a node with a million keys keeps gossiping while it walks.
+- Ranges a node gains in a ring change are pulled by it (``streaming``); what
+  is left here is what a node must push: strays and anti-entropy differences.
+  A node keeps at most ``WINDOW`` unacknowledged batches per peer and queues
+  the rest, so a big push is a steady stream, not a burst that overflows the
+  sockets and comes back as a storm of resends.
+- Every pass over the store (the search for strays, tombstone collection,
+  rebuilding digests) reads a few segments per tick (``work``), so a node
+  with a million keys keeps gossiping while it walks.
 - A copy this node no longer owns (a stray) is pushed to all its owners and
-  dropped only after every owner acknowledged it, and never while a ring
-  change is still settling (the old owners may still be read).
+  dropped only after every owner acknowledged it, and never during a ring
+  transition (the old owners are still read).
 - Anti-entropy: periodically, a node and one peer compare one digest per
   ring segment they both replicate (kept current on every write, see
   ``digests``), as of a horizon ``HORIZON_LAG`` seconds back so writes still
@@ -31,9 +30,8 @@ from zkv.core.digests import DigestedStore
 from zkv.core.messages import Handoff, HandoffAck, SyncDigest, SyncKeys, SyncPull
 from zkv.core.outbox import Outbox
 from zkv.core.replica import Merge, merge
-from zkv.core.ring import Ring, token
+from zkv.core.ring import Ring
 from zkv.storage.record import Record
-
 
 BATCH_BYTES = 4 * 1024 * 1024
 WINDOW = 4  # unacknowledged hand-off batches per peer
@@ -55,10 +53,9 @@ class Batch:
 @dataclass(slots=True)
 class Walk:
     """A pass over the store, a few segments per tick (see ``Stabilizer.work``)."""
-    kind: str  # "ring": push gained records; "strays"; "tombstones"
+    kind: str  # "strays" or "tombstones"
     ring: Ring  # whose segments are read
     segments: list[int]
-    old: Ring | None = None  # for "ring": the ring before the change
     older_than_ms: int = 0  # for "tombstones"
     found: dict[str, list[tuple[bytes, Record]]] = field(default_factory=dict)
     count: int = 0
@@ -92,12 +89,9 @@ class Stabilizer:
 
     # ----------------------------------------------------------------- ring changes
 
-    def on_ring_change(self, old: Ring, new: Ring, now: float, out: Outbox) -> None:
-        """Plan the pushes; ``work`` reads the store for them, a few segments a tick."""
-        walking = self._walks.get("ring")
-        if walking is not None and walking.old is not None:
-            old = walking.old  # an unfinished change: redo it from where it started
-        self._walks["ring"] = Walk("ring", new, list(range(new.segments)), old=old)
+    def on_ring_change(self, old: Ring, new: Ring, now: float) -> None:
+        """A settled ring changed (the data moved already: ``streaming``): copies this
+        node no longer owns are strays now, and digests follow the new segments."""
         self._walks.pop("strays", None)
         self.strays_possible = True
         self.strays.clear()
@@ -137,29 +131,7 @@ class Stabilizer:
 
     def _walk_segment(self, walk: Walk, seg: int, records: list[tuple[bytes, Record]],
                       now: float, out: Outbox) -> None:
-        if walk.kind == "ring":
-            old, new = walk.old, walk.ring
-            assert old is not None
-            new_set = new.segment_replicas(seg)
-            gained: dict[str, list[tuple[bytes, Record]]] = {}
-            for key, record in records:
-                old_set = old.segment_replicas(old.segment_at(token(key)))
-                targets = [t for t in new_set if t != self.node_id and t not in old_set]
-                if not targets:
-                    continue
-                if next((n for n in old_set if n in new.nodes), self.node_id) != self.node_id:
-                    continue  # another old replica pushes it
-                for target in targets:
-                    gained.setdefault(target, []).append((key, record))
-            for target, found in gained.items():
-                pending = walk.found.setdefault(target, [])
-                pending.extend(found)
-                walk.count += len(found)
-                if len(pending) >= self.batch_size:  # full batches leave at once
-                    cut = len(pending) - len(pending) % self.batch_size
-                    self._push(target, pending[:cut], now, out, strays=False)
-                    del pending[:cut]
-        elif walk.kind == "strays":
+        if walk.kind == "strays":
             owners = walk.ring.segment_replicas(seg)
             for key, record in records:
                 self.strays[key] = StrayCopy(record, set(owners))
@@ -173,13 +145,7 @@ class Stabilizer:
             walk.count += len(old)
 
     def _finish_walk(self, walk: Walk, now: float, out: Outbox) -> None:
-        if walk.kind == "ring":
-            for target, pending in walk.found.items():
-                if pending:
-                    self._push(target, pending, now, out, strays=False)
-            if walk.count:
-                out.event("stabilize_push", records=walk.count, to=sorted(walk.found))
-        elif walk.kind == "strays":
+        if walk.kind == "strays":
             if not self.strays:
                 self.strays_possible = False
                 return

@@ -59,7 +59,7 @@ class NodeMetrics:
         self._process = psutil.Process(os.getpid())
         self._process.cpu_percent(None)  # the first call only starts the measurement
         self.members: dict[str, int] = dict.fromkeys(MEMBER_STATUSES, 0)
-        self.settling_rings = 0
+        self.ring: dict[str, int] = dict.fromkeys(RING_GAUGES, 0)
         self.registry.register(_Sampled(self, counters))
         ProcessCollector(registry=self.registry)
         self._server: Any = None
@@ -108,7 +108,7 @@ class NodeMetrics:
                     hist.observe(commit_seconds)
         self._replica_reads = self._replica_writes = 0
 
-    def refresh(self, keys_stored: int, members: dict[str, int], settling_rings: int,
+    def refresh(self, keys_stored: int, members: dict[str, int], ring: dict[str, int],
                 store_dir: Path | None = None) -> None:
         """Called by the node loop (the only thread that may touch the store)."""
         self.keys_stored = keys_stored
@@ -120,7 +120,7 @@ class NodeMetrics:
         except psutil.Error:
             pass
         self.members = {**dict.fromkeys(MEMBER_STATUSES, 0), **members}
-        self.settling_rings = settling_rings
+        self.ring = {**dict.fromkeys(RING_GAUGES, 0), **ring}
 
     def serve(self, host: str, port: int) -> None:
         self._server, _ = start_http_server(port, addr=host, registry=self.registry)
@@ -166,8 +166,11 @@ class _Sampled(Collector):
                                 "process (psutil)", value=m.rss_bytes)
         yield GaugeMetricFamily("zkv_ops_in_flight", "Client operations this node is "
                                 "coordinating", value=c["ops_in_flight"])
-        yield GaugeMetricFamily("zkv_settling_rings", "Earlier rings still counted in quorums "
-                                "after a ring change", value=m.settling_rings)
+        for name, help_text in RING_GAUGES.items():
+            yield GaugeMetricFamily(f"zkv_{name}", help_text, value=m.ring[name])
+        yield CounterMetricFamily("zkv_membership_refused", "Membership messages and commands "
+                                  "refused (malformed or forged maps, taken addresses, "
+                                  "impossible commands)", value=c["membership_refused"])
         members = GaugeMetricFamily("zkv_members", "Cluster members this node knows, by status",
                                     labels=["status"])
         for status, count in m.members.items():
@@ -175,9 +178,19 @@ class _Sampled(Collector):
         yield members
 
 
+# The ring's state as this node sees it (see ``Node.ring_gauges``).
+RING_GAUGES = {
+    "epoch": "Epoch of the cluster map this node holds",
+    "ring_transition": "1 while a ring change is under way (quorums span the old and the "
+                       "new replicas), else 0",
+    "ranges_degraded": "Ranges this node streamed from fewer than a read quorum of their "
+                       "old replicas (two of three lost): the survivors' data was all there was",
+    "stream_keys": "Records this node received streaming the ranges it gains",
+    "stream_ranges_left": "Ranges this node still has to stream in the current transition",
+}
+
 # Events that move records, and the field that says how many.
 _MOVED: dict[str, tuple[str, str]] = {
-    "stabilize_push": ("stabilization_sent", "records"),
     "handoff_merged": ("handoff_received", "records"),
     "anti_entropy": ("anti_entropy_sent", "pushed"),
     "strays_handoff": ("strays_sent", "keys"),

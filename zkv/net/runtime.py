@@ -90,6 +90,8 @@ from zkv.core.actions import (
 from zkv.core.config import NodeConfig
 from zkv.core.messages import (
     MAX_FRAME,
+    AdminReply,
+    AdminRequest,
     ClientReply,
     ClientRequest,
     DecodeError,
@@ -105,6 +107,7 @@ from zkv.core.messages import (
 )
 from zkv.core.node import Node
 from zkv.core.stabilizer import BATCH_BYTES
+from zkv.exit_codes import EXIT_DECOMMISSIONED
 from zkv.net.eventlog import EventLog
 from zkv.net.metrics import NodeMetrics
 from zkv.net.security import KeyFileError, NodeSecurity
@@ -125,9 +128,9 @@ PUB_LINGER_MS = 500  # time to flush the last ("left") gossip at exit
 # Messages that acknowledge nothing and carry no record read from this node's
 # uncommitted writes, so they may leave before the turn's commit.
 _BEFORE_COMMIT = (ReadRequest, WriteRequest, Prepare)
-_CLIENT_MESSAGES = (ClientRequest, RingQuery)
+_CLIENT_MESSAGES = (ClientRequest, RingQuery, AdminRequest)
 # Messages only ever sent to clients: arriving at a node they are forged or misrouted.
-_ANSWERS_TO_CLIENTS = (ClientReply, RingInfo, ErrorReply)
+_ANSWERS_TO_CLIENTS = (ClientReply, RingInfo, ErrorReply, AdminReply)
 
 
 # Frame sizes (ZMQ_MAXMSGSIZE): see ``frame_limits``.
@@ -214,6 +217,7 @@ class NodeProcess:
         self._wake_r.setblocking(False)
         self.limits = frame_limits(config)
         self.rejected_frames = 0  # frames refused before reaching the node
+        self.membership_refused = 0  # of nodes this process ran before a reboot
         self.dropped_messages = 0
         self.step_errors = 0
         self.withheld_messages = 0  # replies and acks not sent: their writes were lost
@@ -298,6 +302,7 @@ class NodeProcess:
             "step_errors": self.step_errors,
             "withheld_messages": self.withheld_messages,
             "ops_in_flight": len(node.coordinator.ops),
+            "membership_refused": self.membership_refused + node.changes.refused,
         }
 
     def _dealer(self, address: str) -> zmq.Socket:
@@ -341,10 +346,10 @@ class NodeProcess:
             wait = min(max(node.next_wakeup() - now, 0.0), MAX_POLL)
             ready = dict(poller.poll(math.ceil(wait * 1000)))
             actions: list[Action] = []
+            if sub in ready:  # gossip first: after a stall, the news before the backlog
+                self._drain_sub(actions)
             if router in ready:
                 self._drain_router(actions)
-            if sub in ready:
-                self._drain_sub(actions)
             if wake in ready:
                 self._drain_wakeups()
             now = time.monotonic()
@@ -356,6 +361,12 @@ class NodeProcess:
             if now >= node.next_wakeup():
                 self._step(Tick(), now, actions)
             self._apply(actions)
+            if node.left:
+                self._log("decommissioned", {"epoch": node.changes.epoch})
+                print(f"{node.node_id}: decommissioned: its data is on the other nodes and it "
+                      f"has left the cluster; to add it again, start it on an empty data "
+                      f"directory", file=sys.stderr, flush=True)
+                return self._finish(EXIT_DECOMMISSIONED)
             self._reconcile()
             if now >= next_sample:
                 next_sample = now + MAX_POLL
@@ -557,6 +568,7 @@ class NodeProcess:
         """
         config = self.node.config
         carried = self.node.rejected_frames  # counters exported as totals never go back
+        self.membership_refused += self.node.changes.refused
         try:
             self.node = Node(config, self.store, time.monotonic())
         except StoreFull as exc:  # not even the incarnation fits: keep the old memory
@@ -610,7 +622,7 @@ class NodeProcess:
         members: dict[str, int] = {}
         for member in self.node.membership.members.values():
             members[member.status] = members.get(member.status, 0) + 1
-        self.metrics.refresh(len(self.store), members, len(self.node.settling),
+        self.metrics.refresh(len(self.store), members, self.node.ring_gauges(),
                              store_path(self.data_dir))
 
     def _log(self, kind: str, fields: dict[str, Any], ts: float | None = None) -> None:
@@ -640,12 +652,12 @@ class NodeProcess:
         """Begin a graceful stop (safe from a signal handler)."""
         self.stop_requested = True
 
-    def _finish(self) -> int:
+    def _finish(self, code: int = 0) -> int:
         self.store.commit()
-        self._log("stopped", {"pid": os.getpid()})
-        self._write_node_file("stopped")
+        self._log("stopped", {"pid": os.getpid(), "exit": code})
+        self._write_node_file("decommissioned" if code == EXIT_DECOMMISSIONED else "stopped")
         self.close()
-        return 0
+        return code
 
     def close(self) -> None:
         if self.metrics is not None:
@@ -757,9 +769,12 @@ def settings_from_args(argv: list[str] | None = None) -> NodeSettings:
     p.add_argument("--max-value", help="largest value, e.g. 1MiB")
     p.add_argument("--curve", nargs="?", const=True, type=lambda v: v.lower() == "true",
                    help="CurveZMQ on every socket (needs --secret-key, --authorized-keys)")
+    p.add_argument("--removal", choices=("auto", "manual"),
+                   help="auto: a node silent for t_remove is removed by a majority; manual: "
+                        "only `zkv node remove` removes it")
     p.add_argument("--secret-key", help="the cluster key pair (.key_secret file)")
     p.add_argument("--authorized-keys", help="directory of public keys allowed to connect")
-    for name in ("gossip_interval", "t_fail", "t_remove", "t_transition", "retry_interval",
+    for name in ("gossip_interval", "t_fail", "t_remove", "retry_interval",
                  "anti_entropy_interval", "default_timeout", "tombstone_grace",
                  "shutdown_grace", "max_version_ahead"):
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=float, metavar="SECONDS")

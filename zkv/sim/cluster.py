@@ -18,7 +18,9 @@ import random
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from zkv.core.actions import ClientCall
 from zkv.core.config import NodeConfig
+from zkv.core.messages import AdminRequest
 from zkv.sim.client import ClientResult, PendingResult, SimClient
 from zkv.sim.events import EventLog
 from zkv.sim.history import History
@@ -29,6 +31,7 @@ from zkv.storage.memory import MemoryStore
 
 WALL_OFFSET = 1.7e9  # virtual t=0 is this many wall-clock seconds: versions look real
 SEED_NODE = "n0"  # every node's seed
+ADMIN_CLIENT = "admin://operator"  # where operators' commands come from (replies are dropped)
 
 
 def default_node_factory() -> NodeFactory:
@@ -200,14 +203,42 @@ class SimCluster:
         self.log(node_id, "sim.restart", {"boot": host.boots})
 
     def stop(self, node_id: str, grace: float | None = None) -> None:
-        """Graceful leave: deliver Shutdown, let it run ``grace`` seconds, then remove it."""
+        """Graceful stop (SIGTERM): deliver Shutdown, let it run ``grace`` seconds, then
+        stop it. It stays a member of the cluster (down) and may be restarted."""
         grace = self.leave_grace if grace is None else grace
-        self.log(node_id, "sim.leave", {"grace": grace})
+        self.log(node_id, "sim.stop", {"grace": grace})
         self.hosts[node_id].leave(grace)
 
-    leave = stop
+    def pause(self, node_id: str) -> None:
+        """Stall a node's process (SIGSTOP, swap, a long GC): inputs queue up, no timers."""
+        self.log(node_id, "sim.pause", {})
+        self.hosts[node_id].pause()
+
+    def resume(self, node_id: str) -> None:
+        self.log(node_id, "sim.resume", {})
+        self.hosts[node_id].resume()
+
+    def wipe(self, node_id: str) -> None:
+        """Kill the node, empty its data directory and start it again under its old id."""
+        host = self.hosts[node_id]
+        if host.running:
+            host.crash()
+        host.store = MemoryStore()
+        self.log(node_id, "sim.wipe", {})
+        host.start()
+
+    def admin(self, via: str, action: str, node_id: str) -> None:
+        """An operator's membership command (``zkv node decommission|remove``), sent to
+        ``via``; the node carries it out in the steps that follow."""
+        self.log(via, "sim.admin", {"action": action, "node": node_id})
+        self.hosts[via].step(ClientCall(ADMIN_CLIENT, AdminRequest(0, action, node_id)))
+
+    def decommission(self, node_id: str, via: str | None = None) -> None:
+        """Stream ``node_id``'s data away, then it leaves (and its process ends)."""
+        self.admin(via or node_id, "decommission", node_id)
 
     def gone(self, node_id: str) -> bool:
+        """Stopped for good: after a graceful stop, or a decommission."""
         return self.hosts[node_id].status == LEFT
 
     def subscribers_of(self, address: str) -> list[str]:

@@ -64,6 +64,8 @@ class NodeHost:
         self.steps = 0
         self._tick: Timer | None = None
         self._removal: Timer | None = None
+        self.paused = False  # stalled (SIGSTOP, swap): inputs queue up, no ticks
+        self._queued: list[Input] = []
 
     @property
     def running(self) -> bool:
@@ -84,9 +86,25 @@ class NodeHost:
         self.cluster.network.attach(self.address, self.node_id, self.deliver)
         self._schedule_tick(after_tick=False)
 
+    def pause(self) -> None:
+        """Stall the process: what reaches it waits in its queues, its timers do not fire."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """Wake up and handle what queued meanwhile, in order (the node sees the jump in
+        time on its first step), then carry on."""
+        self.paused = False
+        queued, self._queued = self._queued, []
+        for event in queued:
+            self.step(event)
+        if self.node is not None:
+            self._schedule_tick(after_tick=False)
+
     def crash(self, status: str = CRASHED) -> None:
         """Lose the process: memory and timers go, messages to it are lost; the store stays."""
         self.generation += 1
+        self.paused = False
+        self._queued = []
         self.node = None
         self.status = status
         self.cluster.network.detach(self.address)
@@ -125,6 +143,10 @@ class NodeHost:
         node = self.node
         if node is None:
             return
+        if self.paused:
+            if not isinstance(event, Tick):
+                self._queued.append(event)
+            return
         cluster = self.cluster
         now = cluster.scheduler.now
         try:
@@ -136,6 +158,10 @@ class NodeHost:
         self.steps += 1
         self.store.commit()  # durable before anything leaves the node
         self._dispatch(actions)
+        if self.node is node and getattr(node, "left", False):  # decommissioned: the process ends, as zkv's does
+            self.crash(status=LEFT)
+            cluster.log(self.node_id, "sim.left", {})
+            return
         if self.node is node:
             self._schedule_tick(after_tick=isinstance(event, Tick))
 

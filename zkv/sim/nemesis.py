@@ -6,7 +6,14 @@ and a majority), ``loss`` and ``duplicate`` (a burst of message loss or
 duplication on every link). Each lasts a random time; by default shorter than
 ``t_remove``, so nodes are suspected but never removed from the ring (longer
 faults are the split-brain scenario and must be asked for). At most
-``max_down`` nodes are crashed or isolated at once.
+``max_down`` nodes are crashed, isolated or stalled at once.
+
+Membership faults (``MEMBERSHIP``): ``join`` (a new node starts), ``decommission``
+(an operator takes a node out; its process ends once its data moved), ``wipe``
+(a node restarts on an empty directory under its old id), ``remove`` (a crash
+that outlasts ``t_remove``, so the majority removes the node; it comes back
+later and joins again) and ``stall`` (the process stops taking turns for longer
+than ``t_remove``, then handles everything that queued up).
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ if TYPE_CHECKING:
     from zkv.sim.cluster import SimCluster
 
 FAULTS = ("crash", "partition", "isolate", "loss", "duplicate")
+MEMBERSHIP = ("join", "decommission", "wipe", "remove", "stall")
+KNOWN = FAULTS + MEMBERSHIP
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +42,13 @@ class NemesisSpec:
     loss: tuple[float, float] = (0.05, 0.3)  # drop probability during a loss burst
     duplicate: tuple[float, float] = (0.05, 0.3)
 
+    max_nodes: int = 0  # joins stop at this many nodes (0: initial count + 3)
+    min_ring: int = 4  # decommissions and wipes keep at least this many members
+
     def __post_init__(self) -> None:
-        unknown = set(self.faults) - set(FAULTS)
+        unknown = set(self.faults) - set(KNOWN)
         if unknown:
-            raise ValueError(f"unknown faults {sorted(unknown)}; known: {', '.join(FAULTS)}")
+            raise ValueError(f"unknown faults {sorted(unknown)}; known: {', '.join(KNOWN)}")
 
 
 class Nemesis:
@@ -49,6 +61,9 @@ class Nemesis:
         self._endings: list[Timer] = []
         self._loss = False
         self._dup = False
+        self._max_nodes = spec.max_nodes or len(cluster.hosts) + 3
+        self._t_remove = t_remove
+        self._stalled: set[str] = set()
 
     def start(self, until: float) -> None:
         """Inject faults from now until ``until`` (faults still active then end on schedule)."""
@@ -60,8 +75,13 @@ class Nemesis:
         self.cluster.scheduler.call_later(self.cluster.rng.uniform(lo, hi), self._inject)
 
     def _down(self) -> int:
+        """Nodes out of action: crashed, isolated, stalled, or running but not (yet, or
+        no longer) a member, like a wiped node waiting to be admitted again."""
         cluster = self.cluster
-        return len(cluster.down()) + len(cluster.network.isolated)
+        outside = sum(1 for i in cluster.running()
+                      if not getattr(cluster.node(i), "joined", True))
+        return (len(cluster.down()) + len(cluster.network.isolated) + len(self._stalled)
+                + outside)
 
     def _possible(self) -> list[str]:
         network = self.cluster.network
@@ -73,13 +93,31 @@ class Nemesis:
                           and len(self.cluster.hosts) > 1),
             "loss": not self._loss,
             "duplicate": not self._dup,
+            "join": len(self.cluster.hosts) < self._max_nodes,
+            "decommission": room and bool(self._members(spare=True)),
+            "wipe": room and bool(self._members(spare=True)),
+            "remove": room and bool(self._members(spare=True)),
+            "stall": room and bool(self._candidates()),
         }
         return [fault for fault in self.spec.faults if checks[fault]]
 
     def _candidates(self) -> list[str]:
         isolated = self.cluster.network.isolated
         return [node_id for node_id, host in self.cluster.hosts.items()
-                if host.status == RUNNING and node_id not in isolated]
+                if host.status == RUNNING and node_id not in isolated and not host.paused]
+
+    def _members(self, spare: bool) -> list[str]:
+        """Running ring members; with ``spare``, only while the ring keeps ``min_ring``
+        members without one (so quorums survive one more fault)."""
+        cluster = self.cluster
+        maps = [m for i in cluster.running()
+                if (m := getattr(cluster.node(i), "cluster_map", None)) is not None]
+        if not maps:
+            return []
+        cmap = max(maps, key=lambda m: m.epoch)
+        if spare and (cmap.target is not None or len(cmap.ring) <= self.spec.min_ring):
+            return []
+        return [i for i in self._candidates() if i in cmap.ring and cluster.node(i).joined]
 
     def _inject(self) -> None:
         cluster = self.cluster
@@ -167,6 +205,43 @@ class Nemesis:
         self._dup = False
         self.cluster.set_faults(duplicate=self.cluster.baseline.duplicate)
 
+    def _start_join(self, duration: float) -> None:
+        node_id = self.cluster.add_node()
+        self._note("join", f"join {node_id}", node=node_id)
+
+    def _start_decommission(self, duration: float) -> None:
+        node_id = self.cluster.rng.choice(self._members(spare=True))
+        self._note("decommission", f"decommission {node_id}", node=node_id)
+        self.cluster.decommission(node_id)
+
+    def _start_wipe(self, duration: float) -> None:
+        node_id = self.cluster.rng.choice(self._members(spare=True))
+        self._note("wipe", f"wipe {node_id} and restart it", node=node_id)
+        self.cluster.wipe(node_id)
+
+    def _start_remove(self, duration: float) -> None:
+        node_id = self.cluster.rng.choice(self._members(spare=True))
+        duration = self._t_remove * self.cluster.rng.uniform(1.5, 2.5)
+        self._note("remove", f"crash {node_id} for {duration:.2f}s (past t_remove)",
+                   node=node_id, duration=duration)
+        self.cluster.crash(node_id)
+        self._later(duration, self._end_crash, node_id)
+
+    def _start_stall(self, duration: float) -> None:
+        node_id = self.cluster.rng.choice(self._candidates())
+        duration = self._t_remove * self.cluster.rng.uniform(1.1, 1.5)
+        self._note("stall", f"stall {node_id} for {duration:.2f}s (past t_remove)",
+                   node=node_id, duration=duration)
+        self._stalled.add(node_id)
+        self.cluster.pause(node_id)
+        self._later(duration, self._end_stall, node_id)
+
+    def _end_stall(self, node_id: str) -> None:
+        self._stalled.discard(node_id)
+        if self.cluster.host(node_id).running:
+            self._note("wake", f"wake {node_id}", node=node_id)
+            self.cluster.resume(node_id)
+
     # ------------------------------------------------------------------ heal
 
     def heal_all(self) -> None:
@@ -179,6 +254,8 @@ class Nemesis:
         cluster.heal()
         cluster.reset_faults()
         self._loss = self._dup = False
+        for node_id in sorted(self._stalled):
+            self._end_stall(node_id)
         for node_id in cluster.down():
             self._note("restart", f"restart {node_id}", node=node_id)
             cluster.restart(node_id)

@@ -58,8 +58,8 @@ def run_random(
     """One randomized run; never raises for a bug found in the nodes (see ``report.error``).
 
     ``fault_duration`` defaults to 0.5 s .. 0.75 * t_remove, so no fault lasts long
-    enough for a node to be removed from the ring. ``warmup`` (default t_fail) lets
-    the cluster form before the workload starts; ``settle`` (default t_remove plus
+    enough for a node to be removed from the ring. ``warmup`` (default: until every
+    node is a member and coordinates) lets the cluster form before the workload starts; ``settle`` (default t_remove plus
     two anti-entropy rounds) lets it repair after healing, before the final reads.
     """
     wall_start = time.perf_counter()  # for the speed report only; never steers the run
@@ -85,7 +85,10 @@ def run_random(
     if conditional_ratio or counter_clients:
         params.update(conditional_ratio=conditional_ratio, counter_clients=counter_clients)
     try:
-        cluster.run_for(config.t_fail if warmup is None else warmup)
+        if warmup is None:  # until the cluster has formed
+            cluster.run_until_condition(lambda: _formed(cluster), cluster.now + 10 * config.t_fail)
+        else:
+            cluster.run_for(warmup)
         end = cluster.now + duration
         workload.start(end)
         nemesis.start(end)
@@ -119,6 +122,14 @@ def run_random(
     report.sim_time = cluster.now
     report.wall_time = time.perf_counter() - wall_start
     return report
+
+
+def _formed(cluster: SimCluster) -> bool:
+    """Every node is a member, holds the same settled map and coordinates."""
+    nodes = [cluster.node(i) for i in cluster.running()]
+    maps = {getattr(n, "cluster_map", None) for n in nodes}
+    return (len(maps) == 1 and None not in maps and next(iter(maps)).target is None
+            and all(getattr(n, "coordinating", True) for n in nodes))
 
 
 def _final_reads(cluster: SimCluster, keys: list[bytes]

@@ -7,7 +7,9 @@ Each scenario is a function of the seed returning a ``RunReport``; a failing
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+from zkv.sim.nemesis import MEMBERSHIP
 from zkv.sim.report import RunReport, format_report
 from zkv.sim.runner import run_random
 
@@ -68,6 +70,44 @@ def _skewed_clocks(seed: int) -> RunReport:
     return run_random(seed, clock_skew=0.5, scenario="skewed-clocks")
 
 
+# Membership runs use shorter failure timers, so removals and stalls past t_remove fit
+# in a short run.
+FAST_TIMERS = {"t_fail": 1.0, "t_remove": 3.0, "anti_entropy_interval": 1.0}
+
+
+def _membership(faults: tuple[str, ...], name: str, **kw: Any) -> Scenario:
+    def scenario(seed: int) -> RunReport:
+        return run_random(seed, nodes=5, clients=4, keys=4, duration=10.0, faults=faults,
+                          fault_interval=(0.5, 1.5), conditional_ratio=0.3,
+                          config_overrides={**FAST_TIMERS, **kw.pop("config", {})},
+                          scenario=name, **kw)
+    scenario.__doc__ = _DOCS[name]
+    return scenario
+
+
+_DOCS = {
+    "joins": "Nodes join (one or two at once) under load, crashes and message loss.",
+    "decommissions": "Operators decommission nodes under load, crashes and message loss.",
+    "removals": "Nodes crash for longer than t_remove: a majority removes them, they rejoin.",
+    "wipes": "Nodes restart on an empty directory under their old id (a new member).",
+    "stalls": "Processes stall for longer than t_remove, then handle what queued up.",
+    "membership": "Every membership fault at once, with crashes, partitions and loss.",
+    "split-brain-manual": "Partitions outlasting t_remove under the manual removal policy: "
+                          "nobody is removed, so no read is stale.",
+}
+
+
+def _split_brain_manual(seed: int) -> RunReport:
+    return run_random(seed, nodes=5, clients=4, keys=4, duration=12.0, faults=("partition",),
+                      fault_interval=(0.5, 1.0),
+                      fault_duration=(1.2 * FAST_TIMERS["t_remove"],
+                                      2.0 * FAST_TIMERS["t_remove"]),
+                      config_overrides={**FAST_TIMERS, "removal": "manual"},
+                      conditional_ratio=0.3, scenario="split-brain-manual")
+
+
+_split_brain_manual.__doc__ = _DOCS["split-brain-manual"]
+
 SCENARIOS: dict[str, Scenario] = {
     "random": _random,
     "quick": _quick,
@@ -78,6 +118,13 @@ SCENARIOS: dict[str, Scenario] = {
     "lossy": _lossy,
     "split-brain": _split_brain,
     "skewed-clocks": _skewed_clocks,
+    "joins": _membership(("join", "crash", "loss"), "joins"),
+    "decommissions": _membership(("decommission", "join", "crash", "loss"), "decommissions"),
+    "removals": _membership(("remove", "join", "loss"), "removals"),
+    "wipes": _membership(("wipe", "loss"), "wipes"),
+    "stalls": _membership(("stall", "loss"), "stalls"),
+    "membership": _membership(MEMBERSHIP + ("crash", "partition", "loss"), "membership"),
+    "split-brain-manual": _split_brain_manual,
 }
 
 

@@ -31,10 +31,10 @@ class MemoryStore:
             yield key, self._data[key]
 
     def token_range(self, first: int, last: int) -> Iterator[tuple[bytes, Record]]:
-        # A scan: the simulator's stores are small.
-        for key in sorted(self._data):
-            if first <= token(key) <= last:
-                yield key, self._data[key]
+        # A scan in ring order, like LMDB's: the simulator's stores are small.
+        found = sorted((t, key) for key in self._data if first <= (t := token(key)) <= last)
+        for _, key in found:
+            yield key, self._data[key]
 
     def __len__(self) -> int:
         return len(self._data)

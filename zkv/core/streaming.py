@@ -1,0 +1,172 @@
+"""Streaming the ranges a node gains in a ring transition, from a read quorum.
+
+An acknowledged write is on a quorum of its replicas, not on any one of them,
+so a gainer reads each gained range from a read quorum of the ring replicas
+(every live one is asked; the range is done once ``need`` of them have sent
+all of it) and keeps the newest version of each key, like a quorum read. Each
+source fences the older epochs before it answers (the pull carries the
+transition's epoch), so no write of an older epoch can complete on a quorum of
+the range afterwards; writes of the transition reach the gainer directly
+(joint quorums).
+
+Paced: at most ``WINDOW`` pulls in flight, one page each, so the node keeps
+gossiping and serving. Resumable: a restarted gainer streams the ranges again
+(merging by version is idempotent), and a silent source is asked again with
+growing pauses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from zkv.core.backoff import backoff
+from zkv.core.cluster_map import ClusterMap
+from zkv.core.messages import StreamChunk, StreamPull
+from zkv.core.outbox import Outbox
+from zkv.core.replica import Merge, merge
+from zkv.core.ring import token
+from zkv.storage.base import Store
+from zkv.storage.record import Record
+
+WINDOW = 8  # pulls in flight
+PAGE_RECORDS = 512  # records a source sends per page (all keys of the last token too)
+PAGE_BYTES = 1024 * 1024
+
+
+@dataclass(slots=True)
+class RangeStream:
+    first: int
+    last: int
+    need: int
+    cursors: dict[str, int | None]  # source -> next token to ask (None: done)
+    degraded: bool = False
+
+    def done(self) -> bool:
+        return sum(1 for c in self.cursors.values() if c is None) >= self.need
+
+
+@dataclass(slots=True)
+class Pull:
+    stream: RangeStream
+    source: str
+    sent_at: float
+    resends: int = 0
+
+
+@dataclass(slots=True)
+class Streamer:
+    """A gainer's streaming for one transition epoch."""
+
+    node_id: str
+    pull_base: int
+    epoch: int = 0
+    ranges: list[RangeStream] = field(default_factory=list)
+    pulls: dict[int, Pull] = field(default_factory=dict)
+    keys: int = 0
+    bytes: int = 0
+    fenced: list[bytes] = field(default_factory=list)  # keys a promise kept out (to repair)
+    _next: int = 0
+
+    def plan(self, cmap: ClusterMap, out: Outbox) -> None:
+        """Stream what ``node_id`` gains in ``cmap`` (a new epoch starts over)."""
+        self.epoch = cmap.epoch
+        self.ranges = []
+        self.pulls.clear()
+        self.keys = self.bytes = 0
+        for first, last, sources in cmap.gained_ranges(self.node_id):
+            live, need = cmap.sources_needed(sources)
+            degraded = len(live) < len(sources) // 2 + 1
+            self.ranges.append(RangeStream(first, last, max(need, 0),
+                                           {s: first for s in live}, degraded))
+        if self.ranges:
+            degraded = sum(1 for r in self.ranges if r.degraded)
+            out.event("stream_start", epoch=cmap.epoch, ranges=len(self.ranges),
+                      degraded=degraded)
+
+    def plan_nothing(self, epoch: int) -> None:
+        """Nothing to gain at ``epoch``."""
+        self.epoch = epoch
+        self.ranges = []
+        self.pulls.clear()
+
+    @property
+    def complete(self) -> bool:
+        return all(r.done() for r in self.ranges)
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        """(ranges done, ranges)."""
+        return sum(1 for r in self.ranges if r.done()), len(self.ranges)
+
+    def tick(self, now: float, resend_after: float, out: Outbox) -> None:
+        for pull_id, pull in list(self.pulls.items()):
+            if now >= pull.sent_at + backoff(resend_after, pull.resends):
+                pull.resends += 1
+                pull.sent_at = now
+                self._send(pull_id, pull, out)
+        self._fill(now, out)
+
+    def next_resend(self, resend_after: float) -> float | None:
+        if not self.pulls:
+            return None
+        return min(p.sent_at + backoff(resend_after, p.resends) for p in self.pulls.values())
+
+    def _fill(self, now: float, out: Outbox) -> None:
+        """Ask for the next pages, up to WINDOW pulls in flight."""
+        for stream in self.ranges:
+            if len(self.pulls) >= WINDOW:
+                return
+            if stream.done():
+                continue
+            busy = {p.source for p in self.pulls.values() if p.stream is stream}
+            for source, cursor in stream.cursors.items():
+                if cursor is not None and source not in busy and len(self.pulls) < WINDOW:
+                    self._next += 1
+                    pull = Pull(stream, source, now)
+                    self.pulls[self.pull_base + self._next] = pull
+                    self._send(self.pull_base + self._next, pull, out)
+
+    def on_chunk(self, sender: str, msg: StreamChunk, store: Store, now: float,
+                 out: Outbox) -> None:
+        pull = self.pulls.pop(msg.pull_id, None)
+        if pull is None or pull.source != sender:
+            return
+        for key, record in msg.records:
+            if merge(store, key, record) is Merge.FENCED:
+                self.fenced.append(key)
+            self.keys += 1
+            self.bytes += len(key) + len(record.value)
+        stream = pull.stream
+        if stream.cursors.get(sender) is not None:
+            stream.cursors[sender] = msg.next if msg.next is None or msg.next <= stream.last \
+                else None
+        if self.complete:
+            out.event("stream_done", epoch=self.epoch, keys=self.keys, bytes=self.bytes)
+        else:
+            self._fill(now, out)
+
+    def _send(self, pull_id: int, pull: Pull, out: Outbox) -> None:
+        cursor = pull.stream.cursors.get(pull.source)
+        if cursor is None:
+            self.pulls.pop(pull_id, None)
+            return
+        out.send(pull.source, StreamPull(pull_id, self.epoch, cursor, pull.stream.last))
+
+
+def page(store: Store, first: int, last: int) -> tuple[list[tuple[bytes, Record]], int | None]:
+    """A source's answer: records from token ``first`` on, and where the next page starts.
+
+    A page ends at a token boundary (every key of its last token is in it), so
+    a cursor that is a token never splits keys that share one."""
+    records: list[tuple[bytes, Record]] = []
+    size = 0
+    cut: int | None = None
+    for key, record in store.token_range(first, last):
+        tok = token(key)
+        if cut is not None and tok != cut:
+            return records, tok
+        records.append((key, record))
+        size += len(key) + len(record.value) + 32
+        if cut is None and (len(records) >= PAGE_RECORDS or size >= PAGE_BYTES):
+            cut = tok
+    return records, None
