@@ -13,7 +13,7 @@ import pytest
 from tests.sim.conftest import formed
 from zkv.sim.scenarios import format_report, run_scenario
 
-SEEDS = int(os.environ.get("ZKV_MIXED_SEEDS", "300"))
+SEEDS = int(os.environ.get("ZKV_MIXED_SEEDS", "200"))
 
 
 def test_concurrent_creates_of_one_key_let_exactly_one_win():

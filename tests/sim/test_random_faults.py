@@ -10,7 +10,7 @@ import pytest
 
 from zkv.sim.scenarios import format_report, run_scenario
 
-SEEDS = int(os.environ.get("ZKV_SIM_SEEDS", "200"))
+SEEDS = int(os.environ.get("ZKV_SIM_SEEDS", "120"))
 
 
 @pytest.mark.parametrize("seed", range(SEEDS))
