@@ -1,16 +1,17 @@
-"""Gossip membership: who is in the cluster, and who is alive.
+"""Gossip membership: who is alive (who is in the ring is the cluster map's business).
 
 Each node publishes its table every gossip interval; receivers keep, per
 member, the state with the highest (incarnation, heartbeat) and note when it
 last advanced on their own clock. Local status follows from that age:
 
     alive --t_fail--> down --t_remove--> removed
-    (left: the member said goodbye; it is out of the ring at once)
+    (left: the member said goodbye, after its decommission)
 
-``down`` members stay in the ring (requests skip them); ``removed`` and ``left``
-members are out of it, which starts stabilization. A removal needs this node to
-see a majority of the cluster alive (every member that has not left, removed
-ones included), so the minority side of a partition never reshapes the ring. A member returns when a fresher heartbeat or a higher
+``down`` members are skipped by requests; ``removed`` ones are *removable*: under
+the ``auto`` removal policy the node that proposes ring changes proposes their
+removal (``ring_changes``). A member turns removable only while this node sees a
+majority of the cluster map's voters alive, so the minority side of a partition
+proposes nothing. A member returns when a fresher heartbeat or a higher
 incarnation (a restart) arrives.
 """
 
@@ -59,9 +60,6 @@ class Membership:
         m = self.members.get(node_id)
         return m.status if m else None
 
-    def ring_members(self) -> frozenset[str]:
-        return frozenset(i for i, m in self.members.items() if m.status in IN_RING)
-
     def alive(self, node_id: str) -> bool:
         m = self.members.get(node_id)
         return m is not None and m.status == ALIVE
@@ -69,16 +67,6 @@ class Membership:
     def address(self, node_id: str) -> str | None:
         m = self.members.get(node_id)
         return m.state.address if m else None
-
-    def has_majority(self) -> bool:
-        """True when this node sees more than half of the cluster alive (itself included).
-
-        The cluster is every member that has not left, removed ones included: a
-        side that shrank its ring during one partition must not count itself a
-        majority of that smaller ring during the next.
-        """
-        cluster = [m for m in self.members.values() if m.status != LEFT]
-        return 2 * sum(1 for m in cluster if m.status == ALIVE) > len(cluster)
 
     def gossip_table(self) -> list[MemberState]:
         """What this node tells others: every member not removed."""
@@ -139,12 +127,10 @@ class Membership:
         alive = sum(1 for v in voters if v == self.me_id or self.alive(v))
         return 2 * alive > len(voters)
 
-    def check(self, now: float, majority: bool | None = None) -> list[StatusChange]:
+    def check(self, now: float, majority: bool = True) -> list[StatusChange]:
         """Apply the failure-detection timers; returns the status changes. A member
         turns ``removed`` (removable) only while this node sees a ``majority``."""
         changes: list[StatusChange] = []
-        if majority is None:
-            majority = self.has_majority()
         for node_id, m in self.members.items():
             if node_id == self.me_id or m.status not in IN_RING:
                 continue
