@@ -190,6 +190,26 @@ class ClusterMap:
         live = [n for n in sources if n not in self.gone]
         return live, min(needed("quorum", len(sources)), len(live))
 
+    def follows(self, prev: ClusterMap) -> str:
+        """'' if this map can be the one decided right after ``prev``, else why not.
+
+        A change either starts or amends a transition (the ring stays) or settles
+        one (the target becomes the ring); a member keeps its instance from one
+        epoch to the next. Maps several epochs ahead cannot be checked this way."""
+        if self.epoch != prev.epoch + 1:
+            return ""
+        if (self.replicas, self.vnodes) != (prev.replicas, prev.vnodes):
+            return "replicas or vnodes differ"
+        starts = self.ring == prev.ring and self.target is not None
+        settles = prev.target is not None and self.ring == prev.target and self.target is None
+        if not (starts or settles):
+            return "neither starts, amends nor settles a transition of the previous map"
+        for m in self.members:
+            before = prev.member(m.node_id)
+            if before is not None and before.instance != m.instance:
+                return f"member {m.node_id} changed instance without leaving"
+        return ""
+
     # ----------------------------------------------------------------- wire
 
     def encode(self) -> list:

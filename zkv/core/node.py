@@ -373,14 +373,17 @@ class Node:
             if msg.cluster_map is not None:
                 cmap = self.changes.decode_map(msg.cluster_map, sender, out)
                 if cmap is not None:
-                    self._adopt(cmap, now, out)
+                    self._adopt(cmap, now, out, sender)
             self.coordinator.on_epoch_refused(sender, msg, now, out)
         elif isinstance(msg, Gossip):
             self._on_gossip(msg, now, out)
         elif isinstance(msg, JoinRequest):
             self._on_join(msg, now, out)
         elif isinstance(msg, MapPrepare):
-            self.changes.on_prepare(sender, msg, out)
+            base = self.changes.decode_map(msg.base, sender, out)
+            if base is not None and msg.slot == base.epoch + 1:
+                self._adopt(base, now, out, sender)  # a voter that is behind catches up
+                self.changes.on_prepare(sender, msg, base, out)
         elif isinstance(msg, MapAccept):
             self.changes.on_accept(sender, msg, out)
         elif isinstance(msg, MapPromise):
@@ -393,7 +396,7 @@ class Node:
         elif isinstance(msg, MapLearn):
             cmap = self.changes.decode_map(msg.value, sender, out)
             if cmap is not None:
-                self._adopt(cmap, now, out)
+                self._adopt(cmap, now, out, sender)
         elif isinstance(msg, MapQuery):
             self.changes.on_query(sender, msg, out)
         elif isinstance(msg, StreamPull):
@@ -494,9 +497,10 @@ class Node:
         if cmap is not None:
             out.actions.append(Send(member.node_id, member.address, MapLearn(cmap.encode())))
 
-    def _adopt(self, cmap: ClusterMap, now: float, out: _StepOutbox) -> None:
+    def _adopt(self, cmap: ClusterMap, now: float, out: _StepOutbox,
+               sender: str | None = None) -> None:
         old = self.changes.map
-        if self.changes.adopt(cmap, out):
+        if self.changes.adopt(cmap, out, sender):
             self._adopted(old, cmap, now, out)
 
     def _adopted(self, old: ClusterMap | None, cmap: ClusterMap, now: float,

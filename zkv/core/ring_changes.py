@@ -98,14 +98,24 @@ class RingChanges:
         self._adopt(cmap, out)
         return cmap
 
-    def adopt(self, cmap: ClusterMap, out: Outbox) -> bool:
-        """Take ``cmap`` if it is newer; True when it was."""
-        if self.map is not None and cmap.epoch <= self.map.epoch:
+    def adopt(self, cmap: ClusterMap, out: Outbox, sender: str | None = None) -> bool:
+        """Take ``cmap`` if it is newer; True when it was. A map from a peer (``sender``)
+        must come from a member of it or of this node's map, and be a legal next step
+        when it is the next epoch; else it is refused and counted."""
+        prev = self.map
+        if prev is not None and cmap.epoch <= prev.epoch:
             return False
-        if self.map is not None and (cmap.replicas, cmap.vnodes) != (self.map.replicas,
-                                                                      self.map.vnodes):
+        reason = ""
+        if prev is not None and (cmap.replicas, cmap.vnodes) != (prev.replicas, prev.vnodes):
+            reason = "replicas or vnodes differ"
+        elif prev is not None:
+            reason = cmap.follows(prev)
+        if not reason and sender is not None and cmap.member(sender) is None \
+                and (prev is None or prev.member(sender) is None):
+            reason = f"{sender} is a member of neither map"
+        if reason:
             self.refused += 1
-            out.event("map_refused", epoch=cmap.epoch, reason="replicas or vnodes differ")
+            out.event("map_refused", epoch=cmap.epoch, sender=sender, reason=reason)
             return False
         self._adopt(cmap, out)
         return True
@@ -164,11 +174,8 @@ class RingChanges:
 
     # ----------------------------------------------------------------- messages
 
-    def on_prepare(self, sender: str, msg: MapPrepare, out: Outbox) -> None:
-        base = self.decode_map(msg.base, sender, out)
-        if base is None or msg.slot != base.epoch + 1:
-            return
-        self.adopt(base, out)
+    def on_prepare(self, sender: str, msg: MapPrepare, base: ClusterMap, out: Outbox) -> None:
+        """Vote in the instance after ``base`` (which the node adopted first, if newer)."""
         if self.map is None or not self.voter_in(base):
             return  # not one of this instance's acceptors (e.g. a wiped node under an old id)
         out.send(sender, self.acceptor.on_prepare(msg, self.map))
