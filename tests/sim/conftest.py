@@ -34,7 +34,7 @@ def replicas(cluster: SimCluster, key: str | bytes, via: str | None = None) -> t
 
 def rings_agree(cluster: SimCluster) -> bool:
     rings = {cluster.node(i).ring.nodes for i in cluster.running()}
-    return len(rings) == 1 and all(not cluster.node(i).settling for i in cluster.running())
+    return len(rings) == 1 and all(not cluster.node(i).in_transition for i in cluster.running())
 
 
 def placement_exact(cluster: SimCluster, keys) -> bool:

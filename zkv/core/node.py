@@ -179,11 +179,10 @@ class Node:
         return self.joined and not self.stopping and self._confirming is None
 
     @property
-    def settling(self) -> list[Ring]:
-        """The target ring while a transition is under way (quorums span both)."""
+    def in_transition(self) -> bool:
+        """A ring change is under way: quorums span the old and the new replicas."""
         cmap = self.changes.map
-        target = cmap.rings[1] if cmap is not None else None
-        return [target] if target is not None else []
+        return cmap is not None and cmap.target is not None
 
     @property
     def cluster_map(self) -> ClusterMap | None:
@@ -247,7 +246,7 @@ class Node:
             members = sorted((n, self.address_of(n) or "") for n in self.ring.nodes)
             out.reply(client, RingInfo(msg.req_id, members, self.config.replicas,
                                        self.config.vnodes, self.changes.epoch,
-                                       not self.settling))
+                                       not self.in_transition))
             return
         if isinstance(msg, AdminRequest):
             self._on_admin(client, msg, out)
@@ -318,7 +317,7 @@ class Node:
         """The ring's metrics (``zkv.net.metrics.RING_GAUGES``)."""
         streamer = self.changes.streamer
         done, ranges = streamer.progress
-        return {"epoch": self.changes.epoch, "ring_transition": int(bool(self.settling)),
+        return {"epoch": self.changes.epoch, "ring_transition": int(self.in_transition),
                 "ranges_degraded": self.changes.degraded_ranges, "stream_keys": streamer.keys,
                 "stream_ranges_left": ranges - done}
 
@@ -541,7 +540,7 @@ class Node:
         cfg = self.config
         self.stabilizer.answer_sync_keys(self.ring, now, out)
         self.stabilizer.work(now, out)
-        transition = self.settling
+        transition = self.in_transition
         if self.changes.map is None and now >= self._found_at:
             self._found_at = float("inf")
             self._adopted(None, self.changes.found(self.address, cfg.replicas, cfg.vnodes, out),
