@@ -571,7 +571,7 @@ class Node:
             self._confirm(None, 0, out)  # a cluster of one confirms itself
             if not self.stopping and not self.decommissioned:
                 self.changes.plan(now, self.membership.alive, self._dead, self._majority(),
-                                  cfg.default_timeout, out)
+                                  cfg.default_timeout, cfg.t_fail / 2, out)
         self.changes.tick(now, cfg.retry_interval, out)
         self.coordinator.tick(now, cfg.retry_interval, out)
         self._repair_fenced(now, out)

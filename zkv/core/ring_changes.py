@@ -65,7 +65,8 @@ class RingChanges:
         self.peer_epoch: dict[str, int] = {}
         self.peer_streamed: dict[str, int] = {}
         self.peer_instance: dict[str, int] = {}
-        self.joiners: dict[str, tuple[MapMember, float]] = {}
+        # Nodes asking to join: (member, first asked, last asked).
+        self.joiners: dict[str, tuple[MapMember, float, float]] = {}
         self.commands: list[Command] = []
         self.refused = 0  # bad map messages and commands (a counter for metrics)
         self.degraded_ranges = 0  # ranges streamed from fewer than a read quorum
@@ -254,25 +255,28 @@ class RingChanges:
         return None
 
     def plan(self, now: float, alive: Callable[[str], bool], dead: Callable[[str], bool],
-             majority: bool, timeout: float, out: Outbox) -> None:
+             majority: bool, timeout: float, join_window: float, out: Outbox) -> None:
         """Propose the next change this node should, if any (see the module docstring).
-        A joiner that stopped asking for ``timeout`` is forgotten."""
-        self.joiners = {i: j for i, j in self.joiners.items() if j[1] >= now - timeout}
+        Joins wait ``join_window`` after the first request, so nodes started together
+        join in one change; a joiner that stopped asking for ``timeout`` is forgotten."""
+        self.joiners = {i: j for i, j in self.joiners.items() if j[2] >= now - timeout}
         cmap = self.map
         if cmap is None or self.proposer.proposal is not None or not self.voter() or not majority:
             return
         change, why = self._command_change(cmap)
         if change is None and self.proposer_id(alive) == self.node_id:
-            change, why = self._automatic_change(cmap, dead)
+            change, why = self._automatic_change(cmap, dead, now - join_window)
         if change is not None:
             self.proposer.propose(cmap, change, why, now, timeout, out)
 
-    def _automatic_change(self, cmap: ClusterMap, dead: Callable[[str], bool]
+    def _automatic_change(self, cmap: ClusterMap, dead: Callable[[str], bool],
+                          joins_before: float
                           ) -> tuple[Callable[[ClusterMap], ClusterMap] | None, str]:
         auto = self.removal == "auto"
         if cmap.target is not None:
             lost = sorted(n for n in cmap.target if n != self.node_id and dead(n))
-            if auto and lost and len(cmap.target) > len(lost):
+            if auto and lost and len(cmap.target) - len(lost) >= min(cmap.replicas,
+                                                                      len(cmap.target)):
                 return (lambda m: m.with_removal(lost, dead=True)), f"remove dead {lost}"
             waiting = [g for g in cmap.gainers if (self.streamed() if g == self.node_id
                                                       else self.peer_streamed.get(g, 0))
@@ -284,11 +288,11 @@ class RingChanges:
         # (Removing a node below ``replicas`` members would re-replicate nothing.)
         if auto and lost and len(cmap.ring) - len(lost) >= min(cmap.replicas, len(cmap.ring)):
             return (lambda m: m.with_removal(lost, dead=True)), f"remove dead {lost}"
-        joiners = [j for j, _ in self.joiners.values()]
+        joiners = [j for j, _, _ in self.joiners.values()]
         stale = sorted(j.node_id for j in joiners if cmap.member(j.node_id) is not None)
         if stale:  # an old id back with an empty directory: its old self goes first
             return (lambda m: m.with_removal(stale, dead=True)), f"replace {stale}"
-        if joiners:
+        if joiners and min(first for _, first, _ in self.joiners.values()) <= joins_before:
             ids = sorted(j.node_id for j in joiners)
             return (lambda m: m.with_joins(joiners)), f"join {ids}"
         return None, ""
@@ -317,7 +321,9 @@ class RingChanges:
             out.event("join_refused", node=member.node_id, reason=f"address {member.address} "
                       f"is {taken.node_id}'s")
             return f"address {member.address} belongs to {taken.node_id}"
-        self.joiners[member.node_id] = (member, now)
+        known = self.joiners.get(member.node_id)
+        first = known[1] if known is not None and known[0] == member else now
+        self.joiners[member.node_id] = (member, first, now)
         forward(member.node_id)
         return ""
 

@@ -2,8 +2,9 @@
 
 An acknowledged write is on a quorum of its replicas, not on any one of them,
 so a gainer reads each gained range from a read quorum of the ring replicas
-(every live one is asked; the range is done once ``need`` of them have sent
-all of it) and keeps the newest version of each key, like a quorum read. Each
+(``need`` of them, a different few for each range so the load spreads; one
+that stays silent has another take its place) and keeps the newest version of
+each key, like a quorum read. Each
 source fences the older epochs before it answers (the pull carries the
 transition's epoch), so no write of an older epoch can complete on a quorum of
 the range afterwards; writes of the transition reach the gainer directly
@@ -39,10 +40,17 @@ class RangeStream:
     last: int
     need: int
     cursors: dict[str, int | None]  # source -> next token to ask (None: done)
+    active: list[str]  # the sources asked: ``need`` of them, more when one is silent
     degraded: bool = False
 
     def done(self) -> bool:
         return sum(1 for c in self.cursors.values() if c is None) >= self.need
+
+    def stand_in(self) -> None:
+        """A source is silent: ask one more (it streams the range from the start)."""
+        spare = next((s for s in self.cursors if s not in self.active), None)
+        if spare is not None:
+            self.active.append(spare)
 
 
 @dataclass(slots=True)
@@ -73,11 +81,12 @@ class Streamer:
         self.ranges = []
         self.pulls.clear()
         self.keys = self.bytes = 0
-        for first, last, sources in cmap.gained_ranges(self.node_id):
+        for i, (first, last, sources) in enumerate(cmap.gained_ranges(self.node_id)):
             live, need = cmap.sources_needed(sources)
             degraded = len(live) < len(sources) // 2 + 1
+            turn = live[i % len(live):] + live[:i % len(live)] if live else []
             self.ranges.append(RangeStream(first, last, max(need, 0),
-                                           {s: first for s in live}, degraded))
+                                           {s: first for s in live}, turn[:need], degraded))
         if self.ranges:
             degraded = sum(1 for r in self.ranges if r.degraded)
             out.event("stream_start", epoch=cmap.epoch, ranges=len(self.ranges),
@@ -103,6 +112,8 @@ class Streamer:
             if now >= pull.sent_at + backoff(resend_after, pull.resends):
                 pull.resends += 1
                 pull.sent_at = now
+                if pull.resends == 2:
+                    pull.stream.stand_in()
                 self._send(pull_id, pull, out)
         self._fill(now, out)
 
@@ -119,7 +130,8 @@ class Streamer:
             if stream.done():
                 continue
             busy = {p.source for p in self.pulls.values() if p.stream is stream}
-            for source, cursor in stream.cursors.items():
+            for source in stream.active:
+                cursor = stream.cursors[source]
                 if cursor is not None and source not in busy and len(self.pulls) < WINDOW:
                     self._next += 1
                     pull = Pull(stream, source, now)
@@ -137,10 +149,11 @@ class Streamer:
             self.keys += 1
             self.bytes += len(key) + len(record.value)
         stream = pull.stream
+        was_done = stream.done()
         if stream.cursors.get(sender) is not None:
             stream.cursors[sender] = msg.next if msg.next is None or msg.next <= stream.last \
                 else None
-        if self.complete:
+        if stream.done() and not was_done and self.complete:
             out.event("stream_done", epoch=self.epoch, keys=self.keys, bytes=self.bytes)
         else:
             self._fill(now, out)

@@ -337,6 +337,7 @@ class NodeProcess:
                             "incarnation": self.node.incarnation})
         self.events.flush()
         grace_end: float | None = None
+        exit_code = 0
         quiet_after = 0.0
         next_sample = 0.0
         router, sub, wake = self.router, self.sub, self._wake_r.fileno()
@@ -355,18 +356,24 @@ class NodeProcess:
             now = time.monotonic()
             if self.stop_requested and grace_end is None:
                 grace_end = now + self.settings.shutdown_grace
-                quiet_after = now + min(self.settings.shutdown_grace,
-                                        2 * node.config.gossip_interval)
+                # A decommissioned node answers for the whole grace (its clients are
+                # still finding out); a stopped one leaves once nothing is in flight.
+                quiet_after = grace_end if exit_code else now + min(
+                    self.settings.shutdown_grace, 2 * node.config.gossip_interval)
                 self._step(Shutdown(), now, actions)
             if now >= node.next_wakeup():
                 self._step(Tick(), now, actions)
             self._apply(actions)
-            if node.left:
+            if node.left and exit_code == 0:
+                # Out of the cluster: finish what it coordinates and, for the shutdown
+                # grace, answer new requests "unavailable" (clients try another node)
+                # rather than vanish under requests still on their way.
+                exit_code = EXIT_DECOMMISSIONED
                 self._log("decommissioned", {"epoch": node.changes.epoch})
                 print(f"{node.node_id}: decommissioned: its data is on the other nodes and it "
                       f"has left the cluster; to add it again, start it on an empty data "
                       f"directory", file=sys.stderr, flush=True)
-                return self._finish(EXIT_DECOMMISSIONED)
+                self.stop_requested = True
             self._reconcile()
             if now >= next_sample:
                 next_sample = now + MAX_POLL
@@ -374,7 +381,7 @@ class NodeProcess:
             if grace_end is not None and (now >= grace_end or (
                     now >= quiet_after and not node.coordinator.ops)):
                 break
-        return self._finish()
+        return self._finish(exit_code)
 
     def _drain_router(self, actions: list[Action]) -> None:
         router = self.router
