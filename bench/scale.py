@@ -16,7 +16,10 @@ started the way ``zkv cluster up --detach`` does it; then:
    get of a loaded key.
 4. stabilization: a 4th node joins (timed until it holds about 3/4 of the keys
    and stops growing, then until the others dropped the copies it took over)
-   and leaves again with SIGTERM (timed until the three hold every key again).
+   and is decommissioned again (``Client.admin("decommission", ...)``: the three
+   stream its ranges back, the ring drops it and its process exits with code 3;
+   timed until it has exited and the three hold every key again). SIGTERM only
+   stops a node, which stays a member, so it is used only to clean up.
 
 Keys held are read from each node's ``zkv_keys_stored`` metric, which the node
 refreshes once a second, so stabilization times are good to a second or two.
@@ -52,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 from zkv import bench as zb  # noqa: E402
 from zkv import supervisor as sup  # noqa: E402
 from zkv.core.messages import ClientReply, ClientRequest, DecodeError, decode, encode  # noqa: E402
+from zkv.exit_codes import EXIT_DECOMMISSIONED  # noqa: E402
 from zkv.net.figures import human_bytes, node_figures  # noqa: E402
 from zkv.net.runtime import NODE_FILE, store_path  # noqa: E402
 
@@ -65,6 +69,7 @@ SAMPLE_EVERY = 0.5  # seconds between metric samples (the nodes refresh them eve
 STABLE_FOR = 5.0  # a key count unchanged this long has stopped growing
 RESTART_DEADLINE = 120.0
 JOINER = "node-4"
+DECOMMISSION_RESEND = 3.0  # seconds before a decommission the map does not show is sent again
 
 
 def say(message: str) -> None:
@@ -394,8 +399,56 @@ def stop_process(popen: subprocess.Popen, grace: float = sup.STOP_TIMEOUT) -> fl
     return round(time.monotonic() - start, 2)
 
 
+def decommission(popen: subprocess.Popen, record: dict, seeds: list[str], start: float,
+                 deadline: float) -> dict:
+    """Ask the cluster to decommission the node behind ``popen`` (the command goes to the
+    node itself first, then to the seeds) and wait for its process to exit; the command
+    is sent again every ``DECOMMISSION_RESEND`` seconds while the node's map still shows
+    it ``normal`` (a command the node took is proposed by that node alone). Returns the
+    exit code (None past ``deadline``), when it exited (seconds since ``start``), the
+    epochs before and after, and the first answer's status."""
+    from zkv.client import Client
+    from zkv.errors import InvalidRequest, Unavailable
+
+    node_id, address = record["id"], record["address"]
+    outcome: dict[str, Any] = {"command": None, "epoch_before": None, "epoch_after": None,
+                               "exit_code": None, "exit_s": None, "resent": 0}
+    with Client([address, *seeds], timeout=5.0) as client:
+        view = client.node_status(seeds[0], timeout=2.0)
+        outcome["epoch_before"] = view["epoch"] if view else None
+
+        def send() -> str | None:
+            try:
+                reply = client.admin("decommission", node_id)
+            except (Unavailable, InvalidRequest) as exc:
+                return f"error: {exc}"
+            if reply.status == "refused":
+                raise zb.BenchError(f"the cluster refused to decommission {node_id}: "
+                                    f"{reply.detail}")
+            return reply.status
+
+        outcome["command"] = send()
+        resend_at = time.monotonic() + DECOMMISSION_RESEND
+        while popen.poll() is None and time.monotonic() < deadline:
+            if time.monotonic() >= resend_at:
+                resend_at = time.monotonic() + DECOMMISSION_RESEND
+                view = client.node_status(seeds[0], timeout=1.0)
+                state = (view or {}).get("members", {}).get(node_id, {}).get("state")
+                if state == "normal":
+                    outcome["resent"] += 1
+                    send()
+            time.sleep(0.05)
+        if popen.poll() is not None:
+            outcome["exit_code"] = popen.returncode
+            outcome["exit_s"] = round(time.monotonic() - start, 2)
+        view = client.node_status(seeds[0], timeout=2.0)
+        outcome["epoch_after"] = view["epoch"] if view else None
+    return outcome
+
+
 def stabilization(data_dir: Path, seeds: list[str], keys: int, deadline: float) -> dict:
-    """Phase 4: a 4th node joins (it should end with ~3/4 of the keys), then leaves."""
+    """Phase 4: a 4th node joins (it should end with ~3/4 of the keys), then is
+    decommissioned."""
     urls = {r["id"]: r["metrics"] for r in sup.require_cluster(data_dir)["nodes"]}
     share = keys * REPLICAS / (NODES + 1)
     started_wall = time.time()
@@ -427,19 +480,30 @@ def stabilization(data_dir: Path, seeds: list[str], keys: int, deadline: float) 
                                   "keys": dropped["keys"]}
         before = {n: dropped["keys"][n] or 0 for n in urls}
         leave_start = time.monotonic()
-        exit_s = stop_process(popen)
-        say(f"{JOINER} left (exited {exit_s:.1f} s after SIGTERM)")
+        say(f"decommissioning {JOINER}")
+        gone = decommission(popen, record, seeds, leave_start, leave_start + deadline)
+        if gone["exit_code"] is None:
+            say(f"{JOINER} still runs {deadline:g} s after the decommission command")
+        else:
+            say(f"{JOINER} exited with code {gone['exit_code']} {gone['exit_s']:.1f} s after "
+                "the decommission command")
 
         def every_key_back(held: dict[str, int], unchanged: dict[str, float]) -> bool:
             return all(k >= keys for k in held.values())
 
-        back = watch_keys(urls, leave_start, leave_start + deadline, "leave", every_key_back)
+        back = watch_keys(urls, leave_start, leave_start + deadline, "decommission",
+                          every_key_back)
         gained_total = sum((back["keys"][n] or 0) - before[n] for n in urls)
-        leave = {"done": back["done"], "seconds": back["seconds"], "exit_s": exit_s,
-                 "keys_before": before, "keys": back["keys"], "keys_gained": gained_total,
-                 "keys_per_s": round(gained_total / back["seconds"], 1) if back["seconds"]
-                 else None}
-        return {"join": join, "leave": leave}
+        exited = gone["exit_code"] == EXIT_DECOMMISSIONED
+        seconds = max(back["seconds"], gone["exit_s"] or 0.0)
+        leave = {"done": back["done"] and exited, "seconds": seconds,
+                 "keys_back_s": back["seconds"], "exit_s": gone["exit_s"],
+                 "exit_code": gone["exit_code"], "command": gone["command"],
+                 "resent": gone["resent"], "epoch_before": gone["epoch_before"],
+                 "epoch_after": gone["epoch_after"], "keys_before": before,
+                 "keys": back["keys"], "keys_gained": gained_total,
+                 "keys_per_s": round(gained_total / seconds, 1) if seconds else None}
+        return {"join": join, "decommission": leave}
     finally:
         stop_process(popen)
 
@@ -484,7 +548,7 @@ def report(result: dict) -> str:
                  f"(incl. the supervisor's {r['supervisor_backoff_s']:g} s backoff), "
                  f"quorum get through it after {secs(r['quorum_get_s'])}")
     if "join" in result:
-        j, lv = result["join"], result["leave"]
+        j, lv = result["join"], result["decommission"]
         miss = "" if j["done"] else " (DEADLINE MISSED)"
         rate = f"{j['keys_per_s']:,.0f}" if j["keys_per_s"] else "-"
         ready = "-" if j["node_ready_s"] is None else f"{j['node_ready_s']:.1f} s"
@@ -496,9 +560,12 @@ def report(result: dict) -> str:
         lines.append(f"          the others dropped their copies: {copies:.2f} copies per key "
                      f"after {s['seconds']:.1f} s" + ("" if s["done"] else " (DEADLINE MISSED)"))
         rate = f"{lv['keys_per_s']:,.0f}" if lv["keys_per_s"] else "-"
-        lines.append(f"leave:    SIGTERM {JOINER} (exit in {lv['exit_s']:.1f} s); the three "
-                     f"gained {lv['keys_gained']:,} keys in {lv['seconds']:.1f} s = {rate} "
-                     f"keys/s" + ("" if lv["done"] else " (DEADLINE MISSED)"))
+        exit_s = "-" if lv["exit_s"] is None else f"{lv['exit_s']:.1f} s"
+        lines.append(f"decommission: {JOINER} (epoch {lv['epoch_before']} -> "
+                     f"{lv['epoch_after']}; exited with code {lv['exit_code']} after "
+                     f"{exit_s}); the three gained {lv['keys_gained']:,} keys in "
+                     f"{lv['seconds']:.1f} s = {rate} keys/s"
+                     + ("" if lv["done"] else " (DEADLINE MISSED)"))
         lines.append("          keys held: " + ", ".join(
             f"{n} {'-' if k is None else f'{k:,}'}" for n, k in lv["keys"].items()))
     return "\n".join(lines)
@@ -555,7 +622,7 @@ def main() -> int:
                         "temporary one, removed afterwards)")
     p.add_argument("--keep", action="store_true", help="keep the temporary cluster directory")
     p.add_argument("--skip-stabilization", action="store_true",
-                   help="no 4th node joining and leaving")
+                   help="no 4th node joining and being decommissioned")
     p.add_argument("--deadline", type=float, default=1800.0,
                    help="seconds each stabilization phase may take")
     p.add_argument("--json", type=Path, help="default bench/results/scale-STAMP.json")

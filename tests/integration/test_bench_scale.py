@@ -13,7 +13,7 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "scale.py"
 
 
-def test_scale_run_loads_restarts_joins_and_leaves(tmp_path: Path) -> None:
+def test_scale_run_loads_restarts_joins_and_decommissions(tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
     keys = 2000
     done = subprocess.run([sys.executable, str(SCRIPT), "--keys", str(keys), "--deadline", "60",
@@ -29,5 +29,7 @@ def test_scale_run_loads_restarts_joins_and_leaves(tmp_path: Path) -> None:
     restart = result["restart"]
     assert 0 < restart["ready_s"] <= restart["quorum_get_s"]
     assert result["join"]["done"] and result["join"]["strays_dropped"]["done"]
-    assert result["leave"]["done"] and result["leave"]["keys_gained"] > 0
-    assert "leave:" in done.stdout.decode()
+    gone = result["decommission"]
+    assert gone["done"] and gone["exit_code"] == 3 and gone["keys_gained"] > 0
+    assert gone["epoch_after"] > gone["epoch_before"]
+    assert "decommission:" in done.stdout.decode()
