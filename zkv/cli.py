@@ -1091,7 +1091,10 @@ def chaos(
                                  help="Most replicas of any key under a fault at once."),
     faults: str | None = typer.Option(None, "--faults",
                                       help="Comma-separated kinds: kill, pause, partition, "
-                                           "loss, slow; or all [every kind the set-up allows]."),
+                                           "loss, slow, join, decommission, wipe, remove "
+                                           "(membership: the last four); all: every kind the "
+                                           "set-up allows [kill, pause and, in network "
+                                           "namespaces, partition, loss, slow]."),
     network: str = typer.Option("auto", "--network",
                                 help="auto, netns (each node its own host in a network "
                                      "namespace: needs root, ip, nft, tc) or loopback."),
@@ -1119,7 +1122,9 @@ def chaos(
     Client processes do get/put/delete/create/update/cas on a few contended keys,
     and counter processes increment one key by read-then-cas, while a nemesis
     kills (SIGKILL), pauses (SIGSTOP/SIGCONT) and, when each node runs in its own
-    network namespace, partitions, drops and slows nodes. Then the faults stop,
+    network namespace, partitions, drops and slows nodes; with --faults membership
+    it also joins, decommissions, wipes and removes nodes, one ring change at a
+    time (the checks then use the ring as it ends). Then the faults stop,
     the cluster settles, every key is read at quorum, and the run checks that
     every key's history is linearizable, no acknowledged write was lost, the
     counter ends between its acknowledged increments and those plus the unknown

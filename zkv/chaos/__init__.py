@@ -2,8 +2,9 @@
 
 - ``workload``: client processes doing get/put/delete/create/update/cas on a few
   contended keys, and counter processes incrementing one key by read-then-cas;
-- ``nemesis``: kills, pauses and network faults on a schedule, never more than
-  ``max_down`` replicas of any key at once;
+- ``nemesis``: kills, pauses, network faults and ring changes (join,
+  decommission, wipe, remove) on a schedule, never more than ``max_down``
+  replicas of any key at once, and a quorum of them untouched by a ring change;
 - ``netns``: nodes as separate hosts in Linux network namespaces;
 - ``cluster``: the supervised cluster under test, its processes and signals;
 - ``checks``: linearizability, lost writes, placement after settling;

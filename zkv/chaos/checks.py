@@ -17,8 +17,9 @@ Four verdicts, each a list of problems (empty = pass):
   its replica set (per the ring), and all of them hold the identical record.
   The stores are read straight from each node's LMDB, read-only.
 
-The functions ``ring_views`` and ``final_reads`` talk to the cluster; they run
-in a helper process that has joined the client namespace (``zkv.chaos.run``).
+The functions ``ring_views``, ``member_statuses``, ``admin_command`` and
+``final_reads`` talk to the cluster; they run in a helper process that has
+joined the client namespace (``zkv.chaos.run``).
 """
 
 from __future__ import annotations
@@ -229,6 +230,60 @@ def ring_views(addresses: list[str], timeout: float = 0.5
         finally:
             sock.close(0)
     return views
+
+
+def member_statuses(addresses: dict[str, str], timeout: float = 0.5
+                    ) -> dict[str, dict | None]:
+    """Per node id: its ``status`` (epoch, membership, its map's members and their
+    states), asked of every node at once; None where it did not answer in time."""
+    import zmq
+
+    from zkv.core.messages import AdminReply, AdminRequest, decode, encode
+
+    ctx = zmq.Context.instance()
+    poller = zmq.Poller()
+    sockets: dict[zmq.Socket, str] = {}
+    statuses: dict[str, dict | None] = dict.fromkeys(addresses)
+    try:
+        for req_id, (node_id, address) in enumerate(addresses.items(), start=1):
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sockets[sock] = node_id
+            sock.connect(address)
+            sock.send(encode(AdminRequest(req_id, "status", "")))
+            poller.register(sock, zmq.POLLIN)
+        deadline = time.monotonic() + timeout
+        waiting = len(sockets)
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            for sock, _ in poller.poll(int(left * 1000) + 1):
+                poller.unregister(sock)
+                waiting -= 1
+                try:
+                    reply = decode(sock.recv())
+                except Exception:  # noqa: BLE001 - a garbled answer is no answer
+                    reply = None
+                if isinstance(reply, AdminReply) and reply.status == "ok":
+                    statuses[sockets[sock]] = reply.info
+    finally:
+        for sock in sockets:
+            sock.close(0)
+    return statuses
+
+
+def admin_command(seeds: list[str], action: str, node_id: str, timeout: float
+                  ) -> tuple[str, str]:
+    """Send an operator's ``decommission`` or ``remove`` of ``node_id`` to the first of
+    ``seeds`` that answers: (``pending`` | ``refused`` | ..., the reason), or
+    (``unavailable``, why) if none did."""
+    from zkv.client import Client
+    from zkv.errors import InvalidRequest, Unavailable
+
+    try:
+        with Client(seeds, timeout=timeout) as client:
+            reply = client.admin(action, node_id)
+    except (Unavailable, InvalidRequest) as exc:
+        return "unavailable", str(exc)
+    return reply.status, reply.detail
 
 
 def final_reads(seeds: list[str], keys: list[bytes], patience: float, timeout: float

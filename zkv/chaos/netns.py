@@ -6,7 +6,9 @@ The lab is a set of namespaces this process creates and always deletes:
   the supervisor and every client process (workload, probes, final reads) run
   in it;
 - one namespace per node, holding ``eth0`` (one end of a veth pair whose other
-  end, ``vI``, is a port of the bridge) with the address ``SUBNET.I``.
+  end, ``vI``, is a port of the bridge) with the address ``SUBNET.I``; a node
+  that joins later (``zkv cluster add``, the ``join`` fault) gets the next one
+  (``add_host``), made before the supervisor starts it.
 
 The subnet exists only inside these namespaces: nothing is routed to or from
 the machine's own namespace, so no packet of a test ever leaves them.
@@ -148,9 +150,13 @@ class Lab:
     def hub(self) -> str:
         return f"{PREFIX}{self.token}-hub"
 
+    @property
+    def node_ns_prefix(self) -> str:
+        return f"{PREFIX}{self.token}-n"
+
     def node_ns(self, index: int) -> str:
         """Namespace of node ``index`` (1-based)."""
-        return f"{PREFIX}{self.token}-n{index}"
+        return f"{self.node_ns_prefix}{index}"
 
     def host(self, index: int) -> str:
         return f"{self.subnet}.{index}"
@@ -171,14 +177,7 @@ class Lab:
             _run(["ip", "-n", self.hub, "addr", "add", f"{self.hub_host}/24", "dev", BRIDGE])
             _run(["ip", "-n", self.hub, "link", "set", BRIDGE, "up"])
             for i in range(1, self.nodes + 1):
-                ns = self.node_ns(i)
-                self._add_ns(ns)
-                _run(["ip", "-n", ns, "link", "set", "lo", "up"])
-                _run(["ip", "-n", self.hub, "link", "add", f"v{i}", "type", "veth", "peer",
-                      "name", "eth0", "netns", ns])
-                _run(["ip", "-n", self.hub, "link", "set", f"v{i}", "master", BRIDGE, "up"])
-                _run(["ip", "-n", ns, "addr", "add", f"{self.host(i)}/24", "dev", "eth0"])
-                _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+                self.add_host(i)
             self._nft(f"add table bridge {NFT_TABLE}\n"
                       f"add chain bridge {NFT_TABLE} {NFT_CHAIN} "
                       "{ type filter hook forward priority 0; policy accept; }\n")
@@ -187,6 +186,22 @@ class Lab:
             self.destroy()
             raise
         return self
+
+    def add_host(self, index: int) -> None:
+        """The namespace of node ``index`` (1-based), linked to the bridge; nothing if
+        it exists. A run may add nodes up to host number 253."""
+        ns = self.node_ns(index)
+        if ns in self.created:
+            return
+        if not 1 <= index < HUB_HOST:
+            raise LabError(f"a lab holds hosts 1 to {HUB_HOST - 1}, not {index}")
+        self._add_ns(ns)
+        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        _run(["ip", "-n", self.hub, "link", "add", f"v{index}", "type", "veth", "peer",
+              "name", "eth0", "netns", ns])
+        _run(["ip", "-n", self.hub, "link", "set", f"v{index}", "master", BRIDGE, "up"])
+        _run(["ip", "-n", ns, "addr", "add", f"{self.host(index)}/24", "dev", "eth0"])
+        _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
 
     def _add_ns(self, name: str) -> None:
         _run(["ip", "netns", "add", name])
@@ -267,25 +282,60 @@ class NetnsSupervisor(sup.Supervisor):
     """The ordinary supervisor, with node ``i`` run in its namespace at its own address.
 
     It runs in the hub namespace itself, so its readiness probes reach the nodes.
+    Node ``i`` (1-based, those added later too) runs in namespace ``NS_PREFIX + i``
+    at ``SUBNET.i``; an added node's namespace must exist first (``Lab.add_host``).
     """
 
-    def __init__(self, data_dir: Path, namespaces: list[str], hosts: list[str],
+    def __init__(self, data_dir: Path, nodes: int, ns_prefix: str, subnet: str,
                  base_port: int, node_flags: list[str]) -> None:
-        super().__init__(data_dir, len(hosts), base_port, node_flags)
-        self.namespaces = namespaces
-        addresses = [node_address(h, sup.node_port(base_port, i))
-                     for i, h in enumerate(hosts)]
-        self.seeds = addresses[:2]
-        self.nodes = [
-            sup.ManagedNode(f"node-{i + 1}", sup.node_port(base_port, i),
-                            self.data_dir / f"node-{i + 1}", [addresses[0]], host)
-            for i, host in enumerate(hosts)
-        ]
-        self.by_id = {n.node_id: n for n in self.nodes}
+        super().__init__(data_dir, nodes, base_port, node_flags)
+        self.ns_prefix = ns_prefix
+        self.subnet = subnet
+        self.nodes = []
+        self.by_id = {}
+        self._place(nodes)
+        self.seeds = [n.address for n in self.nodes[:2]]
+
+    def _place(self, count: int) -> list[str]:
+        """Append ``count`` nodes, each on its own host; their ids."""
+        first = len(self.nodes)
+        seeds = [n.address for n in self.nodes if n.popen is not None][:3]
+        added = []
+        for i in range(first, first + count):
+            node_id = f"node-{i + 1}"
+            port = sup.node_port(self.base_port, i)
+            host = f"{self.subnet}.{i + 1}"
+            node = sup.ManagedNode(node_id, port, self.data_dir / node_id,
+                                   seeds or [node_address(f"{self.subnet}.1",
+                                                          sup.node_port(self.base_port, 0))],
+                                   host)
+            self.nodes.append(node)
+            self.by_id[node_id] = node
+            added.append(node_id)
+        return added
+
+    def add_nodes(self, count: object) -> dict:
+        """``cluster add`` in the lab: the next hosts, whose namespaces the lab made."""
+        if type(count) is not int or count < 1:
+            return {"ok": False, "code": 2, "error": "add: the count must be at least 1"}
+        first = len(self.nodes) + 1
+        missing = [i for i in range(first, first + count)
+                   if not (NETNS_DIR / f"{self.ns_prefix}{i}").exists()]
+        if missing:
+            return {"ok": False, "code": 2, "error": f"add: no namespace for host {missing[0]} "
+                                                     "(Lab.add_host makes it)"}
+        ids = self._place(count)
+        for node_id in ids:
+            node = self.by_id[node_id]
+            node.data_dir.mkdir(parents=True, exist_ok=True)
+            self._spawn(node)
+        self._say(f"added {', '.join(ids)}; joining through {', '.join(node.seeds)}")
+        self._write_state()
+        return {"ok": True, "ids": ids, "addresses": [self.by_id[i].address for i in ids]}
 
     def node_command(self, node: sup.ManagedNode) -> list[str]:
-        index = self.nodes.index(node)
-        return ["ip", "netns", "exec", self.namespaces[index], *super().node_command(node)]
+        index = self.nodes.index(node) + 1
+        return ["ip", "netns", "exec", f"{self.ns_prefix}{index}", *super().node_command(node)]
 
 
 def supervisor_command(lab: Lab, data_dir: Path, base_port: int,
@@ -293,9 +343,8 @@ def supervisor_command(lab: Lab, data_dir: Path, base_port: int,
     """The command that runs a NetnsSupervisor for ``lab`` inside its hub namespace."""
     return ["ip", "netns", "exec", lab.hub, sys.executable, "-m", "zkv.chaos.netns",
             "--data-dir", str(data_dir), "--base-port", str(base_port),
-            "--namespaces", ",".join(lab.node_ns(i) for i in range(1, lab.nodes + 1)),
-            "--hosts", ",".join(lab.host(i) for i in range(1, lab.nodes + 1)),
-            "--", *node_flags]
+            "--nodes", str(lab.nodes), "--ns-prefix", lab.node_ns_prefix,
+            "--subnet", lab.subnet, "--", *node_flags]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,12 +352,13 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Supervise nodes that each run in a namespace.")
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--base-port", type=int, required=True)
-    p.add_argument("--namespaces", required=True)
-    p.add_argument("--hosts", required=True)
+    p.add_argument("--nodes", type=int, required=True)
+    p.add_argument("--ns-prefix", required=True, help="node i runs in namespace PREFIX<i>")
+    p.add_argument("--subnet", required=True, help="node i runs at SUBNET.<i>")
     p.add_argument("node_flags", nargs="*")
     args = p.parse_args(argv)
-    supervisor = NetnsSupervisor(args.data_dir, args.namespaces.split(","),
-                                 args.hosts.split(","), args.base_port, args.node_flags)
+    supervisor = NetnsSupervisor(args.data_dir, args.nodes, args.ns_prefix, args.subnet,
+                                 args.base_port, args.node_flags)
     try:
         return supervisor.run()
     except sup.ControlError as exc:

@@ -2,7 +2,10 @@
 
 ``Summary`` is plain data (also written as ``summary.json``); ``render`` prints
 it as tables; ``availability`` is the share of ops that succeeded, overall and
-while a fault was active. ``CounterReport`` is the CAS counter's part.
+while a fault was active. ``CounterReport`` is the CAS counter's part. Every
+membership fault is counted with the others by kind and, as a ring change, gets
+a line of its own (``membership``: who, how long, the epoch and ring after), and
+``ring`` is the ring the final checks ran against.
 """
 
 from __future__ import annotations
@@ -76,6 +79,9 @@ class Summary:
     history: str = ""
     faults_log: str = ""
     data_dir: str = ""
+    ring: list[str] = field(default_factory=list)  # the members at the end
+    # ring changes, in order: id, kind, nodes, seconds, epoch, removed, members_after
+    membership: list[dict] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -151,6 +157,22 @@ def _render_counter(c: CounterReport, console: Console) -> None:
     console.print(table)
 
 
+def _render_changes(changes: list[dict], console: Console) -> None:
+    table = Table(title="Ring changes (membership faults)", title_justify="left")
+    for name in ("fault", "kind", "node", "seconds", "epoch after", "members after"):
+        table.add_column(name, justify="left" if name in ("fault", "kind", "node") else "right")
+    for c in changes:
+        node = "+".join(c["nodes"])
+        if c["kind"] == "remove" and c.get("removed") is not None:
+            node += " (removed)" if c["removed"] else " (not removed in time)"
+        after = c.get("members_after")
+        table.add_row(c["id"], c["kind"], node,
+                      "unfinished" if c.get("seconds") is None else f"{c['seconds']:.1f}",
+                      "-" if c.get("epoch") is None else str(c["epoch"]),
+                      "-" if not after else str(len(after)))
+    console.print(table)
+
+
 def _pct(share: float | None) -> str:
     return "-" if share is None else f"{100 * share:.1f}%"
 
@@ -182,6 +204,8 @@ def render(summary: Summary, console: Console) -> None:
     faults.add_row("all", str(sum(summary.faults.values())),
                    _pct(summary.availability_during_faults))
     console.print(faults)
+    if summary.membership:
+        _render_changes(summary.membership, console)
 
     result = Table(title="Result", title_justify="left", show_header=False)
     result.add_column("what")
@@ -197,6 +221,8 @@ def render(summary: Summary, console: Console) -> None:
     result.add_row("keys misplaced after settling", str(summary.placement_problems))
     result.add_row("keys unreadable after settling", str(summary.unreadable_keys))
     result.add_row("cluster settled", "yes" if summary.settled else "NO")
+    if summary.ring:
+        result.add_row(f"ring at the end ({len(summary.ring)} members)", ", ".join(summary.ring))
     console.print(result)
     for note in summary.notes:
         console.print(f"note: {note}")

@@ -7,12 +7,15 @@
    (plain and conditional ops) and ``counter_workers`` processes the CAS
    counter, while the nemesis injects faults; every op goes to
    ``history.jsonl``, every fault to ``faults.jsonl`` (both with
-   ``time.monotonic()`` times).
-3. Heal every fault, wait (with a deadline) until every node serves with the
-   whole ring, read every key at quorum (the reads join the history).
-4. Check linearizability, lost writes, the counter and placement
-   (``zkv.chaos.checks``), and report (``zkv.chaos.report``). The run passes
-   only if nothing was violated; a key the checker could not decide is a
+   ``time.monotonic()`` times). Membership faults change the ring as it runs:
+   nodes join, are decommissioned, wiped or removed and come back.
+3. Heal every fault (a ring change under way is let finish), wait (with a
+   deadline) until every member serves with a ring of exactly the members,
+   read every key at quorum (the reads join the history). The members at the
+   end are the nodes listed in ``cluster.json`` that were not decommissioned.
+4. Check linearizability, lost writes, the counter and placement on that final
+   ring (``zkv.chaos.checks``), and report (``zkv.chaos.report``). The run
+   passes only if nothing was violated; a key the checker could not decide is a
    violation too (safety unproven), never a pass.
 
 This process never talks to the cluster itself: workers and a probe process do,
@@ -42,7 +45,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from zkv.chaos import checks, netns
 from zkv.chaos.cluster import ChaosCluster, ClusterError, ClusterFaults
 from zkv.chaos.nemesis import (
+    DEFAULT_KINDS,
     FAULT_KINDS,
+    KILL,
+    MEMBERSHIP_FAULTS,
     NETWORK_FAULTS,
     Fault,
     Nemesis,
@@ -68,6 +74,7 @@ from zkv.chaos.workload import (
     worker_main,
 )
 from zkv.check import HistoryResult, KeyResult, Op
+from zkv.core.config import NodeConfig
 from zkv.core.ring import Ring
 
 # Quick failure detection; t_remove stays above the longest fault (see nemesis.py).
@@ -96,7 +103,9 @@ class ChaosOptions:
     counter_workers: int = 2  # processes incrementing the CAS counter (0: no counter)
     key_lifetime: float = 20.0  # seconds before a key's slot moves to a fresh key
     max_down: int = 2
-    kinds: tuple[str, ...] | None = None  # None: every kind the set-up allows
+    # None: kill, pause and (in a lab) the network faults; every kind (FAULT_KINDS)
+    # means every kind the set-up allows (membership faults only on an own cluster)
+    kinds: tuple[str, ...] | None = None
     network: str = "auto"  # auto | netns | loopback (netns only for a cluster it starts)
     seed: int | None = None
     timeout: float = 1.0  # client timeout per op
@@ -137,7 +146,7 @@ def run_chaos(opts: ChaosOptions, console: Console | None = None) -> ChaosResult
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{seed}"
     own = opts.nodes is not None
     network = _network(opts, own)
-    kinds = _kinds(opts, network)
+    kinds = _kinds(opts, network, own)
     out = Path(opts.out) if opts.out else (
         Path("zkv-chaos") / run_id if own else Path(opts.data_dir or "zkv-data") / "chaos" / run_id)
     notes = []
@@ -188,8 +197,10 @@ def run_chaos(opts: ChaosOptions, console: Console | None = None) -> ChaosResult
         if pool is not None:
             pool.terminate()
         if cluster is not None:
-            for node_id in cluster.node_ids:  # never leave a node paused
+            for node_id in cluster.node_ids:  # never leave a node paused, or held down
                 cluster.resume(node_id)
+            if not cluster.own:
+                cluster.release()
             cluster.stop()
         if lab is not None:
             lab.destroy()
@@ -230,10 +241,12 @@ def _network(opts: ChaosOptions, own: bool) -> str:
     return "loopback"
 
 
-def _kinds(opts: ChaosOptions, network: str) -> tuple[str, ...]:
-    if opts.kinds is None:
-        return FAULT_KINDS if network == "netns" else tuple(
-            k for k in FAULT_KINDS if k not in NETWORK_FAULTS)
+def _kinds(opts: ChaosOptions, network: str, own: bool) -> tuple[str, ...]:
+    if opts.kinds is None or set(opts.kinds) == set(FAULT_KINDS):
+        allowed = DEFAULT_KINDS if opts.kinds is None else FAULT_KINDS
+        # Membership faults change an attached cluster for good: only when named.
+        return tuple(k for k in allowed if (network == "netns" or k not in NETWORK_FAULTS)
+                     and (own or k not in MEMBERSHIP_FAULTS))
     if network != "netns":
         wanted = [k for k in opts.kinds if k in NETWORK_FAULTS]
         if wanted:
@@ -243,12 +256,14 @@ def _kinds(opts: ChaosOptions, network: str) -> tuple[str, ...]:
 
 
 def _wait_for_ring(pool, cluster: ChaosCluster, timeout: float) -> Ring | None:
-    """The ring once every node serves and reports all the nodes; None at the deadline."""
+    """The ring once every member serves and reports exactly the members (the nodes
+    not decommissioned); None at the deadline."""
     deadline = time.monotonic() + timeout
-    want = tuple(sorted(cluster.node_ids))
     while time.monotonic() < deadline:
+        cluster.refresh()
+        want = tuple(sorted(cluster.member_ids))
         if cluster.all_serving():
-            views = pool.apply(checks.ring_views, (cluster.addresses,))
+            views = pool.apply(checks.ring_views, (cluster.member_addresses,))
             shapes = set(views.values())
             if len(shapes) == 1 and None not in shapes:
                 members, replicas, vnodes = shapes.pop()
@@ -271,8 +286,11 @@ def _run(opts: ChaosOptions, console: Console, cluster: ChaosCluster, ring: Ring
         faults_log.write(nemesis.log_line(fault, event) + "\n")
         faults_log.flush()
 
-    nemesis = Nemesis(NemesisSpec(kinds=kinds, max_down=opts.max_down), cluster.node_ids,
-                      guard, ClusterFaults(cluster), rng, on_change) if kinds else None
+    hands = ClusterFaults(cluster, pool)
+    nemesis = Nemesis(NemesisSpec(kinds=kinds, max_down=opts.max_down,
+                                  t_remove=_t_remove(opts, cluster)),
+                      sorted(ring.nodes, key=cluster.index), guard, hands, rng,
+                      on_change) if kinds else None
     t0 = time.monotonic()
     run_tag = f"chaos-{seed}-{secrets.token_hex(2)}"
     counter_key = f"{run_tag}-counter".encode() if opts.counter_workers else None
@@ -310,18 +328,19 @@ def _run(opts: ChaosOptions, console: Console, cluster: ChaosCluster, ring: Ring
         progress.update(task, completed=opts.duration, status="healing")
         stop.set()
         settle_deadline = time.monotonic() + opts.settle_timeout
-        healed = _heal(nemesis, recorder, events, settle_deadline)
+        unhealed = _heal(nemesis, recorder, events, settle_deadline)
         _join(workers, recorder, events, opts.timeout + 5)
         abandoned = recorder.abandon_open()
         if abandoned:
             notes.append(f"{abandoned} ops had no outcome (worker ended): recorded as unknown")
+        notes += hands.problems
         progress.update(task, status="settling")
         settled_ring = _wait_for_ring(pool, cluster, max(1.0, settle_deadline - time.monotonic()))
         workload_ops = list(recorder.ops)
         keys = sorted({op.key for op in workload_ops} | ({counter_key} if counter_key else set()))
         progress.update(task, status=f"final reads of {len(keys)} keys")
         attempts = pool.apply(checks.final_reads, (
-            cluster.addresses, keys, max(10.0, settle_deadline - time.monotonic()),
+            cluster.member_addresses, keys, max(10.0, settle_deadline - time.monotonic()),
             max(opts.timeout, 2.0)))
         finals: dict[bytes, Op] = {}
         for key, outcome, value, start, end in attempts:
@@ -333,7 +352,8 @@ def _run(opts: ChaosOptions, console: Console, cluster: ChaosCluster, ring: Ring
         recorder.close()
         faults_log.close()
         progress.update(task, status="checking placement")
-        placement = _settled_placement(cluster, settled_ring or ring,
+        final_ring = settled_ring or Ring(cluster.member_ids, ring.replicas, ring.vnodes)
+        placement = _settled_placement(cluster, final_ring,
                                        time.monotonic() + max(10.0, opts.settle_timeout / 2))
         progress.update(task, status=f"checking {len(recorder.ops)} ops")
         lin = checks.linearizability(recorder.ops)
@@ -344,11 +364,14 @@ def _run(opts: ChaosOptions, console: Console, cluster: ChaosCluster, ring: Ring
         step_errors = _step_errors(cluster)
 
     violations: list[str] = []
-    if not healed:
-        violations.append("faults could not be healed: a killed node never came back")
+    violations += [f"fault {f.fault_id} could not be healed: " + (
+        f"{'+'.join(f.nodes)} never came back" if f.kind == KILL else
+        f"the {f.kind} of {'+'.join(f.nodes)} never finished ({f.phase})")
+        for f in unhealed]
     if settled_ring is None:
         violations.append(f"the cluster did not settle within {opts.settle_timeout:g}s "
-                          "(not every node served with a ring of all the nodes)")
+                          "(not every member served with a ring of exactly the members: "
+                          f"{', '.join(cluster.member_ids)})")
     what = {counter_key: "the CAS counter, "}
     violations += [f"key {r.key!r}: not linearizable ({what.get(r.key, '')}{len(r.history)} ops)"
                    for r in lin.violations]
@@ -376,8 +399,9 @@ def _run(opts: ChaosOptions, console: Console, cluster: ChaosCluster, ring: Ring
             + "\n")
         notes.append(f"every failing key history, explained: {out / VIOLATIONS_FILE}")
     plain_ops = [op for op in workload_ops if op.key != counter_key]
+    changes = [f for f in (nemesis.history if nemesis else []) if f.kind in MEMBERSHIP_FAULTS]
     summary = Summary(
-        duration=opts.duration, nodes=len(cluster.refs), network=network,
+        duration=opts.duration, nodes=len(ring.nodes), network=network,
         clients=opts.clients, keys=len(keys), ops=op_counts(plain_ops),
         answers=answer_counts(plain_ops), conditional_ratio=opts.conditional,
         counter=_counter_report(tally, counter_key, opts.counter_workers, finals, lin,
@@ -395,7 +419,9 @@ def _run(opts: ChaosOptions, console: Console, cluster: ChaosCluster, ring: Ring
         lost_writes=len(lost), placement_problems=len(placement),
         unreadable_keys=sum(k not in finals for k in keys), settled=settled_ring is not None,
         notes=notes, violations=violations, history=str(history_path),
-        faults_log=str(faults_path), data_dir=str(cluster.data_dir))
+        faults_log=str(faults_path), data_dir=str(cluster.data_dir),
+        ring=sorted(final_ring.nodes, key=cluster.index),
+        membership=[_change_record(f) for f in changes])
     summary.save(out / SUMMARY_FILE)
     smallest = _smallest(lin)
     render(summary, console)
@@ -419,16 +445,38 @@ def _progress(console: Console, enabled: bool) -> Progress:
                     disable=not enabled, transient=False)
 
 
-def _heal(nemesis: Nemesis | None, recorder: HistoryRecorder, events, deadline: float) -> bool:
-    """End every fault; wait for killed nodes to come back. False if they did not in time."""
+def _t_remove(opts: ChaosOptions, cluster: ChaosCluster) -> float:
+    """The cluster's t_remove, from its node flags (own: ours; attached: its supervisor's)."""
+    flags = list(opts.node_flags) if cluster.own else list(cluster.info().get("node_flags", []))
+    if "--t-remove" in flags[:-1]:
+        try:
+            return float(flags[flags.index("--t-remove") + 1])
+        except ValueError:
+            pass
+    return NodeConfig.t_remove
+
+
+def _heal(nemesis: Nemesis | None, recorder: HistoryRecorder, events,
+          deadline: float) -> list[Fault]:
+    """End every fault; wait for killed nodes to come back and ring changes to finish.
+    Those that did not in time."""
     if nemesis is None:
-        return True
-    while nemesis.heal(time.monotonic()):
+        return []
+    while waiting := nemesis.heal(time.monotonic()):
         recorder.drain(events)
         if time.monotonic() >= deadline:
-            return False
+            return waiting
         time.sleep(0.1)
-    return True
+    return []
+
+
+def _change_record(fault: Fault) -> dict:
+    """A ring change for the report: what, on whom, how long, and the ring after."""
+    seconds = None if fault.end is None else round(fault.end - fault.start, 2)
+    return {"id": fault.fault_id, "kind": fault.kind, "nodes": list(fault.nodes),
+            "seconds": seconds, "epoch": fault.detail.get("epoch"),
+            "removed": fault.detail.get("removed"),
+            "members_after": fault.detail.get("members_after")}
 
 
 def _join(workers: list, recorder: HistoryRecorder, events, timeout: float) -> None:
@@ -447,7 +495,7 @@ def _settled_placement(cluster: ChaosCluster, ring: Ring,
                        deadline: float) -> list[checks.PlacementProblem]:
     """Placement problems once none are left, or those still there at the deadline
     (anti-entropy and stray collection may need a few rounds after the final reads)."""
-    data_dirs = {ref.node_id: ref.data_dir for ref in cluster.refs}
+    data_dirs = {n: cluster.ref(n).data_dir for n in ring.nodes}
     while True:
         problems = checks.placement(ring, checks.read_stores(data_dirs))
         if not problems or time.monotonic() >= deadline:
