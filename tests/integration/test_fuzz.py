@@ -23,6 +23,7 @@ import zmq
 from zkv.client import Client
 from zkv.core.cluster_map import ClusterMap, MapMember
 from zkv.core.messages import (
+    AdminReply,
     AdminRequest,
     ClientReply,
     ClientRequest,
@@ -313,7 +314,7 @@ def test_a_node_survives_a_barrage_of_bad_frames_and_loses_nothing(cluster: Clus
             got = _collect(sock, sent, timeout=15.0)
             assert len(got) == sent, f"{sent - len(got)} of a batch of {sent} went unanswered"
             for reply in got:
-                assert isinstance(reply, (ErrorReply, ClientReply, RingInfo)), reply
+                assert isinstance(reply, (ErrorReply, ClientReply, RingInfo, AdminReply)), reply
                 status = reply.status if isinstance(reply, ClientReply) else ""
                 replies[f"{type(reply).__name__} {status}".strip()] += 1
     finally:
