@@ -137,7 +137,7 @@ class RingChanges:
         cmap = self.map
         assert cmap is not None
         if cmap.target is not None and self.member() and self.node_id in cmap.gainers:
-            self.streamer.plan(cmap, out)
+            self.streamer.plan(cmap, self.store, out)
             self.degraded_ranges = sum(1 for r in self.streamer.ranges if r.degraded)
             if self.degraded_ranges:
                 out.event("ranges_degraded", epoch=cmap.epoch, ranges=self.degraded_ranges)

@@ -11,14 +11,17 @@ the range afterwards; writes of the transition reach the gainer directly
 (joint quorums).
 
 Paced: at most ``WINDOW`` pulls in flight, one page each, so the node keeps
-gossiping and serving. Resumable: a restarted gainer streams the ranges again
-(merging by version is idempotent), and a silent source is asked again with
-growing pauses.
+gossiping and serving. Resumable: each finished range is recorded in the store
+in the same commit as its records, so a restarted gainer streams only the
+ranges it had not finished (merging by version makes a repeated page
+harmless); a silent source is asked again with growing pauses.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import cbor2
 
 from zkv.core.backoff import backoff
 from zkv.core.cluster_map import ClusterMap
@@ -42,9 +45,10 @@ class RangeStream:
     cursors: dict[str, int | None]  # source -> next token to ask (None: done)
     active: list[str]  # the sources asked: ``need`` of them, more when one is silent
     degraded: bool = False
+    finished: bool = False  # before a restart
 
     def done(self) -> bool:
-        return sum(1 for c in self.cursors.values() if c is None) >= self.need
+        return self.finished or sum(1 for c in self.cursors.values() if c is None) >= self.need
 
     def stand_in(self) -> None:
         """A source is silent: ask one more (it streams the range from the start)."""
@@ -75,22 +79,38 @@ class Streamer:
     fenced: list[bytes] = field(default_factory=list)  # keys a promise kept out (to repair)
     _next: int = 0
 
-    def plan(self, cmap: ClusterMap, out: Outbox) -> None:
-        """Stream what ``node_id`` gains in ``cmap`` (a new epoch starts over)."""
+    def plan(self, cmap: ClusterMap, store: Store, out: Outbox) -> None:
+        """Stream what ``node_id`` gains in ``cmap`` (a new epoch starts over; the same
+        epoch after a restart goes on with the ranges not yet finished)."""
         self.epoch = cmap.epoch
         self.ranges = []
         self.pulls.clear()
         self.keys = self.bytes = 0
+        finished = self._finished(store)
         for i, (first, last, sources) in enumerate(cmap.gained_ranges(self.node_id)):
             live, need = cmap.sources_needed(sources)
             degraded = len(live) < len(sources) // 2 + 1
             turn = live[i % len(live):] + live[:i % len(live)] if live else []
             self.ranges.append(RangeStream(first, last, max(need, 0),
-                                           {s: first for s in live}, turn[:need], degraded))
+                                           {s: first for s in live}, turn[:need], degraded,
+                                           finished=(first, last) in finished))
         if self.ranges:
             degraded = sum(1 for r in self.ranges if r.degraded)
             out.event("stream_start", epoch=cmap.epoch, ranges=len(self.ranges),
-                      degraded=degraded)
+                      degraded=degraded, resumed=sum(1 for r in self.ranges if r.finished))
+
+    def _finished(self, store: Store) -> set[tuple[int, int]]:
+        raw = store.get_meta("streamed_ranges")
+        try:
+            epoch, ranges = cbor2.loads(raw) if raw else (0, [])
+        except Exception:  # checksummed meta: unreadable only through a bug; start over
+            return set()
+        return {(a, b) for a, b in ranges} if epoch == self.epoch else set()
+
+    def _record(self, stream: RangeStream, store: Store) -> None:
+        """Note a finished range, in the commit that makes its records durable."""
+        done = sorted(self._finished(store) | {(stream.first, stream.last)})
+        store.put_meta("streamed_ranges", cbor2.dumps([self.epoch, [list(r) for r in done]]))
 
     def plan_nothing(self, epoch: int) -> None:
         """Nothing to gain at ``epoch``."""
@@ -153,6 +173,8 @@ class Streamer:
         if stream.cursors.get(sender) is not None:
             stream.cursors[sender] = msg.next if msg.next is None or msg.next <= stream.last \
                 else None
+        if stream.done() and not was_done:
+            self._record(stream, store)
         if stream.done() and not was_done and self.complete:
             out.event("stream_done", epoch=self.epoch, keys=self.keys, bytes=self.bytes)
         else:
