@@ -6,7 +6,7 @@
 For each node count one local cluster (quorum, fsync on) is started and every
 cell (workload x clients x pipeline) runs against it; keys are loaded once per
 cluster. Results go to bench/results/matrix-STAMP.jsonl and .md; ``--readme``
-also puts the table into README.md's "Performance" section.
+also puts the table into docs/performance.md.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def markdown(rows: list[dict], duration: float) -> str:
 
 
 def update_readme(table: str) -> None:
-    readme = ROOT / "README.md"
+    readme = ROOT / "docs" / "performance.md"
     text = readme.read_text()
     block = f"{BEGIN}\n{table}{END}"
     if BEGIN in text and END in text:
@@ -72,7 +72,7 @@ def main() -> int:
     p.add_argument("--value-size", type=int, default=100)
     p.add_argument("--timeout", type=float, default=5.0, help="per-operation timeout")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    p.add_argument("--readme", action="store_true", help="put the table into README.md")
+    p.add_argument("--readme", action="store_true", help="put the table into docs/performance.md")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,26 +223,59 @@ def _count_up(client: Any, options: BenchOptions, index: int, end: float, tally:
         counts[index] = done_ops
 
 
-def _preload(client: Any, key_ids: range, value: bytes, depth: int, timeout: float) -> int:
-    """Put every key in ``key_ids`` (pipelined); returns how many failed."""
-    failed = 0
+def left_behind(options: BenchOptions) -> str:
+    """What a run leaves in the cluster it ran against, in words."""
+    if options.workload in ("create", "cas"):
+        return "the bench-c*/bench-s* keys it created (names unique to the run)"
+    if options.workload == "counter":
+        return f"the key bench-counter-{options.seed}"
+    return f"up to {options.keys:,} keys bench-{0:08d} ... bench-{options.keys - 1:08d}"
+
+
+def cleanup(options: BenchOptions, depth: int = 64) -> tuple[int, int]:
+    """Delete the keys a run of ``options`` wrote (``bench-NNNNNNNN`` for i < keys, and
+    the counter key); returns (deleted, failed). Absent keys count as neither."""
+    from zkv.client import Client
+    from zkv.errors import KeyNotFound
+
+    names = [key_name(i) for i in range(options.keys)] + [f"bench-counter-{options.seed}"]
+    deleted = failed = 0
+    with Client(options.seeds, timeout=options.timeout,
+                consistency=options.consistency if options.consistency != "one"
+                else "quorum") as client:
+        pending = _pipelined(client, (("delete", name, None) for name in names), depth)
+    for future in pending:
+        exc = future.exception()
+        if exc is None:
+            deleted += 1
+        elif not isinstance(exc, KeyNotFound):
+            failed += 1
+    return deleted, failed
+
+
+def _pipelined(client: Any, ops: Iterator[tuple[str, str, bytes | None]],
+               depth: int) -> list[Any]:
+    """Submit every (op, key, value) with at most ``depth`` in flight; their futures,
+    all settled."""
     pending: list[Any] = []
-    ids = iter(key_ids)
     exhausted = False
     while True:
         while not exhausted and client.in_flight < depth:
-            i = next(ids, None)
-            if i is None:
+            item = next(ops, None)
+            if item is None:
                 exhausted = True
                 break
-            pending.append(client.submit("put", key_name(i), value))
+            op, key, value = item
+            pending.append(client.submit(op, key, value))
         if exhausted and not client.in_flight:
-            break
+            return pending
         client.poll(0.05)
-    for future in pending:
-        if future.exception() is not None:
-            failed += 1
-    return failed
+
+
+def _preload(client: Any, key_ids: range, value: bytes, depth: int, timeout: float) -> int:
+    """Put every key in ``key_ids`` (pipelined); returns how many failed."""
+    pending = _pipelined(client, (("put", key_name(i), value) for i in key_ids), depth)
+    return sum(1 for future in pending if future.exception() is not None)
 
 
 def _worker(wid: int, client_ids: list[int], options: BenchOptions, barrier: Any,

@@ -4,7 +4,7 @@ Exit codes, for every command:
 
     0  success
     1  key not found, or a condition failed (create of an existing key, update or
-       delete of a missing one; kill or stop of a node that is not running; a ring
+       delete of a missing one; kill of a node that is not running; a ring
        change that did not finish within its --timeout)
     2  usage or input error (bad flag, bad config file, key or value too large, a
        membership change the cluster refuses)
@@ -146,7 +146,28 @@ def resolve_seeds(seeds: str | None, data_dir: Path) -> list[str]:
     addresses = addresses or list(cluster.get("seeds") or [])
     if not addresses:
         die(f"{data_dir / sup.CLUSTER_FILE} names no node", USAGE)
+    if not sup.supervisor_running(data_dir) and not any(
+            sup.live_process(n.get("pid"), n.get("pid_create_time")) for n in cluster["nodes"]):
+        die(f"no supervisor is running in {data_dir} and none of its nodes runs "
+            f"({data_dir / sup.CLUSTER_FILE} is left from an earlier run; its seeds: "
+            f"{', '.join(addresses)}); start it with: {sup.program_name()} cluster up "
+            f"--data-dir {data_dir}", UNAVAILABLE)
     return addresses
+
+
+def _silence_hint(seeds: str | None, data_dir: Path, addresses: list[str], curve: Any) -> str:
+    """Why no node may have answered, for a timeout with no answer at all."""
+    hints = [f"tried {', '.join(addresses)}"]
+    if not seeds and not sup.supervisor_running(data_dir):
+        hints.append(f"no supervisor is running in {data_dir}")
+    if curve is None:
+        hints.append("if the cluster uses CurveZMQ, pass the --data-dir of the `--curve` "
+                     "cluster or set ZKV_CURVE_KEY and ZKV_SERVER_KEY (a client without an "
+                     "authorized key gets no answer)")
+    else:
+        hints.append("if the client key is not in the nodes' authorized_keys, they do not "
+                     "answer it")
+    return "; ".join(hints)
 
 
 def read_value(value: str) -> bytes:
@@ -169,7 +190,6 @@ def run_client(seeds: str | None, data_dir: Path, consistency: Consistency, time
 
     from zkv.client import Client
     from zkv.errors import InvalidRequest, KeyExists, KeyNotFound, Unavailable, ZkvError
-
     from zkv.net.security import KeyFileError, curve_from_env
 
     addresses = resolve_seeds(seeds, data_dir)
@@ -190,7 +210,9 @@ def run_client(seeds: str | None, data_dir: Path, consistency: Consistency, time
     except InvalidRequest as exc:
         die(f"invalid request: {exc}", USAGE)
     except Unavailable as exc:
-        die(f"unavailable: {exc}", UNAVAILABLE)
+        silent = "no answer" in str(exc) and "last answer" not in str(exc)
+        hint = f" ({_silence_hint(seeds, data_dir, addresses, curve)})" if silent else ""
+        die(f"unavailable: {exc}{hint}", UNAVAILABLE)
     except ZkvError as exc:
         die(str(exc), UNAVAILABLE)
     except (OSError, zmq.ZMQError) as exc:
@@ -430,7 +452,14 @@ def node_kill(
     no_restart: bool = typer.Option(False, "--no-restart",
                                     help="Tell the supervisor to leave it down."),
 ) -> None:
-    """SIGKILL a cluster node by its recorded pid; it is restarted unless --no-restart."""
+    """SIGKILL a cluster node by its recorded pid; it is restarted unless --no-restart.
+
+    Exits 1 if the node is not running, 3 if no supervisor runs to restart it (with
+    --no-restart no supervisor is needed)."""
+    if not no_restart and not sup.supervisor_running(data_dir):
+        _control(sup.find_node, _control(sup.require_cluster, data_dir), node)
+        die(f"no supervisor is running for {data_dir}, so nothing would restart {node}; "
+            f"to kill it anyway: {sup.program_name()} node kill {node} --no-restart", UNAVAILABLE)
     pid = _control(sup.kill_node, data_dir, node, restart=not no_restart)
     after = (f"it stays down until: {sup.program_name()} node start {node}" if no_restart
              else "the supervisor will restart it")
@@ -451,7 +480,8 @@ def node_stop(
     record = _control(sup.find_node, _control(sup.require_cluster, data_dir), node)
     proc = sup.live_process(record.get("pid"), record.get("pid_create_time"))
     if proc is None:
-        die(f"{node} is not running", FAILED)
+        typer.echo(f"{node} was not running (no supervisor is running)")
+        return
     sup.terminate_all([proc], sup.STOP_TIMEOUT)
     typer.echo(f"stopped {node} (no supervisor was running)")
 
@@ -710,8 +740,9 @@ def cluster_up(
     data_dir: Path = typer.Option(DEFAULT_DATA_DIR, "--data-dir", "-d",
                                   help="Cluster directory: cluster.json and node-i/ data."),
     base_port: int | None = typer.Option(None, "--base-port", "-p",
-                                         help="Node i (from 0) uses ports base+3i .. base+3i+2 "
-                                              "[DATA_DIR's last base port, else 7400]."),
+                                         help="node-i (i from 1) uses ports base+3(i-1) .. "
+                                              "base+3(i-1)+2 [DATA_DIR's last base port, "
+                                              "else 7400]."),
     detach: bool = typer.Option(False, "--detach", help="Run in the background; return once "
                                                         "the ring has converged, print seeds."),
     timeout: float = typer.Option(60.0, "--timeout", help="With --detach: seconds to wait for "
@@ -965,8 +996,9 @@ def cluster_status(
                                "nodes": rows}, indent=2))
         return
     if supervised:
-        head = (f"supervisor pid {cluster.get('supervisor_pid')}, "
-                f"{'ready' if cluster.get('ready') else 'starting'}")
+        health = ("ready" if cluster.get("ready")
+                  else "not ready (a member is not running, or the rings disagree)")
+        head = f"supervisor pid {cluster.get('supervisor_pid')}, {health}"
     else:
         head = "no supervisor running (statuses as last recorded)"
     typer.echo(f"cluster {data_dir}: {head}; seeds {','.join(cluster.get('seeds', []))}"
@@ -1202,8 +1234,14 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     progress: bool = typer.Option(True, "--progress/--no-progress",
                                   help="Show a progress bar (on a terminal)."),
+    cleanup: bool = typer.Option(False, "--cleanup",
+                                 help="Against an existing cluster: delete the bench-NNNNNNNN "
+                                      "keys (and the counter key) afterwards."),
 ) -> None:
     """Load a cluster through the client library and report ops/s and latency.
+
+    Against an existing cluster the keys it writes stay there (it says which at the end);
+    --cleanup deletes them.
 
     \b
     zkv bench --nodes 3 --workload put --clients 32 --pipeline 32
@@ -1231,10 +1269,21 @@ def bench(
         if cluster is not None:
             cluster.stop()
     result["options"]["nodes"] = nodes
+    if nodes is None and cleanup:
+        deleted, failed = zb.cleanup(options)
+        result["cleanup"] = {"deleted": deleted, "failed": failed}
     if as_json:
         typer.echo(json.dumps(result))
     else:
         typer.echo(zb.format_table(result))
+    if nodes is None and cleanup:
+        typer.echo(f"zkv: --cleanup deleted {deleted:,} bench keys"
+                   + (f"; {failed:,} deletes failed (run it again)" if failed else ""), err=True)
+    elif nodes is None:
+        offer = ("" if options.workload in ("create", "cas") else
+                 "; add --cleanup to delete them after a run")
+        typer.echo(f"zkv: the run left {zb.left_behind(options)} in the cluster{offer}",
+                   err=True)
 
 
 def _bench_with_progress(zb: Any, options: Any, show: bool) -> dict:

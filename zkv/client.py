@@ -53,11 +53,11 @@ from __future__ import annotations
 
 import itertools
 import math
-from concurrent.futures import Future
 import os
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future
 from types import TracebackType
 
 import zmq
@@ -108,6 +108,11 @@ def _shared_context() -> zmq.Context:
 def _address(seed: str) -> str:
     seed = seed.strip()
     return seed if "://" in seed else f"tcp://{seed}"
+
+
+def shown_key(key: bytes) -> str:
+    """A key as its user typed it, for messages: UTF-8, undecodable bytes as ``\\xNN``."""
+    return key.decode("utf-8", "backslashreplace")
 
 
 class _Pending:
@@ -340,7 +345,7 @@ class Client:
                 self._pending[req_id] = _Pending(future, op, kb, now + limit)
                 return future
             self._suspect(address, now)
-        future.set_exception(Unavailable(f"{op} {kb!r}: no node is connected"))
+        future.set_exception(Unavailable(f"{op} {shown_key(kb)}: no node is connected"))
         return future
 
     def poll(self, timeout: float = 0.0) -> int:
@@ -357,7 +362,7 @@ class Client:
                 if now >= pending.deadline:
                     del self._pending[req_id]
                     pending.future.set_exception(Unavailable(
-                        f"{pending.op} {pending.key!r}: no answer in time"))
+                        f"{pending.op} {shown_key(pending.key)}: no answer in time"))
         return before - len(self._pending)
 
     @property
@@ -376,17 +381,18 @@ class Client:
             if pending.op == "get":
                 future.set_result(None)
             else:
-                future.set_exception(KeyNotFound(f"{pending.op} {pending.key!r}: the key "
+                future.set_exception(KeyNotFound(f"{pending.op} {shown_key(pending.key)}: "
+                                                 f"the key "
                                                  "holds no value"))
         elif status == "exists":
-            future.set_exception(KeyExists(f"create {pending.key!r}: the key already "
+            future.set_exception(KeyExists(f"create {shown_key(pending.key)}: the key already "
                                            "holds a value"))
         elif status == "invalid":
-            future.set_exception(InvalidRequest(f"{pending.op} {pending.key!r}: "
+            future.set_exception(InvalidRequest(f"{pending.op} {shown_key(pending.key)}: "
                                                 f"{message.detail}"))
         else:
             self._ring_stale = True
-            future.set_exception(Unavailable(f"{pending.op} {pending.key!r}: "
+            future.set_exception(Unavailable(f"{pending.op} {shown_key(pending.key)}: "
                                              f"{message.detail or status}"))
 
     def close(self) -> None:
@@ -498,7 +504,8 @@ class Client:
             remaining = deadline - now
             if remaining <= 0:
                 detail = f"; last answer: {refused}" if refused else ""
-                raise Unavailable(f"{op} {kb!r}: no answer at {level} within {limit:g}s{detail}")
+                raise Unavailable(f"{op} {shown_key(kb)}: no answer at {level} "
+                                  f"within {limit:g}s{detail}")
             if now >= ask_next_at:
                 if waiting and asked:
                     self._suspect(asked, now)  # silent for ``patience``: ask it last for a while
@@ -535,7 +542,7 @@ class Client:
             for message in self._receive(min(ask_next_at, deadline) - now):
                 if type(message) is not ClientReply or message.req_id != req_id:
                     if type(message) is ErrorReply and waiting:
-                        raise InvalidRequest(f"{op} {kb!r}: a node refused the request: "
+                        raise InvalidRequest(f"{op} {shown_key(kb)}: a node refused the request: "
                                              f"{message.reason}")
                     continue
                 status = message.status
@@ -543,21 +550,21 @@ class Client:
                     return status, message.value
                 if status == "unknown":
                     # The write may have landed: never retried elsewhere as if it had not.
-                    raise Unavailable(f"{op} {kb!r}: outcome unknown: {message.detail}")
+                    raise Unavailable(f"{op} {shown_key(kb)}: outcome unknown: {message.detail}")
                 if status == "not_found":
                     if op == "get":
                         return status, None
-                    raise KeyNotFound(f"{op} {kb!r}: the key holds no value")
+                    raise KeyNotFound(f"{op} {shown_key(kb)}: the key holds no value")
                 if status == "exists":
-                    raise KeyExists(f"create {kb!r}: the key already holds a value")
+                    raise KeyExists(f"create {shown_key(kb)}: the key already holds a value")
                 if status == "invalid":
-                    raise InvalidRequest(f"{op} {kb!r}: {message.detail}")
+                    raise InvalidRequest(f"{op} {shown_key(kb)}: {message.detail}")
                 # unavailable: this coordinator could not reach the level; another may
                 refused = message.detail or status
                 waiting = max(0, waiting - 1)
                 self._ring_stale = True
                 if deadline - time.monotonic() < patience / 2:
-                    raise Unavailable(f"{op} {kb!r}: {refused}")
+                    raise Unavailable(f"{op} {shown_key(kb)}: {refused}")
                 if waiting == 0:
                     ask_next_at = time.monotonic()
 

@@ -76,6 +76,7 @@ STOP_TIMEOUT = 10.0  # SIGTERM, then SIGKILL after this long
 LOOP_INTERVAL = 0.05
 PROBE_INTERVAL = 0.25
 PROBE_TIMEOUT = 0.3
+HEALTH_INTERVAL = 1.0  # seconds between health checks once the cluster is ready
 RESPONSE_TTL = 60.0  # an answer nobody collected is removed after this long
 
 
@@ -633,6 +634,7 @@ class Supervisor:
         self._stop_signal: int | None = None
         self._dirty = True
         self._next_probe = 0.0
+        self._announced = False  # on_ready has been called (the first time it was ready)
         self._exiting = False
         self._pre_exec = parent_death_signal()
 
@@ -701,14 +703,25 @@ class Supervisor:
             for node in self.nodes:
                 self._tend(node, now)
             self._serve_requests()
-            if not self.ready and now >= self._next_probe:
-                self._next_probe = now + PROBE_INTERVAL
-                if self._converged():
-                    self.ready = True
+            if now >= self._next_probe:
+                # ``ready`` is current health, re-evaluated all along: it goes false when a
+                # member stops or dies and true again once every one runs and agrees.
+                self._next_probe = now + (HEALTH_INTERVAL if self.ready else PROBE_INTERVAL)
+                healthy = self._converged()
+                if healthy != self.ready:
+                    self.ready = healthy
                     self._dirty = True
-                    wanted = sum(1 for n in self.nodes if n.restart)
-                    self._say(f"ready: {wanted} nodes, ring converged; seeds "
-                              f"{','.join(self.seeds)}")
+                    members = sum(1 for n in self.nodes if n.status != "decommissioned")
+                    if healthy:
+                        self._say(f"ready: {members} nodes, ring converged; seeds "
+                                  f"{','.join(self.seeds)}")
+                    else:
+                        down = [n.node_id for n in self.nodes
+                                if n.status not in ("running", "decommissioned")]
+                        self._say("not ready: " + (f"{', '.join(down)} not running" if down
+                                                   else "the nodes' rings disagree"))
+                if healthy and not self._announced:
+                    self._announced = True
                     if on_ready is not None:
                         self._write_state()
                         on_ready(self)
@@ -948,8 +961,9 @@ class Supervisor:
     # ------------------------------------------------------------------ state
 
     def _converged(self) -> bool:
-        """Every node that should run is up, and each one's ring holds exactly those nodes."""
-        wanted = [n for n in self.nodes if n.restart]
+        """Every member (each node not decommissioned, stopped ones included) is running,
+        and each one's ring holds exactly those nodes."""
+        wanted = [n for n in self.nodes if n.status != "decommissioned"]
         if not wanted or any(n.status != "running" for n in wanted):
             return False
         ids = {n.node_id for n in wanted}

@@ -8,7 +8,7 @@ that reached them right then was acknowledged by that quorum of its replica set
 ``t_remove`` the majority side removed both from its ring and served the key
 from the one old replica it still had, node-3, which had never seen the put.
 
-That is the case the removal policy decides (README, "Removal policy"):
+That is the case the removal policy decides (docs/consistency.md, "Removal policy"):
 - ``manual``: nobody is removed, the majority cannot read the key (one of its
   three replicas is on its side) and no read is stale; after the partition
   heals the put is there;

@@ -121,6 +121,10 @@ def test_an_unreachable_cluster_exits_3_within_the_timeout():
     result = zkv("get", "k", "--seeds", f"127.0.0.1:{port}", "--timeout", "0.5")
     assert result.returncode == 3
     assert result.stderr.startswith(b"zkv: unavailable")
+    # No answer at all: say where it asked, and that CurveZMQ clusters ignore unknown keys.
+    assert f"tried tcp://127.0.0.1:{port}".encode() in result.stderr, result.stderr
+    assert b"CurveZMQ" in result.stderr and b"ZKV_CURVE_KEY" in result.stderr
+    assert b"get k:" in result.stderr and b"b'k'" not in result.stderr  # as typed, no repr
     assert time.monotonic() - start < within_timeout(0.5, overhead)
 
 
@@ -208,6 +212,10 @@ def test_quorum_ops_fail_with_exit_3_when_two_replicas_are_down(tmp_path):
         first, second = replicas[0], replicas[1]
         assert c.run("node", "kill", first, "--no-restart").returncode == 0
         assert c.run("node", "kill", second, "--no-restart").returncode == 0
+        # `ready` is current health: nodes down, not ready (in cluster.json and status).
+        wait_until(lambda: c.info()["ready"] is False, 30, "ready to turn false")
+        status = c.run("cluster", "status")
+        assert b"not ready" in status.stdout.splitlines()[0], status.stdout
 
         overhead = command_overhead()
         for args in (("get", "k"), ("put", "k", "lost?")):
@@ -222,6 +230,7 @@ def test_quorum_ops_fail_with_exit_3_when_two_replicas_are_down(tmp_path):
         assert c.run("node", "start", second).returncode == 0
         wait_until(lambda: c.run("get", "k", "--timeout", "1").returncode == 0, 30,
                    "quorum reads to work again")
+        wait_until(lambda: c.info()["ready"] is True, 30, "ready again with every node back")
         # The put that failed may or may not have landed: either value is a correct answer.
         assert c.run("get", "k").stdout in (b"before", b"lost?")
 
@@ -283,3 +292,66 @@ def test_hints_name_the_command_the_user_typed(tmp_path):
                               timeout=60)
         assert done.returncode != 0
         assert b"bin/zkv cluster up" in done.stderr, done.stderr
+
+
+def test_without_a_supervisor_stop_kill_and_key_commands_give_the_documented_codes(tmp_path):
+    with running_cluster(tmp_path / "cluster", 3) as c:
+        assert c.run("put", "greeting", "hello").returncode == 0
+        seeds = c.info()["seeds"]
+        assert c.run("cluster", "down").returncode == 0
+        stopped = c.run("node", "stop", "node-1")
+        assert stopped.returncode == 0 and b"was not running" in stopped.stdout, stopped
+        restartable = c.run("node", "kill", "node-1")  # nothing would restart it
+        assert restartable.returncode == 3 and b"no supervisor" in restartable.stderr
+        assert b"--no-restart" in restartable.stderr
+        gone = c.run("node", "kill", "node-1", "--no-restart")
+        assert gone.returncode == 1 and b"not running" in gone.stderr
+        overhead = command_overhead()
+        start = time.monotonic()
+        got = c.run("get", "greeting")  # the default 2 s timeout: it must not wait for it
+        assert got.returncode == 3, got
+        assert time.monotonic() - start < 2 * overhead + 1.5
+        assert b"no supervisor is running" in got.stderr
+        assert all(seed.encode() in got.stderr for seed in seeds), got.stderr
+
+
+def test_client_errors_show_keys_as_typed():
+    from zkv.client import shown_key
+
+    assert shown_key(b"greeting") == "greeting"
+    assert shown_key("café".encode()) == "café"
+    assert shown_key(b"bad\xff") == "bad\\xff"  # undecodable bytes, escaped
+
+
+def test_bench_says_what_it_left_behind_and_cleans_up_on_request(cluster):
+    args = ("bench", "--workload", "get", "--keys", "20", "--duration", "0.3", "--no-progress")
+    left = cluster.run(*args)
+    assert left.returncode == 0, left.stderr
+    assert b"bench-00000000" in left.stderr and b"--cleanup" in left.stderr, left.stderr
+    assert cluster.run("get", "bench-00000000").returncode == 0  # the run did leave them
+    cleaned = cluster.run(*args, "--cleanup")
+    assert cleaned.returncode == 0 and b"deleted" in cleaned.stderr, cleaned.stderr
+    for i in (0, 10, 19):  # loaded by the run (a get workload loads every key first)
+        assert cluster.run("get", f"bench-{i:08d}", "--timeout", "5").returncode == 1
+
+
+def test_cluster_up_help_numbers_nodes_from_1_as_the_readme_does():
+    result = CliRunner().invoke(app, ["cluster", "up", "--help"], prog_name="zkv",
+                                terminal_width=200)
+    assert "node-i (i from 1)" in result.output and "from 0" not in result.output
+
+
+def test_sim_list_describes_every_scenario():
+    from zkv.sim.scenarios import SCENARIOS
+
+    listed = zkv("sim", "--list").stdout.decode().splitlines()
+    described = {line.split()[0]: line.split(None, 1)[1:] for line in listed if line.strip()}
+    for name in SCENARIOS:
+        assert described.get(name) and len(described[name][0]) > 20, name
+
+
+def test_a_split_brain_fail_says_it_is_the_documented_outcome():
+    result = zkv("sim", "split-brain", "--seed", "1")  # a seed that reads a stale value
+    first = result.stdout.decode().splitlines()[0]
+    assert first.startswith("FAIL") and "expected outcome" in first, first
+    assert "Removal policy" in first

@@ -197,7 +197,7 @@ def test_every_membership_fault_happens_in_the_runs():
 @pytest.mark.parametrize("seed", [4, 8])
 def test_under_auto_removal_a_stale_read_comes_only_with_degraded_ranges(seed):
     """The ``split-brain`` scenario: partitions outlast t_remove, so a majority removes
-    two replicas of some keys and serves them from the survivor (README, "Removal
+    two replicas of some keys and serves them from the survivor (docs/consistency.md, "Removal
     policy"). Seeds 4 and 8 read a stale value (of 15 seeds tried, only they did)."""
     report = run_scenario("split-brain", seed)
     assert report.error is None and not report.lost_writes, format_report(report)

@@ -33,7 +33,7 @@ safety, not liveness), but at least one replica of every key is never touched.
 During a ring change the replica sets are those of the ring *and* of its
 target, and they are stricter: a set holding the node being joined, removed or
 wiped keeps a quorum of members under no fault at all, so no other fault may
-take a second replica of its keys (README, "Timing assumptions": zkv survives
+take a second replica of its keys (docs/consistency.md, "Timing assumptions": zkv survives
 the loss of one replica of a key, not two). One ring change runs at a time, and
 members are only taken out while the ring keeps ``replicas + 1`` of them
 without the one leaving; joins stop at ``max_members``.

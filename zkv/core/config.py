@@ -20,14 +20,14 @@ class NodeConfig:
     retry_interval: float = 0.1  # resend unanswered replica requests and hand-offs
     anti_entropy_interval: float = 5.0  # one digest message per round; cheap
     handoff_batch: int = 256
-    tombstone_grace: float = 86400.0  # a tombstone older than this is dropped (see README)
+    tombstone_grace: float = 86400.0  # a tombstone older than this is dropped (docs/consistency.md)
     tombstone_gc_interval: float = 3600.0  # each collection reads every record (in steps)
     max_key: int = 1024
     max_value: int = 1024 * 1024
     default_timeout: float = 2.0
     wall_offset: float = 0.0  # added to ``now`` to get wall-clock seconds for versions
     # A peer message carrying a version whose wall time is further ahead of this
-    # node's clock than this (seconds) is refused: see ``Node.step`` and the README.
+    # node's clock than this (seconds) is refused: see ``Node.step`` and docs/security.md.
     max_version_ahead: float = 60.0
     extra: dict = field(default_factory=dict)  # settings of experimental or test nodes
 

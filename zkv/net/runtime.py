@@ -409,7 +409,7 @@ class NodeProcess:
             else:
                 claimed = _named_peer(identity)
             # Without CurveZMQ a claim is all there is to go by; with it, only the cluster
-            # key speaks as a peer (see the README's Security section).
+            # key speaks as a peer (see docs/security.md).
             sender = claimed if peer_key is None or key == peer_key else None
             if claimed is None and len(payloads) != 1:
                 self._reject(identity, f"expected one frame, got {len(payloads)}")
