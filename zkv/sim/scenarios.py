@@ -56,7 +56,9 @@ def _lossy(seed: int) -> RunReport:
 
 
 def _split_brain(seed: int) -> RunReport:
-    """Partitions outlasting t_remove: both sides may drop the other from the ring."""
+    """Partitions outlasting t_remove (auto removal): the majority removes the cut-off
+    nodes; a key with two replicas among them is served from the survivor, the
+    documented degraded case (docs/consistency.md, "Removal policy")."""
     from zkv.core.config import NodeConfig  # noqa: PLC0415
 
     t_remove = NodeConfig("n", "a").t_remove
