@@ -56,9 +56,10 @@ def _lossy(seed: int) -> RunReport:
 
 
 def _split_brain(seed: int) -> RunReport:
-    """Partitions outlasting t_remove (auto removal): the majority removes the cut-off
-    nodes; a key with two replicas among them is served from the survivor, the
-    documented degraded case (docs/consistency.md, "Removal policy")."""
+    """Partitions outlasting t_remove under auto removal: the majority removes the others.
+
+    A key with two replicas cut off is then served from the survivor, the documented
+    degraded case (docs/consistency.md, "Removal policy")."""
     from zkv.core.config import NodeConfig  # noqa: PLC0415
 
     t_remove = NodeConfig("n", "a").t_remove
