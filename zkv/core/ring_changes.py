@@ -132,8 +132,8 @@ class RingChanges:
         self._plan_streaming(out)
 
     def _plan_streaming(self, out: Outbox) -> None:
-        """Stream what this node gains in the current transition (all of it again after
-        a restart: merging by version makes that harmless)."""
+        """Stream what this node gains in the current transition (after a restart, the
+        ranges it had not finished: ``streaming``)."""
         cmap = self.map
         assert cmap is not None
         if cmap.target is not None and self.member() and self.node_id in cmap.gainers:
