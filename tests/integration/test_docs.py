@@ -24,6 +24,7 @@ from .clusterproc import CLI_TIMEOUT, Cluster, free_base_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MARK = "<!-- doctest -->"
+STANDALONE = "<!-- doctest: standalone -->"  # a docs/ block that needs no cluster
 COMMENT = re.compile(r"\s#\s")
 EXIT = re.compile(r"#\s*exit (\d+)")
 OUTPUT = re.compile(r"#\s*->\s*(.*?)\s*$")
@@ -39,11 +40,11 @@ class Step:
     comment: str
 
 
-def runnable_blocks(markdown: str) -> list[list[str]]:
-    """The lines of each fenced block that follows a ``<!-- doctest -->`` line."""
+def runnable_blocks(markdown: str, mark: str = MARK) -> list[list[str]]:
+    """The lines of each fenced block that follows a ``mark`` line."""
     blocks, lines = [], markdown.splitlines()
     for i, line in enumerate(lines):
-        if line.strip() != MARK:
+        if line.strip() != mark:
             continue
         assert lines[i + 1].startswith("```"), f"README line {i + 2}: no block after {MARK}"
         end = next(j for j in range(i + 2, len(lines)) if lines[j].startswith("```"))
@@ -125,6 +126,28 @@ def test_the_readme_tour_runs_as_written(tour_dir: Path):
             shell("bin/zkv cluster down", tour_dir)
         finally:
             cluster.kill_everything()
+
+
+def test_the_docs_standalone_blocks_run_as_written(tmp_path: Path):
+    """Blocks of docs/ that need no cluster (marked ``<!-- doctest: standalone -->``) run
+    in a fresh directory with ``zkv`` on the PATH, as an installed zkv would be."""
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    (shims / "zkv").write_text(f'#!/usr/bin/env bash\nexec "{ROOT}/bin/zkv" "$@"\n')
+    (shims / "zkv").chmod(0o755)
+    ran = 0
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        for n, block in enumerate(runnable_blocks(page.read_text(), STANDALONE)):
+            work = tmp_path / f"{page.stem}-{n}"
+            work.mkdir()
+            for step in filter(None, map(parse_step, block)):
+                got = shell(f'PATH="{shims}:$PATH"; {step.command}', work)
+                where = f"{page.name}: {step.command!r}: {got.stderr.decode()}"
+                assert got.returncode == step.exit_code, where
+                if step.output is not None:
+                    assert got.stdout.decode().strip() == step.output, where
+                ran += 1
+    assert ran >= 4, "the key-generation steps of docs/security.md should run"
 
 
 def test_the_first_run_says_it_creates_the_venv_and_hides_the_install_output(tmp_path: Path):
