@@ -69,10 +69,11 @@ from zkv.core.ring import Ring  # noqa: E402
 from zkv.net.eventlog import EVENT_LOG  # noqa: E402
 from zkv.net.figures import node_figures  # noqa: E402
 
+from scale import _load_range as load_range  # noqa: E402  (bench/, the script's own dir)
+
 NODES = 3
 ADD = 2
-RETRIES = 5  # extra attempts for a put that failed
-RETRY_PAUSE = 0.2  # seconds before a failed put or get is sent again
+RETRY_PAUSE = 0.2  # seconds before a failed get is sent again (puts: scale._load_range)
 OP_TIMEOUT = 5.0  # seconds a client waits for one answer
 PROGRESS_EVERY = 5.0  # seconds between progress lines on stderr
 EVENT_POLL = 0.2  # seconds between reads of the nodes' event logs
@@ -340,54 +341,6 @@ def copies_gained(ring: list[str], target: list[str], keys: int) -> int:
 # --------------------------------------------------------------------------- load
 
 
-def _load_range(client: Any, ids: range, value_size: int, depth: int, counts: Any,
-                slot: int, outcome: dict) -> None:
-    """Put every key of ``ids`` through ``client`` with ``depth`` puts in flight; a failed
-    put is sent again after a pause, ``RETRIES`` times at most."""
-    todo = iter(ids)
-    retry: deque[tuple[float, int, int]] = deque()  # (due, key id, attempt), due ascending
-    failed: list[int] = []
-    done = retried = 0
-
-    def settled(future: Any, i: int, attempt: int) -> None:
-        nonlocal done, retried
-        if future.exception() is None:
-            done += 1
-            counts[slot] = done
-        elif attempt < RETRIES:
-            retried += 1
-            retry.append((time.monotonic() + RETRY_PAUSE, i, attempt + 1))
-        else:
-            failed.append(i)
-            outcome["sample"] = outcome.get("sample") or str(future.exception())
-
-    exhausted = False
-    try:
-        while True:
-            now = time.monotonic()
-            while client.in_flight < depth:
-                if retry and retry[0][0] <= now:
-                    _, i, attempt = retry.popleft()
-                elif not exhausted:
-                    i, attempt = next(todo, -1), 0
-                    if i < 0:
-                        exhausted = True
-                        continue
-                else:
-                    break
-                future = client.submit("put", zb.key_name(i), value_of(i, value_size))
-                future.add_done_callback(lambda f, i=i, a=attempt: settled(f, i, a))
-            if exhausted and not retry and not client.in_flight:
-                break
-            if client.in_flight:
-                client.poll(0.05)
-            else:
-                time.sleep(RETRY_PAUSE / 4)
-    except Exception as exc:  # noqa: BLE001 - reported to the parent
-        outcome["fatal"] = f"{type(exc).__name__}: {exc}"
-    outcome.update(done=done, failed=failed, retried=retried)
-
-
 def _load_worker(wid: int, ids: range, seeds: list[str], clients: int, depth: int,
                  value_size: int, counts: Any, results: Any) -> None:
     """One generator process: ``clients`` clients, a thread each, share ``ids`` and
@@ -403,9 +356,10 @@ def _load_worker(wid: int, ids: range, seeds: list[str], clients: int, depth: in
             opened[-1].ring()
         outcomes: list[dict] = [{} for _ in opened]
         per_client = max(1, depth // clients)
-        threads = [threading.Thread(target=_load_range,
-                                    args=(c, ids[k::clients], value_size, per_client, counts,
-                                          wid * clients + k, outcomes[k]), daemon=True)
+        threads = [threading.Thread(target=load_range,
+                                    args=(c, ids[k::clients],
+                                          lambda i: value_of(i, value_size), per_client,
+                                          counts, wid * clients + k, outcomes[k]), daemon=True)
                    for k, c in enumerate(opened)]
         for t in threads:
             t.start()

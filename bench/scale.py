@@ -84,19 +84,23 @@ def value_for(worker: int, size: int) -> bytes:
 # --------------------------------------------------------------------------- load
 
 
-def _load_range(client: Any, ids: range, value: bytes, depth: int, counts: Any, slot: int,
-                outcome: dict) -> None:
-    """Put every key of ``ids`` through one client with ``depth`` requests in flight.
+def _load_range(client: Any, ids: range, value: bytes | Callable[[int], bytes], depth: int,
+                counts: Any, slot: int, outcome: dict) -> None:
+    """Put every key of ``ids`` (``value``, or ``value(i)`` for key i) through one client
+    with ``depth`` requests in flight; ``outcome`` gets done, failed (the key ids) and
+    retried counts (``bench/membership.py`` loads with it too).
 
     A failed put goes back into a queue for another attempt after a short pause
     (the client refreshes its ring after a refusal meanwhile).
     """
+    value_of = value if callable(value) else (lambda _i: value)
     todo = iter(ids)
     retry: deque[tuple[float, int, int]] = deque()  # (due, key id, attempt), due ascending
-    done = failed = retried = 0
+    failed: list[int] = []
+    done = retried = 0
 
     def settled(future: Any, i: int, attempt: int) -> None:
-        nonlocal done, failed, retried
+        nonlocal done, retried
         if future.exception() is None:
             done += 1
             counts[slot] = done
@@ -104,7 +108,7 @@ def _load_range(client: Any, ids: range, value: bytes, depth: int, counts: Any, 
             retried += 1
             retry.append((time.monotonic() + RETRY_PAUSE, i, attempt + 1))
         else:
-            failed += 1
+            failed.append(i)
             outcome["sample"] = outcome.get("sample") or str(future.exception())
 
     exhausted = False
@@ -121,7 +125,7 @@ def _load_range(client: Any, ids: range, value: bytes, depth: int, counts: Any, 
                         continue
                 else:
                     break
-                future = client.submit("put", zb.key_name(i), value)
+                future = client.submit("put", zb.key_name(i), value_of(i))
                 future.add_done_callback(lambda f, i=i, a=attempt: settled(f, i, a))
             if exhausted and not retry and not client.in_flight:
                 break
@@ -164,7 +168,7 @@ def _load_worker(wid: int, ids: range, seeds: list[str], clients: int, depth: in
         cpu = psutil.Process().cpu_times()
         results.put({"worker": wid, "cpu_s": cpu.user + cpu.system,
                      "done": sum(o["done"] for o in outcomes),
-                     "failed": sum(o["failed"] for o in outcomes),
+                     "failed": sum(len(o["failed"]) for o in outcomes),
                      "retried": sum(o["retried"] for o in outcomes),
                      "sample": next((o["sample"] for o in outcomes if "sample" in o), None),
                      "fatal": fatal[0] if fatal else None})
