@@ -5,8 +5,10 @@
 
 For each node count one local cluster (quorum, fsync on) is started and every
 cell (workload x clients x pipeline) runs against it; keys are loaded once per
-cluster. Results go to bench/results/matrix-STAMP.jsonl and .md; ``--readme``
-also puts the table into docs/performance.md.
+cluster. Results go to bench/results/matrix-STAMP.jsonl and .md, with a chart of
+ops/s per cell (.png, also latest.png); ``--readme`` also puts the table into
+docs/performance.md. ``--from FILE.jsonl`` draws the chart of an earlier run
+again, without running anything.
 """
 
 from __future__ import annotations
@@ -47,6 +49,17 @@ def markdown(rows: list[dict], duration: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def chart(rows: list[dict], path: Path) -> Path:
+    """The chart of ops/s per cell, one bar per node count (matplotlib, loaded here)."""
+    from zkv import plots
+
+    m = rows[0].get("machine") if rows else None
+    m = m or zb.machine()
+    title = (f"zkv bench matrix: ops/s per cell (quorum, fsync on; {m['nproc']} CPUs, "
+             f"{rows[0]['options']['duration']:g} s per cell)" if rows else "")
+    return plots.save(plots.matrix_figure(rows, title), path)
+
+
 def update_readme(table: str) -> None:
     readme = ROOT / "docs" / "performance.md"
     text = readme.read_text()
@@ -73,7 +86,13 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=5.0, help="per-operation timeout")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--readme", action="store_true", help="put the table into docs/performance.md")
+    p.add_argument("--from", dest="source", type=Path, metavar="JSONL",
+                   help="only draw the chart of an earlier run's JSON lines (FILE.png)")
     args = p.parse_args()
+    if args.source is not None:
+        rows = [json.loads(line) for line in args.source.read_text().splitlines() if line]
+        print(f"wrote {chart(rows, args.source.with_suffix('.png'))}")
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     jsonl = args.out / f"matrix-{stamp}.jsonl"
@@ -111,9 +130,11 @@ def main() -> int:
     md = jsonl.with_suffix(".md")
     md.write_text(table)
     (args.out / "latest.md").write_text(table)
+    png = chart(rows, jsonl.with_suffix(".png"))
+    (args.out / "latest.png").write_bytes(png.read_bytes())
     if args.readme:
         update_readme(table)
-    print(f"\n{table}\nwrote {jsonl} and {md}")
+    print(f"\n{table}\nwrote {jsonl}, {md} and {png}")
     return 0
 
 

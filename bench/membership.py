@@ -62,14 +62,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scale import _load_range as load_range  # noqa: E402  (bench/, the script's own dir)
+
 from zkv import bench as zb  # noqa: E402
 from zkv import supervisor as sup  # noqa: E402
 from zkv.core.config import NodeConfig  # noqa: E402
 from zkv.core.ring import Ring  # noqa: E402
 from zkv.net.eventlog import EVENT_LOG  # noqa: E402
 from zkv.net.figures import node_figures  # noqa: E402
-
-from scale import _load_range as load_range  # noqa: E402  (bench/, the script's own dir)
 
 NODES = 3
 ADD = 2

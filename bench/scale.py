@@ -54,10 +54,10 @@ sys.path.insert(0, str(ROOT))
 
 from zkv import bench as zb  # noqa: E402
 from zkv import supervisor as sup  # noqa: E402
+from zkv.config import NODE_FILE, store_path  # noqa: E402
 from zkv.core.messages import ClientReply, ClientRequest, DecodeError, decode, encode  # noqa: E402
 from zkv.exit_codes import EXIT_DECOMMISSIONED  # noqa: E402
 from zkv.net.figures import human_bytes, node_figures  # noqa: E402
-from zkv.net.runtime import NODE_FILE, store_path  # noqa: E402
 
 NODES = 3
 REPLICAS = 3

@@ -18,7 +18,10 @@ contended case: successful increments count as ``cas``, lost races as
 The result holds, per operation kind and overall: completed operations, ops/s
 over the measured window, latency percentiles (milliseconds) and errors; and the
 generator's own CPU use (psutil, all worker processes), so a reader sees when
-the generator rather than the cluster was the limit.
+the generator rather than the cluster was the limit. For ``--plot`` it also
+holds the latency distribution (``latency_distribution``: a few dozen
+percentiles, HdrHistogram-style) and completions per time bucket
+(``timeline``): counts, kept as the ops complete, not a timestamp per op.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ import psutil
 WORKLOADS = ("put", "get", "mixed", "delete", "create", "cas", "counter")
 PRELOAD_DEPTH = 64  # requests in flight per worker while loading keys
 MAX_ERROR_SAMPLES = 5
+TIMELINE_BUCKETS = 200  # most buckets of the throughput timeline (0.1 s or wider)
+DISTRIBUTION_POINTS = 48  # percentiles kept of each kind's latencies
 
 
 @dataclass
@@ -71,23 +76,43 @@ def key_name(i: int) -> str:
 # --------------------------------------------------------------------------- workers
 
 
+def bucket_seconds(duration: float) -> float:
+    """The timeline's bucket: 0.1 s, or wider for runs of over TIMELINE_BUCKETS tenths."""
+    return max(0.1, duration / TIMELINE_BUCKETS)
+
+
 @dataclass
 class _Tally:
     latencies: dict[str, array] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     not_found: int = 0
     samples: list[str] = field(default_factory=list)
+    origin: float = 0.0  # perf_counter() when the clock started
+    bucket: float = 0.1  # seconds per timeline bucket
+    # completions per bucket, by kind ("error" for failures): counts, not timestamps
+    timeline: dict[str, array] = field(default_factory=dict)
 
     def ok(self, kind: str, seconds: float) -> None:
         lat = self.latencies.get(kind)
         if lat is None:
             lat = self.latencies[kind] = array("d")
         lat.append(seconds)
+        self._count(kind)
 
     def fail(self, kind: str, exc: BaseException) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
+        self._count("error")
         if len(self.samples) < MAX_ERROR_SAMPLES:
             self.samples.append(f"{kind}: {type(exc).__name__}: {exc}")
+
+    def _count(self, kind: str) -> None:
+        i = max(0, int((time.perf_counter() - self.origin) / self.bucket))
+        counts = self.timeline.get(kind)
+        if counts is None:
+            counts = self.timeline[kind] = array("l")
+        if i >= len(counts):
+            counts.extend([0] * (i + 1 - len(counts)))  # once per new bucket
+        counts[i] += 1
 
 
 def _chooser(options: BenchOptions, index: int) -> Callable[[], tuple[str, str, Any]]:
@@ -304,7 +329,9 @@ def _worker(wid: int, client_ids: list[int], options: BenchOptions, barrier: Any
     cpu0 = proc.cpu_times()
     t_start = time.monotonic()
     end = t_start + options.duration
-    tallies = [_Tally() for _ in clients]
+    origin = time.perf_counter()
+    tallies = [_Tally(origin=origin, bucket=bucket_seconds(options.duration))
+               for _ in clients]
     threads = [threading.Thread(target=_drive, args=(c, options, i, end, t, counts),
                                 daemon=True)
                for c, i, t in zip(clients, client_ids, tallies)]
@@ -320,7 +347,9 @@ def _worker(wid: int, client_ids: list[int], options: BenchOptions, barrier: Any
     errors: dict[str, int] = {}
     samples: list[str] = []
     not_found = 0
+    timeline: dict[str, list[int]] = {}
     for tally in tallies:
+        _add_counts(timeline, tally.timeline)
         for kind, lat in tally.latencies.items():
             latencies[kind] = latencies.get(kind, b"") + lat.tobytes()
         for kind, n in tally.errors.items():
@@ -329,8 +358,18 @@ def _worker(wid: int, client_ids: list[int], options: BenchOptions, barrier: Any
         not_found += tally.not_found
     results.put({"worker": wid, "latencies": latencies, "errors": errors,
                  "samples": samples[:MAX_ERROR_SAMPLES], "not_found": not_found,
-                 "elapsed": elapsed, "preload_failed": preload_failed,
+                 "elapsed": elapsed, "preload_failed": preload_failed, "timeline": timeline,
                  "cpu": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)})
+
+
+def _add_counts(total: dict[str, list[int]], more: Any) -> None:
+    """Add per-bucket counts (kind -> counts) into ``total``, bucket by bucket."""
+    for kind, counts in more.items():
+        into = total.setdefault(kind, [])
+        if len(into) < len(counts):
+            into.extend([0] * (len(counts) - len(into)))
+        for i, n in enumerate(counts):
+            into[i] += n
 
 
 # --------------------------------------------------------------------------- the run
@@ -341,6 +380,25 @@ def _percentile(sorted_values: list[float], q: float) -> float:
         return 0.0
     i = min(len(sorted_values) - 1, max(0, int(round(q * len(sorted_values))) - 1))
     return sorted_values[i]
+
+
+def latency_distribution(sorted_values: list[float], points: int = DISTRIBUTION_POINTS
+                         ) -> list[list[float]]:
+    """[percentile, ms] pairs at ``points`` spots spaced evenly on 1/(1-p)'s log scale,
+    from the fastest op (p = 0) to the slowest (p = 1 - 1/n): HdrHistogram's percentile
+    distribution, every nine of the tail given the same room, in a few hundred bytes."""
+    n = len(sorted_values)
+    if not n:
+        return []
+    out: list[list[float]] = []
+    seen = -1
+    for k in range(points):
+        p = 1.0 - 1.0 / (n ** (k / max(1, points - 1)))
+        i = min(n - 1, int(p * n + 1e-9))
+        if i != seen:
+            seen = i
+            out.append([round(p, 7), round(sorted_values[i] * 1000.0, 4)])
+    return out
 
 
 def _summary(values: list[float], errors: int, elapsed: float) -> dict[str, Any]:
@@ -425,6 +483,7 @@ def run(options: BenchOptions, progress: Callable[[int, float], None] | None = N
     elapsed = max(r["elapsed"] for r in collected)
     by_kind: dict[str, list[float]] = {}
     errors: dict[str, int] = {}
+    timeline: dict[str, list[int]] = {}
     for r in collected:
         for kind, raw in r["latencies"].items():
             lat = array("d")
@@ -432,12 +491,18 @@ def run(options: BenchOptions, progress: Callable[[int, float], None] | None = N
             by_kind.setdefault(kind, []).extend(lat)
         for kind, n in r["errors"].items():
             errors[kind] = errors.get(kind, 0) + n
+        _add_counts(timeline, r["timeline"])
+    for values in by_kind.values():
+        values.sort()
     rows = {kind: _summary(list(values), errors.get(kind, 0), elapsed)
             for kind, values in sorted(by_kind.items())}
     for kind, n in errors.items():
         rows.setdefault(kind, _summary([], n, elapsed))
     everything = [v for values in by_kind.values() for v in values]
-    total = _summary(everything, sum(errors.values()), elapsed)
+    total = _summary(everything, sum(errors.values()), elapsed)  # sorts everything
+    distribution = {kind: latency_distribution(values) for kind, values in by_kind.items()}
+    if len(by_kind) > 1:
+        distribution["all"] = latency_distribution(everything)
     cpu = sum(r["cpu"] for r in collected)
     return {
         "options": {k: v for k, v in asdict(options).items() if k != "seed"},
@@ -447,6 +512,10 @@ def run(options: BenchOptions, progress: Callable[[int, float], None] | None = N
         "not_found": sum(r["not_found"] for r in collected),
         "preload_failed": sum(r["preload_failed"] for r in collected),
         "error_samples": [s for r in collected for s in r["samples"]][:MAX_ERROR_SAMPLES],
+        "latency_distribution": distribution,
+        "timeline": {"bucket_s": bucket_seconds(options.duration),
+                     "ops": {k: v for k, v in sorted(timeline.items()) if k != "error"},
+                     "errors": timeline.get("error", [])},
         "generator": {"processes": processes, "cpu_s": round(cpu, 3),
                       "cores_used": round(cpu / elapsed, 2) if elapsed else 0.0},
         "machine": machine(),

@@ -31,6 +31,8 @@ import typer
 
 from zkv import supervisor as sup
 from zkv.config import ConfigError, load_settings, parse_address
+from zkv.core.config import Removal, timer_order
+from zkv.core.quorum import Consistency
 from zkv.keys_cli import keys_app
 from zkv.net.figures import human_bytes, node_figures
 
@@ -59,17 +61,6 @@ cluster_app = typer.Typer(help="A local cluster of node processes under a superv
 app.add_typer(node_app, name="node")
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(keys_app, name="keys")
-
-
-class Consistency(str, Enum):
-    one = "one"
-    quorum = "quorum"
-    all = "all"
-
-
-class Removal(str, Enum):
-    auto = "auto"
-    manual = "manual"
 
 
 def die(message: str, code: int) -> NoReturn:
@@ -190,7 +181,7 @@ def run_client(seeds: str | None, data_dir: Path, consistency: Consistency, time
 
     from zkv.client import Client
     from zkv.errors import InvalidRequest, KeyExists, KeyNotFound, Unavailable, ZkvError
-    from zkv.net.security import KeyFileError, curve_from_env
+    from zkv.keys import KeyFileError, curve_from_env
 
     addresses = resolve_seeds(seeds, data_dir)
     try:
@@ -387,6 +378,21 @@ def node_start(
                                            help="auto: a node silent for t_remove is removed "
                                                 "from the ring by a majority; manual: only "
                                                 "'zkv node remove' removes it [auto]."),
+    retry_interval: float | None = typer.Option(
+        None, "--retry-interval", help="Seconds before an unanswered replica request or "
+                                       "hand-off is resent [0.1]."),
+    anti_entropy_interval: float | None = typer.Option(
+        None, "--anti-entropy-interval", help="Seconds between anti-entropy rounds [5]."),
+    default_timeout: float | None = typer.Option(
+        None, "--default-timeout", help="Deadline of a request that carries none, seconds "
+                                        "[2]."),
+    tombstone_grace: float | None = typer.Option(
+        None, "--tombstone-grace", help="Seconds a tombstone is kept at the latest [86400]."),
+    shutdown_grace: float | None = typer.Option(
+        None, "--shutdown-grace", help="Seconds to finish in-flight work after SIGTERM [2]."),
+    max_version_ahead: float | None = typer.Option(
+        None, "--max-version-ahead", help="Seconds a version may be ahead of this node's "
+                                          "clock before a peer message is refused [60]."),
     max_key: str | None = typer.Option(None, "--max-key", help="Largest key [1KiB]."),
     max_value: str | None = typer.Option(None, "--max-value", help="Largest value [1MiB]."),
     sync: bool | None = typer.Option(None, "--sync/--no-sync",
@@ -394,6 +400,8 @@ def node_start(
                                              "[--sync]."),
     map_size: str | None = typer.Option(None, "--map-size", help="Initial LMDB map size "
                                                                     "[64MiB]."),
+    max_map_size: str | None = typer.Option(None, "--max-map-size",
+                                            help="Largest the LMDB map may grow [64GiB]."),
     curve: bool | None = typer.Option(None, "--curve/--no-curve",
                                       help="CurveZMQ on every socket [--no-curve]."),
     secret_key: Path | None = typer.Option(None, "--secret-key",
@@ -430,7 +438,11 @@ def node_start(
         "consistency": consistency.value if consistency is not None else None,
         "gossip_interval": gossip_interval, "t_fail": t_fail, "t_remove": t_remove,
         "removal": removal.value if removal is not None else None,
+        "retry_interval": retry_interval, "anti_entropy_interval": anti_entropy_interval,
+        "default_timeout": default_timeout, "tombstone_grace": tombstone_grace,
+        "shutdown_grace": shutdown_grace, "max_version_ahead": max_version_ahead,
         "max_key": max_key, "max_value": max_value, "sync": sync, "map_size": map_size,
+        "max_map_size": max_map_size,
         "curve": curve, "secret_key": secret_key, "authorized_keys": authorized_keys,
     }
     try:
@@ -800,7 +812,7 @@ def cluster_up(
     prog = sup.program_name()  # bin/zkv sets it, so hints say bin/zkv
     keys = None
     if curve:  # made here, so a problem shows before anything starts
-        from zkv.net.security import KeyFileError, LocalKeys
+        from zkv.keys import KeyFileError, LocalKeys
 
         try:
             keys = LocalKeys.of_cluster(data_dir).ensure()
@@ -818,10 +830,15 @@ def cluster_up(
         typer.echo(f"zkv: {running} nodes up in {data_dir} (supervisor pid "
                    f"{info['supervisor_pid']}, log {data_dir / sup.LOG_FILE}{secured}); stop "
                    f"with: {prog} cluster down{hint}", err=True)
+        dashboard = _dashboard_url(info["nodes"])
+        if dashboard:
+            typer.echo(f"zkv: dashboard: {dashboard} (every node serves one on its port+2)",
+                       err=True)
         typer.echo(",".join(info["seeds"]))
         return
 
     def on_ready(s: sup.Supervisor) -> None:
+        dashboard = _dashboard_url([n.record() for n in s.nodes])
         anywhere = f"  export ZKV_SEEDS={','.join(s.seeds)}"
         if keys is not None:
             anywhere += (f"\n  export ZKV_CURVE_KEY={keys.client_secret} "
@@ -831,12 +848,22 @@ def cluster_up(
                    f"  {prog} put hello world{hint}\n  {prog} get hello{hint}\n"
                    f"  {prog} cluster status{hint}\n"
                    f"{anywhere}   # to use it from anywhere\n"
-                   f"Ctrl-C stops the cluster.\n")
+                   + (f"Dashboard: {dashboard} (in a browser)\n" if dashboard else "")
+                   + "Ctrl-C stops the cluster.\n")
 
     supervisor = sup.Supervisor(data_dir, nodes, base_port, node_flags, curve=curve,
                                 retired=retired)
     code = _control(supervisor.run, None if daemon else on_ready)
     raise typer.Exit(code)
+
+
+def _dashboard_url(records: list[dict]) -> str | None:
+    """A local cluster's dashboard: the HTTP port of its first node still in it."""
+    for record in records:
+        url = record.get("metrics")
+        if url and record.get("status") != "decommissioned":
+            return url.removesuffix("metrics")
+    return None
 
 
 @cluster_app.command("down")
@@ -933,6 +960,11 @@ def _uptime(seconds: float) -> str:
 def cluster_status(
     data_dir: Path = DataDirOption,
     as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
+    watch: bool = typer.Option(False, "--watch", "-w",
+                               help="Redraw the table in place every --interval seconds "
+                                    "until Ctrl-C."),
+    interval: float = typer.Option(1.0, "--interval", min=0.1,
+                                   help="Seconds between two redraws with --watch."),
 ) -> None:
     """A table of the cluster's nodes: address, status, keys held, PID, uptime, restarts;
     from each node's metrics: operations coordinated, how many failed (unavailable), CPU and
@@ -942,7 +974,35 @@ def cluster_status(
     streamed of those it gains in a ring change under way (STREAM).
 
     Below the table: the streaming under way (keys, bytes, rate, ETA), and "ranges
-    degraded: N" when a node streamed ranges from fewer than a read quorum."""
+    degraded: N" when a node streamed ranges from fewer than a read quorum.
+
+    With --watch the same table is redrawn in place (the streaming rate measured from
+    one look to the next) until Ctrl-C, which exits 0."""
+    if watch and as_json:
+        die("--watch redraws a table on the terminal; it does not combine with --json "
+            "(run --json in a loop for a stream of snapshots)", USAGE)
+    if watch:
+        _watch_status(data_dir, interval)
+        return
+    status = _status_snapshot(data_dir)
+    if as_json:
+        cluster, supervised = status["cluster"], status["supervised"]
+        typer.echo(json.dumps({"supervisor_running": supervised,
+                               "supervisor_pid": cluster.get("supervisor_pid") if supervised
+                               else None, "ready": cluster.get("ready", False) and supervised,
+                               "seeds": cluster.get("seeds", []), "epoch": status["epoch"],
+                               "streaming": status["stream"],
+                               "ranges_degraded": status["degraded"],
+                               "nodes": status["rows"]}, indent=2))
+        return
+    for line in _status_lines(data_dir, status):
+        typer.echo(line)
+
+
+def _status_snapshot(data_dir: Path, before: dict | None = None) -> dict:
+    """One look at the cluster: what ``cluster status`` prints. A streaming rate needs
+    two looks: the ``before`` snapshot (``--watch``), else a second look RATE_SAMPLE
+    seconds later."""
     cluster = _control(sup.require_cluster, data_dir)
     supervised = sup.supervisor_running(data_dir)
     records = cluster["nodes"]
@@ -957,10 +1017,14 @@ def cluster_status(
     members = newest["members"] if newest else {}
     stream = _streaming(views, epoch) if newest else None
     if stream and stream["ranges_done"] < stream["ranges"]:  # a second look, for a rate
-        time.sleep(RATE_SAMPLE)
-        later = _streaming(_node_views(records, curve), epoch)
-        if later:
-            stream = _with_rate(stream, later, time.monotonic() - sampled)
+        if before is not None:
+            if before["stream"]:
+                stream = _with_rate(before["stream"], stream, sampled - before["sampled"])
+        else:
+            time.sleep(RATE_SAMPLE)
+            later = _streaming(_node_views(records, curve), epoch)
+            if later:
+                stream = _with_rate(stream, later, time.monotonic() - sampled)
     now = time.time()
     rows = []
     for record, fig in zip(records, figures):
@@ -987,25 +1051,25 @@ def cluster_status(
             "degraded_ranges": streaming["degraded_ranges"] if streaming else None,
         })
     degraded = sum(r["degraded_ranges"] or 0 for r in rows)
-    if as_json:
-        typer.echo(json.dumps({"supervisor_running": supervised,
-                               "supervisor_pid": cluster.get("supervisor_pid") if supervised
-                               else None, "ready": cluster.get("ready", False) and supervised,
-                               "seeds": cluster.get("seeds", []), "epoch": epoch,
-                               "streaming": stream, "ranges_degraded": degraded,
-                               "nodes": rows}, indent=2))
-        return
-    if supervised:
+    return {"cluster": cluster, "supervised": supervised, "epoch": epoch, "stream": stream,
+            "rows": rows, "degraded": degraded, "sampled": sampled}
+
+
+def _status_lines(data_dir: Path, status: dict) -> list[str]:
+    """The plain ``cluster status`` text of a snapshot: the head line, the table, and
+    the streaming and degraded lines when there are any."""
+    cluster, epoch, stream = status["cluster"], status["epoch"], status["stream"]
+    if status["supervised"]:
         health = ("ready" if cluster.get("ready")
                   else "not ready (a member is not running, or the rings disagree)")
         head = f"supervisor pid {cluster.get('supervisor_pid')}, {health}"
     else:
         head = "no supervisor running (statuses as last recorded)"
-    typer.echo(f"cluster {data_dir}: {head}; seeds {','.join(cluster.get('seeds', []))}"
-               + (f"; epoch {epoch}" if epoch is not None else ""))
+    lines = [f"cluster {data_dir}: {head}; seeds {','.join(cluster.get('seeds', []))}"
+             + (f"; epoch {epoch}" if epoch is not None else "")]
     table = [("NODE", "ADDRESS", "STATUS", "KEYS", "PID", "UPTIME", "RESTARTS", "OPS", "FAILED",
               "CPU%", "MEM", "EPOCH", "RING", "STREAM")]
-    for r in rows:
+    for r in status["rows"]:
         m, st = r["metrics"], r["streaming"]
         table.append((r["node"], r["address"], r["status"],
                       "-" if r["keys"] is None else str(r["keys"]), str(r["pid"] or "-"),
@@ -1016,12 +1080,37 @@ def cluster_status(
                       f"{st['ranges_done']}/{st['ranges']}" if st else "-"))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
     for row in table:
-        typer.echo("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+        lines.append("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
     if stream:
-        typer.echo(f"streaming (epoch {epoch}): {_describe_stream(stream)}")
-    if degraded:
-        typer.echo(f"ranges degraded: {degraded} (streamed from fewer than a read quorum of "
-                   f"their replicas: writes only the lost replicas held are gone)")
+        lines.append(f"streaming (epoch {epoch}): {_describe_stream(stream)}")
+    if status["degraded"]:
+        lines.append(f"ranges degraded: {status['degraded']} (streamed from fewer than a read "
+                     f"quorum of their replicas: writes only the lost replicas held are gone)")
+    return lines
+
+
+def _watch_status(data_dir: Path, interval: float) -> None:
+    """Redraw the status in place (rich's Live) every ``interval`` seconds until Ctrl-C,
+    which ends it as a success. Lines wider than the terminal are cut, not wrapped, so
+    the table keeps its shape."""
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    def frame(status: dict) -> Text:
+        lines = _status_lines(data_dir, status)
+        lines.append(f"{time.strftime('%H:%M:%S')}: redrawn every {interval:g}s; Ctrl-C stops")
+        return Text("\n".join(lines), no_wrap=True, overflow="ellipsis")
+
+    try:
+        status = _status_snapshot(data_dir)
+        with Live(frame(status), console=Console(highlight=False), auto_refresh=False) as live:
+            while True:
+                time.sleep(max(0.0, status["sampled"] + interval - time.monotonic()))
+                status = _status_snapshot(data_dir, status)
+                live.update(frame(status), refresh=True)
+    except KeyboardInterrupt:
+        pass
 
 
 def _ring_state(record: dict, alive: bool, member: dict | None) -> str:
@@ -1176,7 +1265,7 @@ def chaos(
         kinds = parse_kinds(faults) if faults else None
     except ValueError as exc:
         die(f"--faults: {exc}", USAGE)
-    if not gossip_interval < t_fail < t_remove:
+    if timer_order(gossip_interval, t_fail, t_remove) is not None:
         die("timers: need --gossip-interval < --t-fail < --t-remove", USAGE)
     options = chaos_run.ChaosOptions(
         duration=duration, nodes=nodes, data_dir=data_dir, out=out, clients=clients, keys=keys,
@@ -1237,6 +1326,10 @@ def bench(
     cleanup: bool = typer.Option(False, "--cleanup",
                                  help="Against an existing cluster: delete the bench-NNNNNNNN "
                                       "keys (and the counter key) afterwards."),
+    plot: Path | None = typer.Option(None, "--plot", metavar="FILE",
+                                     help="Also draw the latency by percentile and the "
+                                          "throughput over the run into FILE (.png, .svg or "
+                                          ".pdf)."),
 ) -> None:
     """Load a cluster through the client library and report ops/s and latency.
 
@@ -1249,6 +1342,9 @@ def bench(
     """
     from zkv import bench as zb
 
+    if plot is not None and (plot.suffix.lower() not in (".png", ".svg", ".pdf")
+                             or not plot.parent.is_dir()):
+        die(f"--plot {plot}: give a .png, .svg or .pdf file in an existing directory", USAGE)
     options = zb.BenchOptions(
         workload=workload.value, clients=clients, duration=duration, keys=keys,
         value_size=value_size, consistency=consistency.value, pipeline=pipeline,
@@ -1276,6 +1372,12 @@ def bench(
         typer.echo(json.dumps(result))
     else:
         typer.echo(zb.format_table(result))
+    if plot is not None:
+        from zkv import plots
+
+        title = zb.format_table(result).splitlines()[0]
+        typer.echo(f"zkv: plot: {plots.save(plots.bench_figure(result, title), plot)}",
+                   err=True)
     if nodes is None and cleanup:
         typer.echo(f"zkv: --cleanup deleted {deleted:,} bench keys"
                    + (f"; {failed:,} deletes failed (run it again)" if failed else ""), err=True)

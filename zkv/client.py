@@ -56,12 +56,23 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterable
 from concurrent.futures import Future
 from types import TracebackType
 
 import zmq
 
+from zkv.core.client_policy import (
+    CONNECT_WAIT,
+    MAX_ROUND_PAUSE,
+    RING_QUERY_RETRY,
+    RING_REFRESH,
+    Call,
+    Outcome,
+    Pause,
+    Router,
+    SendTo,
+)
+from zkv.core.config import MAX_KEY, MAX_VALUE
 from zkv.core.messages import (
     ADMIN_ACTIONS,
     OPS,
@@ -76,19 +87,11 @@ from zkv.core.messages import (
     decode,
     encode,
 )
-from zkv.core.ring import Ring
-from zkv.errors import InvalidRequest, KeyExists, KeyNotFound, Unavailable
-from zkv.net.security import CurveKeys
+from zkv.core.quorum import LEVELS
+from zkv.errors import InvalidRequest, Unavailable, error_for
+from zkv.keys import CurveKeys
 
-CONSISTENCY_LEVELS = ("one", "quorum", "all")
-MAX_KEY = 1024
-MAX_VALUE = 1024 * 1024
-RING_REFRESH = 5.0  # seconds between background ring refreshes
-RING_QUERY_RETRY = 0.5  # seconds before an unanswered ring query is sent elsewhere
-CONNECT_WAIT = 0.05  # first pause after every node refused or was unreachable
-MAX_ROUND_PAUSE = 0.25  # the longest such pause (they double)
 CONNECT_GRACE = 0.1  # how long a new socket may take to connect before its node is skipped
-SUSPECT_FOR = 2.0  # seconds a node that stayed silent or unreachable is asked last
 
 _context: zmq.Context | None = None
 _context_pid = 0
@@ -154,23 +157,13 @@ class Client:
         self.consistency = self._level(consistency)
         self.max_key = max_key
         self.max_value = max_value
-        self.ring_refresh = ring_refresh
         self.curve = curve
         self._ctx = _shared_context()
         self._poller = zmq.Poller()
         self._sockets: dict[str, zmq.Socket] = {}
         self._socket_address: dict[zmq.Socket, str] = {}
         self._socket_born: dict[zmq.Socket, float] = {}  # when each socket began connecting
-        self._ring: Ring | None = None
-        self._ring_info: tuple = ()
-        self._node_address: dict[str, str] = {}  # node id -> address, from the ring
-        self._routes: dict[tuple[str, ...], list[str]] = {}  # replica ids -> addresses to try
-        self._suspects: dict[str, float] = {}  # address -> until when it is asked last
-        self._ring_at = -math.inf  # monotonic time the ring was last learned
-        self._ring_stale = True
-        self._ring_query: int | None = None
-        self._ring_query_at = -math.inf
-        self._ring_cursor = itertools.count()
+        self._router = Router(self.seeds, ring_refresh)  # routes, suspects, the ring
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}  # submitted requests by req_id
         self._expired_at = 0.0  # when poll last looked for overdue requests
@@ -183,7 +176,7 @@ class Client:
         """A client of the local cluster in ``data_dir`` (``zkv cluster up``): its nodes'
         addresses and, for a ``--curve`` cluster, its client key, from ``cluster.json``.
         Other arguments as for ``Client``."""
-        from zkv.supervisor import ControlError, cluster_connection
+        from zkv.cluster_dir import ControlError, cluster_connection
 
         try:
             addresses, curve = cluster_connection(data_dir)
@@ -232,14 +225,15 @@ class Client:
         """The ids of the key's replicas, primary first (from a freshly learned ring)."""
         kb = self._key(key)
         self._fetch_ring(time.monotonic() + self.timeout)
-        if self._ring is None:
+        ring = self._router.ring
+        if ring is None:
             raise Unavailable("the cluster reported an empty ring")
-        return list(self._ring.locate(kb))
+        return list(ring.locate(kb))
 
     def ring(self) -> dict[str, str]:
         """The ring's members as {node id: address}, freshly learned from a node."""
         self._fetch_ring(time.monotonic() + self.timeout)
-        return dict(self._node_address)
+        return dict(self._router.node_address)
 
     # ----------------------------------------------------------------- membership
 
@@ -269,8 +263,8 @@ class Client:
         if address is not None:
             order = [_address(address)]
         else:
-            order = self._suspects_last(list(dict.fromkeys(
-                [*self.seeds, *sorted(self._node_address.values())])))
+            order = self._router.suspects_last(list(dict.fromkeys(
+                [*self.seeds, *sorted(self._router.node_address.values())])), now)
         patience = limit / 3 if len(order) > 1 else limit
         req_id = next(self._ids)
         frame = encode(AdminRequest(req_id, action, node_id))
@@ -286,7 +280,7 @@ class Client:
                     waiting += 1
                     ask_next_at = now + patience
                 else:
-                    self._suspect(target, now)
+                    self._router.suspect(target, now)
                 continue
             if waiting == 0:  # nobody connected: wait for one to be, then go round again
                 self._pause(order, min(CONNECT_WAIT * 2 ** rounds, MAX_ROUND_PAUSE, remaining))
@@ -340,11 +334,11 @@ class Client:
         req_id = next(self._ids)
         budget_ms = max(1, int(limit * 900))  # the coordinator answers before we give up
         frame = encode(ClientRequest(req_id, op, kb, vb, level, budget_ms, eb))
-        for address in self._route(kb):
+        for address in self._router.route(kb, now):
             if self._send(address, frame):
                 self._pending[req_id] = _Pending(future, op, kb, now + limit)
                 return future
-            self._suspect(address, now)
+            self._router.suspect(address, now)
         future.set_exception(Unavailable(f"{op} {shown_key(kb)}: no node is connected"))
         return future
 
@@ -372,28 +366,16 @@ class Client:
 
     def _settle(self, pending: _Pending, message: ClientReply) -> None:
         status, future = message.status, pending.future
-        if status == "ok":
+        error = error_for(pending.op, shown_key(pending.key), status, message.detail)
+        if error is not None:
+            if isinstance(error, Unavailable):
+                self._router.stale = True
+            future.set_exception(error)
+        elif status == "ok":
             future.set_result(message.value if pending.op == "get" else
                               True if pending.op == "cas" else None)
-        elif status == "condition_failed":
-            future.set_result(False)
-        elif status == "not_found":
-            if pending.op == "get":
-                future.set_result(None)
-            else:
-                future.set_exception(KeyNotFound(f"{pending.op} {shown_key(pending.key)}: "
-                                                 f"the key "
-                                                 "holds no value"))
-        elif status == "exists":
-            future.set_exception(KeyExists(f"create {shown_key(pending.key)}: the key already "
-                                           "holds a value"))
-        elif status == "invalid":
-            future.set_exception(InvalidRequest(f"{pending.op} {shown_key(pending.key)}: "
-                                                f"{message.detail}"))
-        else:
-            self._ring_stale = True
-            future.set_exception(Unavailable(f"{pending.op} {shown_key(pending.key)}: "
-                                             f"{message.detail or status}"))
+        else:  # a failed cas condition, a get of a missing key
+            future.set_result(False if status == "condition_failed" else None)
 
     def close(self) -> None:
         if self._closed:
@@ -464,8 +446,8 @@ class Client:
 
     @staticmethod
     def _level(consistency: str) -> str:
-        if consistency not in CONSISTENCY_LEVELS:
-            raise InvalidRequest(f"consistency must be one of {', '.join(CONSISTENCY_LEVELS)}, "
+        if consistency not in LEVELS:
+            raise InvalidRequest(f"consistency must be one of {', '.join(LEVELS)}, "
                                  f"not {consistency!r}")
         return consistency
 
@@ -483,177 +465,65 @@ class Client:
         if not limit > 0:
             raise InvalidRequest("timeout: must be positive")
         now = time.monotonic()
-        deadline = now + limit
-        patience = limit / 3  # silence after which another coordinator is asked too
-        # The coordinator gives up this much before us, so its "unavailable" reaches us in
-        # time; that late answer leaves under patience / 2, which ends the call rather than
-        # retrying (a timed-out write may have landed, and a retried create would then
-        # report KeyExists). Quick refusals come before any write and are retried.
-        margin = min(max(0.1 * limit, 0.15), patience / 2)
         self._maybe_refresh_ring(now)
-        order = self._route(kb)
+        call = Call(op, kb, level, limit, now, self._router)
         req_id = next(self._ids)
-        tried = 0  # how many of ``order`` have been tried
-        waiting = 0  # coordinators holding the request that have not answered
-        refused = ""  # the last "unavailable" answer, if any
-        rounds = 0  # times every node was tried
-        asked = ""  # the node asked last
-        ask_next_at = now
         while True:
+            step = call.next(now)
+            if type(step) is SendTo:
+                frame = encode(ClientRequest(req_id, op, kb, vb, level, step.budget_ms, eb))
+                call.sent(step.address, self._send(step.address, frame), now)
+            elif type(step) is Pause:
+                self._maybe_refresh_ring(now)
+                self._pause(call.order, step.seconds)
+            elif type(step) is Outcome:
+                error = error_for(op, shown_key(kb), step.status, step.detail)
+                if error is not None:
+                    raise error
+                return step.status, step.value
+            else:
+                for message in self._receive(step.until - now):
+                    if (type(message) is ClientReply and message.req_id == req_id
+                            or type(message) is ErrorReply):
+                        call.on_reply(message, time.monotonic())
             now = time.monotonic()
-            remaining = deadline - now
-            if remaining <= 0:
-                detail = f"; last answer: {refused}" if refused else ""
-                raise Unavailable(f"{op} {shown_key(kb)}: no answer at {level} "
-                                  f"within {limit:g}s{detail}")
-            if now >= ask_next_at:
-                if waiting and asked:
-                    self._suspect(asked, now)  # silent for ``patience``: ask it last for a while
-                    asked = ""
-                if waiting and op != "get":
-                    # Never a second coordinator for a write: the silent one may still run
-                    # it later (a paused node takes its queued requests when it wakes), with
-                    # a version above every write acknowledged meanwhile (found by zkv chaos).
-                    ask_next_at = deadline
-                elif tried < len(order):
-                    address = order[tried]
-                    tried += 1
-                    budget_ms = max(1, int((remaining - min(margin, remaining / 2)) * 1000))
-                    frame = encode(ClientRequest(req_id, op, kb, vb, level, budget_ms, eb))
-                    if self._send(address, frame):
-                        waiting += 1
-                        asked = address
-                        ask_next_at = now + patience
-                    else:
-                        self._suspect(address, now)
-                    continue
-                if waiting == 0:
-                    # Every node refused or is unreachable. That may change before the
-                    # deadline (a node finishes joining, a replica restarts): pause, then
-                    # go round again with a fresh ring.
-                    pause = min(CONNECT_WAIT * 2 ** rounds, MAX_ROUND_PAUSE, remaining)
-                    rounds += 1
-                    self._maybe_refresh_ring(now)
-                    self._pause(order, pause)
-                    tried = 0
-                    order = self._route(kb)
-                    continue
-                ask_next_at = deadline
-            for message in self._receive(min(ask_next_at, deadline) - now):
-                if type(message) is not ClientReply or message.req_id != req_id:
-                    if type(message) is ErrorReply and waiting:
-                        raise InvalidRequest(f"{op} {shown_key(kb)}: a node refused the request: "
-                                             f"{message.reason}")
-                    continue
-                status = message.status
-                if status in ("ok", "condition_failed"):
-                    return status, message.value
-                if status == "unknown":
-                    # The write may have landed: never retried elsewhere as if it had not.
-                    raise Unavailable(f"{op} {shown_key(kb)}: outcome unknown: {message.detail}")
-                if status == "not_found":
-                    if op == "get":
-                        return status, None
-                    raise KeyNotFound(f"{op} {shown_key(kb)}: the key holds no value")
-                if status == "exists":
-                    raise KeyExists(f"create {shown_key(kb)}: the key already holds a value")
-                if status == "invalid":
-                    raise InvalidRequest(f"{op} {shown_key(kb)}: {message.detail}")
-                # unavailable: this coordinator could not reach the level; another may
-                refused = message.detail or status
-                waiting = max(0, waiting - 1)
-                self._ring_stale = True
-                if deadline - time.monotonic() < patience / 2:
-                    raise Unavailable(f"{op} {shown_key(kb)}: {refused}")
-                if waiting == 0:
-                    ask_next_at = time.monotonic()
-
-    def _route(self, key: bytes) -> list[str]:
-        """Addresses to try for ``key``: its replicas (primary first), then every other node."""
-        ring = self._ring
-        if ring is None:
-            return self._suspects_last(self._everyone(()))
-        replicas = ring.locate(key)
-        order = self._routes.get(replicas)
-        if order is None:
-            order = self._routes[replicas] = self._everyone(replicas)
-        if self._suspects:
-            return self._suspects_last(order)
-        return order
-
-    def _suspect(self, address: str, now: float) -> None:
-        """A node that did not answer or is not connected: ask it last for a while."""
-        self._suspects[address] = now + SUSPECT_FOR
-        self._ring_stale = True
-
-    def _suspects_last(self, order: list[str]) -> list[str]:
-        now = time.monotonic()
-        for address, until in list(self._suspects.items()):
-            if until <= now:
-                del self._suspects[address]
-        suspects = self._suspects
-        return ([a for a in order if a not in suspects] + [a for a in order if a in suspects])
-
-    def _everyone(self, first: Iterable[str]) -> list[str]:
-        order: list[str] = []
-        for node_id in first:
-            address = self._node_address.get(node_id)
-            if address and address not in order:
-                order.append(address)
-        for address in itertools.chain(sorted(self._node_address.values()), self.seeds):
-            if address not in order:
-                order.append(address)
-        return order
 
     # ----------------------------------------------------------------- the ring
 
     def _maybe_refresh_ring(self, now: float) -> None:
-        due = self._ring_stale or now - self._ring_at >= self.ring_refresh
-        if due and (self._ring_query is None or now - self._ring_query_at >= RING_QUERY_RETRY):
+        if self._router.ring_query_due(now):
             self._ask_ring(now)
 
     def _ask_ring(self, now: float) -> bool:
         """Send a RingQuery to the next reachable node; the answer is taken whenever it comes."""
-        candidates = self._everyone(())
-        start = next(self._ring_cursor)
-        for i in range(len(candidates)):
-            address = candidates[(start + i) % len(candidates)]
+        for address in self._router.query_targets():
             req_id = next(self._ids)
             if self._send(address, encode(RingQuery(req_id))):
-                self._ring_query = req_id
-                self._ring_query_at = now
+                self._router.asked(req_id, now)
                 return True
         return False
 
     def _fetch_ring(self, deadline: float) -> None:
         """Learn the ring now (for locate/ring); raises Unavailable if no node answers."""
-        self._ring_at = -math.inf
-        self._ring_query = None
+        router = self._router
+        router.forget_ring()
         while True:
             now = time.monotonic()
             if now >= deadline:
                 raise Unavailable("no node answered a ring query in time")
-            if self._ring_query is None or now - self._ring_query_at >= RING_QUERY_RETRY:
+            if router.query is None or now - router.query_at >= RING_QUERY_RETRY:
                 if not self._ask_ring(now):
-                    self._wait_writable(self._everyone(()), min(CONNECT_WAIT, deadline - now))
+                    self._wait_writable(router.everyone(()), min(CONNECT_WAIT, deadline - now))
                     continue
-            for _ in self._receive(min(deadline, self._ring_query_at + RING_QUERY_RETRY) - now):
+            for _ in self._receive(min(deadline, router.query_at + RING_QUERY_RETRY) - now):
                 pass
-            if self._ring_at > now:
+            if router.ring_at > now:
                 return
 
     def _learn_ring(self, info: RingInfo) -> None:
-        self._ring_query = None
-        self._ring_at = time.monotonic()
-        self._ring_stale = False
-        shape = (tuple(tuple(m) for m in info.members), info.replicas, info.vnodes)
-        if shape == self._ring_info or not info.members:
+        if not self._router.learn(info, time.monotonic()):
             return
-        self._ring_info = shape
-        self._node_address = {node_id: address for node_id, address in info.members}
-        self._ring = Ring(self._node_address, info.replicas, info.vnodes)
-        self._routes.clear()
-        keep = set(self._node_address.values()) | set(self.seeds)
+        keep = set(self._router.node_address.values()) | set(self.seeds)
         for address in keep:
             self._socket(address)
         for address in set(self._sockets) - keep:
@@ -723,8 +593,8 @@ class Client:
         messages = []
         ring_info = None
         for sock, _ in ready:
-            if self._suspects:
-                self._suspects.pop(self._socket_address[sock], None)  # it answers again
+            if self._router.suspects:  # it answers again
+                self._router.heard_from(self._socket_address[sock])
             while True:
                 try:
                     frame = sock.recv(zmq.NOBLOCK)
@@ -735,7 +605,7 @@ class Client:
                 except DecodeError:
                     continue
                 if type(message) is RingInfo:
-                    if message.req_id == self._ring_query:
+                    if message.req_id == self._router.query:
                         ring_info = message
                     continue
                 if type(message) is ClientReply and message.req_id in self._pending:

@@ -20,7 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zkv.core.config import NodeConfig
+from zkv.core.config import REMOVAL_POLICIES, NodeConfig, timer_order
+from zkv.core.quorum import LEVELS
+
+# A node's data directory holds its LMDB environment (``store_path``), its event
+# log (``zkv.net.eventlog``) and ``node.json``, where the runtime says who it is
+# and how it is doing (``zkv.net.runtime``).
+STORE_DIR = "store"
+NODE_FILE = "node.json"
+
+
+def store_path(data_dir: Path | str) -> Path:
+    """Where a node keeps its LMDB environment inside its data directory."""
+    return Path(data_dir) / STORE_DIR
 
 
 def node_address(host: str, port: int) -> str:
@@ -40,6 +52,7 @@ class NodeSettings:
     port: int
     data_dir: Path
     metrics_port: int | None = None  # None: port + 2; 0: no metrics server
+    metrics_host: str | None = None  # where the HTTP server binds; None: host
     sync: bool = True  # fsync each group commit
     map_size: int = 64 * 1024 * 1024
     max_map_size: int = 64 * 1024 * 1024 * 1024
@@ -63,6 +76,11 @@ class NodeSettings:
             return None
         return self.metrics_port if self.metrics_port is not None else self.port + 2
 
+    @property
+    def http_bind(self) -> str:
+        """The address the HTTP server (metrics, dashboard) binds to."""
+        return self.metrics_host if self.metrics_host is not None else self.host
+
 
 # --------------------------------------------------------------------------- loading
 
@@ -84,7 +102,8 @@ _HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 _SIZE = re.compile(r"\s*(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*", re.IGNORECASE)
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 1 << 10, "mib": 1 << 20,
           "gib": 1 << 30}
-MAX_PORT = 65535 - 2  # the node also uses port + 1 (gossip) and port + 2 (metrics)
+PORTS_PER_NODE = 3  # request (port), gossip (port + 1), metrics (port + 2)
+MAX_PORT = 65536 - PORTS_PER_NODE
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7400
 
@@ -172,6 +191,15 @@ def _host(v: Any) -> str:
     return v
 
 
+def _bind_host(v: Any) -> str:
+    """Where a server listens: an address of this machine, or 0.0.0.0 for every one."""
+    if v == "0.0.0.0":
+        return v
+    if not isinstance(v, str) or not _HOST.fullmatch(v):
+        raise ValueError(f"must be a host name, an IPv4 address or 0.0.0.0, got {_show(v)}")
+    return v
+
+
 def _data_dir(v: Any) -> Path:
     if isinstance(v, Path):
         v = str(v)
@@ -242,6 +270,7 @@ class SettingField:
 
 
 _D = NodeConfig("-", "-")
+_S = NodeSettings(_D, "-", 0, Path("-"))
 _REQUIRED = object()
 _BY_ID = object()  # default computed from id
 FIELDS: tuple[SettingField, ...] = (
@@ -253,10 +282,13 @@ FIELDS: tuple[SettingField, ...] = (
     SettingField("seeds", _seeds, (), "addresses of nodes to join through; the node whose own "
                  "address is the first seed founds a new cluster if it has never been in one"),
     SettingField("metrics_port", _int_in(0, 65535), None,
-                 "Prometheus metrics port (default port+2; 0 turns metrics off)"),
+                 "HTTP port of /metrics and the dashboard (default port+2; 0 turns both off)"),
+    SettingField("metrics_host", _bind_host, None,
+                 "address the HTTP server of /metrics and the dashboard binds to (default: "
+                 "host; 0.0.0.0 for every interface); other nodes reach it at host"),
     SettingField("replicas", _int_in(1, 32), _D.replicas, "copies of each key (N)"),
     SettingField("vnodes", _int_in(1, 4096), _D.vnodes, "ring tokens per node"),
-    SettingField("consistency", _choice("one", "quorum", "all"), _D.consistency,
+    SettingField("consistency", _choice(*LEVELS), _D.consistency,
                  "level used when a request does not name one"),
     SettingField("timers.gossip_interval", _seconds, _D.gossip_interval,
                  "seconds between gossip rounds"),
@@ -273,7 +305,7 @@ FIELDS: tuple[SettingField, ...] = (
                  "seconds before an unanswered replica request or hand-off is resent"),
     SettingField("timers.default_timeout", _seconds, _D.default_timeout,
                  "deadline of a request that does not carry its own"),
-    SettingField("timers.shutdown_grace", _seconds, 2.0,
+    SettingField("timers.shutdown_grace", _seconds, _S.shutdown_grace,
                  "seconds to finish in-flight work after SIGTERM"),
     SettingField("limits.max_key", _size_in(1, 64 * 1024), _D.max_key, "largest key, bytes"),
     SettingField("limits.max_value", _size_in(0, 32 * 1024 * 1024), _D.max_value,
@@ -281,15 +313,15 @@ FIELDS: tuple[SettingField, ...] = (
     SettingField("limits.max_version_ahead", _seconds_from(1.0), _D.max_version_ahead,
                  "seconds a version's wall time may be ahead of this node's clock; a peer "
                  "message with one further ahead is refused (keep clocks closer than this)"),
-    SettingField("membership.removal", _choice("auto", "manual"), _D.removal,
+    SettingField("membership.removal", _choice(*REMOVAL_POLICIES), _D.removal,
                  "auto: a node silent for t_remove is removed by a majority decision; "
                  "manual: only `zkv node remove` removes a dead node"),
-    SettingField("durability.sync", _bool, True, "fsync each group commit before acknowledging"),
-    SettingField("durability.map_size", _size_in(1 << 20, 1 << 40), 64 * 1024 * 1024,
+    SettingField("durability.sync", _bool, _S.sync, "fsync each group commit before acknowledging"),
+    SettingField("durability.map_size", _size_in(1 << 20, 1 << 40), _S.map_size,
                  "initial LMDB map size (it grows on demand)"),
-    SettingField("durability.max_map_size", _size_in(1 << 20, 1 << 44), 64 * 1024 * 1024 * 1024,
+    SettingField("durability.max_map_size", _size_in(1 << 20, 1 << 44), _S.max_map_size,
                  "largest the LMDB map may grow"),
-    SettingField("security.curve", _bool, False,
+    SettingField("security.curve", _bool, _S.curve,
                  "encrypt and authenticate every socket with CurveZMQ"),
     SettingField("security.secret_key", _optional_path, None,
                  "the cluster key pair, a .key_secret file from `zkv keys generate`"),
@@ -399,10 +431,9 @@ def load_settings(path: str | Path | None = None,
     if metrics_port in (port, port + 1):
         raise fail("metrics_port", f"must differ from port ({port}) and the gossip port "
                                    f"({port + 1})")
-    if not get("gossip_interval") < get("t_fail"):
-        raise fail("t_fail", f"must be greater than gossip_interval ({get('gossip_interval')})")
-    if not get("t_fail") < get("t_remove"):
-        raise fail("t_remove", f"must be greater than t_fail ({get('t_fail')})")
+    timers = timer_order(get("gossip_interval"), get("t_fail"), get("t_remove"))
+    if timers is not None:
+        raise fail(*timers)
     if get("map_size") > get("max_map_size"):
         raise fail("map_size", f"must not exceed max_map_size ({get('max_map_size')})")
     if get("curve"):
@@ -427,6 +458,7 @@ def load_settings(path: str | Path | None = None,
         max_key=get("max_key"),
         max_value=get("max_value"),
         max_version_ahead=get("max_version_ahead"),
+        http_port=None if metrics_port in (None, port + 2) else metrics_port,
     )
     try:
         node.validate()
@@ -439,6 +471,7 @@ def load_settings(path: str | Path | None = None,
         port=port,
         data_dir=get("data_dir"),
         metrics_port=metrics_port,
+        metrics_host=get("metrics_host"),
         sync=get("sync"),
         map_size=get("map_size"),
         max_map_size=get("max_map_size"),
@@ -451,7 +484,7 @@ def load_settings(path: str | Path | None = None,
 
 def _check_security(get: Callable[[str], Any], fail: Callable[[str, str], ConfigError]) -> None:
     """With curve on, both key settings must name usable files, checked before start."""
-    from zkv.net.security import KeyFileError, load_keypair
+    from zkv.keys import KeyFileError, load_keypair
 
     secret, authorized = get("secret_key"), get("authorized_keys")
     if secret is None:

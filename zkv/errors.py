@@ -37,3 +37,23 @@ class KeyNotFound(ZkvError):
 
 class InvalidRequest(ZkvError, ValueError):
     """The request breaks a limit or names an unknown option; it was not sent or not run."""
+
+
+def error_for(op: str, key: str, status: str, detail: str) -> ZkvError | None:
+    """The error a call of ``op`` on ``key`` (as the user typed it) raises for a reply
+    status or a client outcome (``zkv.core.client_policy.OUTCOMES``); None when it
+    returns (ok, a failed cas condition, a get of a missing key). The one table of them."""
+    what = f"{op} {key}"
+    if status in ("ok", "condition_failed") or (status == "not_found" and op == "get"):
+        return None
+    if status == "not_found":
+        return KeyNotFound(f"{what}: the key holds no value")
+    if status == "exists":
+        return KeyExists(f"{what}: the key already holds a value")
+    if status == "invalid":
+        return InvalidRequest(f"{what}: {detail}")
+    if status == "refused":
+        return InvalidRequest(f"{what}: a node refused the request: {detail}")
+    if status == "unknown":
+        return Unavailable(f"{what}: outcome unknown: {detail}")
+    return Unavailable(f"{what}: {detail or status}")  # unavailable, timeout

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from zkv.net.security import KeyFileError, generate
+from zkv.keys import KeyFileError, generate
 
 keys_app = typer.Typer(help="CurveZMQ keys: the cluster key pair and client key pairs.",
                        no_args_is_help=True, add_completion=False, rich_markup_mode=None,

@@ -1,15 +1,12 @@
-"""Helpers for chaos tests: skip reasons and the node timers every test uses."""
+"""Helpers for chaos tests: skip reasons, and the node timers every test uses."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.integration.clusterproc import wait_until  # noqa: F401 - the chaos tests' poller
+# The chaos tests' timers and poller are the integration harness's.
+from tests.integration.harness import FAST_TIMERS, wait_until  # noqa: F401
 from zkv.chaos import netns
-
-# Failures noticed in about a second; t_remove well above t_fail plus gossip spread.
-FAST_TIMERS = ("--gossip-interval", "0.1", "--t-fail", "1", "--t-remove", "4")
-
 
 
 @pytest.fixture

@@ -72,6 +72,7 @@ def test_the_timers_leave_room_for_the_longest_fault():
     assert longest < t_remove, (longest, t_remove)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_minute_of_faults_breaks_no_guarantee(tmp_path):
     result, seed, network, _ = run_a_minute(tmp_path, DEFAULT_SEED)
@@ -93,8 +94,15 @@ def test_a_minute_of_faults_breaks_no_guarantee(tmp_path):
     kinds = (KILL, PAUSE, PARTITION, LOSS, SLOW) if network == "netns" else (KILL, PAUSE)
     missing = [kind for kind in kinds if summary.faults.get(kind, 0) < 1]
     assert not missing, f"seed {seed}: never injected {missing}; injected {summary.faults}"
+    # Beside the history, the report: the verdict and its pictures, inline and as files.
+    assert summary.report == str(result.out / "report.html"), summary.notes
+    page = (result.out / "report.html").read_text()
+    assert 'class="pass">PASS' in page and page.count("data:image/png;base64,") == 2
+    assert all((result.out / name).stat().st_size > 20_000
+               for name in ("latency.png", "throughput.png"))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_minute_of_ring_changes_and_kills_breaks_no_guarantee(tmp_path):
     """Nodes join, are decommissioned, wiped and removed (one change at a time, a

@@ -8,9 +8,9 @@ import sys
 from zkv.chaos.checks import lost_writes, placement
 from zkv.check import Op
 from zkv.core.ring import Ring
-from zkv.core.versions import Version
+from zkv.model.record import Record
+from zkv.model.versions import Version
 from zkv.storage.lmdb_store import LmdbStore, read_records
-from zkv.storage.record import Record
 
 K = b"k"
 

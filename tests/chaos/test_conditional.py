@@ -14,8 +14,8 @@ from rich.console import Console
 
 from zkv.chaos import workload
 from zkv.chaos.checks import counter_problem, linearizability, lost_writes, may_write
+from zkv.chaos.explain import explain_near_failure
 from zkv.chaos.report import CounterReport, Summary, answer_counts, render
-from zkv.chaos.run import explain_near_failure
 from zkv.chaos.workload import (
     CounterTally,
     HistoryRecorder,

@@ -138,6 +138,7 @@ def cut_two_replicas(tmp_path, removal: str) -> tuple[list[Op], ChaosCluster, li
         lab.destroy()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(150)
 @pytest.mark.usefixtures("lab_support")
 def test_under_manual_removal_the_majority_never_reads_stale(tmp_path):
@@ -152,6 +153,7 @@ def test_under_manual_removal_the_majority_never_reads_stale(tmp_path):
                    for n in majority)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(150)
 @pytest.mark.usefixtures("lab_support")
 def test_under_auto_removal_a_stale_read_comes_only_with_degraded_ranges(tmp_path):

@@ -32,17 +32,16 @@ def wait_until_settled(cluster: ChaosCluster, timeout: float = 30.0) -> None:
     with the node paused below, and the test is about plain quorums."""
     urls = [json.loads((cluster.data_dir / node / "node.json").read_text())["metrics"]
             for node in cluster.node_ids]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def settled() -> bool:
         values = []
         for url in urls:
             text = urllib.request.urlopen(url, timeout=2).read().decode()
             values += [float(line.split()[1]) for line in text.splitlines()
                        if line.startswith("zkv_ring_transition ")]
-        if len(values) == len(urls) and not any(values):
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"a ring transition still under way after {timeout} s")
+        return len(values) == len(urls) and not any(values)
+
+    wait_until(settled, timeout, "every node to hold a settled map", interval=0.1)
 
 
 def puts_coordinated(cluster: ChaosCluster, node: str) -> list[dict]:

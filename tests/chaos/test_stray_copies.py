@@ -20,9 +20,9 @@ from zkv.core.digests import DigestedStore
 from zkv.core.messages import Handoff, HandoffAck
 from zkv.core.ring import Ring
 from zkv.core.stabilizer import Stabilizer
-from zkv.core.versions import Version
+from zkv.model.record import Record
+from zkv.model.versions import Version
 from zkv.storage.memory import MemoryStore
-from zkv.storage.record import Record
 
 from ..recording import RecordingOutbox
 

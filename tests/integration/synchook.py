@@ -1,4 +1,4 @@
-"""``python tests/integration/synchook.py ARGS``: a node (``zkv.net.runtime ARGS``) that
+"""``python tests/integration/synchook.py ARGS``: a node (``zkv node start ARGS``) that
 records, for every loop turn, whether the writes it committed reached fsync before
 anything acknowledging them left.
 
@@ -83,5 +83,8 @@ class SyncRecordingNode(runtime.NodeProcess):
 
 
 if __name__ == "__main__":
+    from zkv.cli import main
+
     runtime.NodeProcess = SyncRecordingNode  # serve() builds its node by this name
-    runtime.main(sys.argv[1:])
+    sys.argv = ["zkv", "node", "start", *sys.argv[1:]]
+    main()

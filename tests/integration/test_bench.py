@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from zkv import plots
 from zkv.errors import KeyNotFound
 
 
@@ -23,14 +26,25 @@ def bench(*args: str) -> dict:
 
 @pytest.mark.parametrize("workload, pipeline", [("put", "1"), ("mixed", "4"), ("cas", "4"),
                                                 ("create", "1")])
-def test_bench_on_its_own_cluster_reports_ops_and_no_errors(workload: str,
-                                                            pipeline: str) -> None:
+def test_bench_on_its_own_cluster_reports_ops_and_no_errors(workload: str, pipeline: str,
+                                                            tmp_path: Path) -> None:
+    plot = tmp_path / "bench.png"
     result = bench("--duration", "2", "--workload", workload, "--clients", "2",
-                   "--pipeline", pipeline, "--keys", "200")
+                   "--pipeline", pipeline, "--keys", "200",
+                   *(("--plot", str(plot)) if workload == "mixed" else ()))
     assert result["total"]["ops"] > 0
     assert result["total"]["errors"] == 0, result["error_samples"]
     assert result["total"]["p50_ms"] > 0
     assert result["generator"]["processes"] >= 1
+    # What a plot is drawn from: the tail up to the slowest op, every op in the timeline.
+    for kind, row in result["by_op"].items():
+        assert result["latency_distribution"][kind][-1][1] == pytest.approx(row["max_ms"],
+                                                                            abs=0.01)
+    assert sum(map(sum, result["timeline"]["ops"].values())) == result["total"]["ops"]
+    if workload == "mixed":  # --plot: one run draws it (a PNG of the promised size)
+        with Image.open(plot) as image:
+            image.load()
+            assert image.size == (round(13.0 * plots.DPI), round(4.6 * plots.DPI))
 
 
 def test_the_counter_workload_keeps_rising_without_errors() -> None:

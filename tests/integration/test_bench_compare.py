@@ -23,6 +23,7 @@ def compare(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_etcd_and_zkv_both_serve_the_same_load_without_errors(tmp_path: Path) -> None:
     if shutil.which("etcd") is None:

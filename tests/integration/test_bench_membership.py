@@ -12,6 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a whole benchmark run: bin/test runs it, -m "not slow" skips it
+
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "membership.py"
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
@@ -14,9 +16,9 @@ from typer.testing import CliRunner
 
 from zkv.cli import app
 
-from .clusterproc import (
+from .harness import (
     FAST_TIMERS,
-    Cluster,
+    SupervisedCluster,
     command_overhead,
     free_base_port,
     running_cluster,
@@ -27,7 +29,7 @@ from .clusterproc import (
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SupervisedCluster]:
     """One 3-node cluster for the tests that leave every node running."""
     with running_cluster(tmp_path_factory.mktemp("cli") / "cluster", nodes=3) as c:
         yield c
@@ -154,6 +156,47 @@ def test_cluster_status_shows_every_node_with_keys_and_pid(cluster):
         assert row[11].isdigit() and row[12] == "normal"  # the node's epoch; in the ring
     assert len({row[11] for row in rows.values()}) == 1  # settled: one epoch everywhere
     assert sum(int(row[7]) for row in rows.values()) >= 1  # the put was coordinated somewhere
+
+
+def test_cluster_status_watch_redraws_the_table_in_place_until_ctrl_c(cluster):
+    """On a terminal (a pty here) --watch draws the plain table again every interval,
+    moving the cursor back up over the last one; Ctrl-C ends it with exit 0."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zkv", "cluster", "status", "--data-dir", str(cluster.data_dir),
+         "--watch", "--interval", "0.3"], stdin=slave, stdout=slave, stderr=slave,
+        env={**os.environ, "COLUMNS": "200", "LINES": "50", "TERM": "xterm"},
+        start_new_session=True)
+    os.close(slave)
+    output = bytearray()
+
+    def drawn() -> int:
+        while select.select([master], [], [], 0)[0]:
+            try:
+                output.extend(os.read(master, 65536))
+            except OSError:
+                break
+        return output.count(b"redrawn every 0.3s")
+
+    try:
+        wait_until(lambda: drawn() >= 3, 20, "three frames of cluster status --watch")
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        drawn()
+        os.close(master)
+    text = output.decode(errors="replace")
+    assert text.count("NODE    ADDRESS") >= 3 and "\x1b[1A" in text  # redrawn, in place
+    assert all(text.count(f"{node}  tcp://") >= 3 for node in ("node-1", "node-2", "node-3"))
+
+
+def test_cluster_status_refuses_watch_with_json(tmp_path):
+    result = CliRunner().invoke(app, ["cluster", "status", "--data-dir", str(tmp_path),
+                                      "--watch", "--json"])
+    assert result.exit_code == 2 and "--watch" in result.output
 
 
 def test_every_command_has_help():

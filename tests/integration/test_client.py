@@ -20,7 +20,7 @@ from zkv.core.messages import (
 from zkv.core.ring import Ring
 from zkv.errors import InvalidRequest, KeyExists, KeyNotFound
 
-from .conftest import Cluster
+from .harness import Cluster
 
 
 def check_crud(kv: Client) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .clusterproc import CLI_TIMEOUT, Cluster, free_base_port
+from .harness import CLI_TIMEOUT, SupervisedCluster, free_base_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MARK = "<!-- doctest -->"
@@ -89,10 +89,11 @@ def shell(command: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, timeout=CLI_TIMEOUT, check=False)
 
 
+@pytest.mark.slow
 def test_the_readme_tour_runs_as_written(tour_dir: Path):
     steps = [s for block in runnable_blocks((ROOT / "README.md").read_text())
              for s in map(parse_step, block) if s]
-    cluster = Cluster(tour_dir / "zkv-data", 0, NODES)
+    cluster = SupervisedCluster(tour_dir / "zkv-data", 0, NODES)
     # As the tour says (`cluster up --detach`), on free ports; t_remove longer than the
     # tour takes on a loaded machine, so the two nodes it kills stay members meanwhile
     # (removed, the key would move to live nodes and the "exit 3" would not hold).
@@ -150,6 +151,7 @@ def test_the_docs_standalone_blocks_run_as_written(tmp_path: Path):
     assert ran >= 4, "the key-generation steps of docs/security.md should run"
 
 
+@pytest.mark.slow
 def test_the_first_run_says_it_creates_the_venv_and_hides_the_install_output(tmp_path: Path):
     """What the README promises of a first ``bin/zkv``: one line saying what it does, and
     not the installers' chatter (pip and the build backend stand in as stubs here)."""

@@ -54,11 +54,11 @@ from zkv.core.messages import (
     encode,
 )
 from zkv.core.ring import Ring
-from zkv.core.versions import Version
 from zkv.errors import InvalidRequest
-from zkv.storage.record import Record
+from zkv.model.record import Record
+from zkv.model.versions import Version
 
-from .conftest import Cluster, clusters_under
+from .harness import Cluster, clusters_under
 
 SEED = 20261127
 FRAMES = 3000  # messages from the anonymous client socket
@@ -331,7 +331,8 @@ def test_a_node_survives_a_barrage_of_bad_frames_and_loses_nothing(cluster: Clus
         for i in range(SPOOFED):
             key = rng.choice(foreign)
             message = rng.choice([ReadRequest(i, key), WriteRequest(i, key, _record(rng)),
-                                  ReadReply(i, key, _record(rng), None), WriteReply(i, key, True, None),
+                                  ReadReply(i, key, _record(rng), None),
+                                  WriteReply(i, key, True, None),
                                   Prepare(i, key, Version(1, i, "fuzz")),
                                   Handoff(i, [(key, _record(rng))]), HandoffAck(i),
                                   SyncPull(i, [key]), ErrorReply(i, "x")])

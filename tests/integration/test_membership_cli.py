@@ -19,13 +19,13 @@ import pytest
 from zkv.client import Client
 from zkv.supervisor import free_base_port, node_port
 
-from .clusterproc import FAST_TIMERS, Cluster, running_cluster, wait_until, zkv
+from .harness import FAST_TIMERS, SupervisedCluster, running_cluster, wait_until, zkv
 
 KEYS = {f"member-{i}": f"value-{i}".encode() for i in range(30)}
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SupervisedCluster]:
     # Ports free for the nodes cluster add starts too (a later --base-port wins).
     base = free_base_port(3 * 6)
     with running_cluster(tmp_path_factory.mktemp("membership") / "cluster", 3,
@@ -38,18 +38,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield c
 
 
-def status(cluster: Cluster) -> dict:
+def status(cluster: SupervisedCluster) -> dict:
     result = cluster.run("cluster", "status", "--json")
     assert result.returncode == 0, result.stderr.decode()
     return json.loads(result.stdout)
 
 
-def in_ring(cluster: Cluster) -> set[str]:
+def in_ring(cluster: SupervisedCluster) -> set[str]:
     """Nodes the newest map has in its ring, as ``cluster status`` shows them."""
     return {n["node"] for n in status(cluster)["nodes"] if n["ring"] == "normal"}
 
 
-def assert_every_key_readable(cluster: Cluster) -> None:
+def assert_every_key_readable(cluster: SupervisedCluster) -> None:
     with Client.from_cluster_dir(cluster.data_dir, timeout=5) as kv:
         for key, value in KEYS.items():
             assert kv.get(key, consistency="quorum") == value, key

@@ -13,7 +13,7 @@ from zkv.core.messages import ClientReply, ClientRequest, decode, encode
 from zkv.net.eventlog import EVENT_LOG, EventLog, read_events
 from zkv.net.runtime import MAX_POLL
 
-from .conftest import START_TIMEOUT, Cluster, wait_for
+from .harness import START_TIMEOUT, Cluster, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLE_HEADER = ("Metric", "Type", "Meaning")
@@ -97,7 +97,7 @@ def test_the_figures_move_with_operations(cluster3: Cluster) -> None:
             value(now, "zkv_store_bytes") > 0 and value(now, "zkv_process_rss_bytes") > 0 \
             else None
 
-    wait_for(sampled, 10 * MAX_POLL, "keys, bytes and memory to be sampled")
+    wait_until(sampled, 10 * MAX_POLL, "keys, bytes and memory to be sampled")
 
 
 def test_a_quorum_failure_is_counted(cluster3: Cluster) -> None:

@@ -17,10 +17,9 @@ import pytest
 
 from zkv.client import Client
 from zkv.errors import Unavailable
-from zkv.net.security import CurveKeys, generate
+from zkv.keys import CurveKeys, generate
 
-from .clusterproc import running_cluster, zkv
-from .conftest import TEST_TIMERS, Cluster, clusters_under, wait_for
+from .harness import TEST_TIMERS, Cluster, clusters_under, running_cluster, wait_until, zkv
 from .synchook import read_hook_log
 
 SYNC_HOOKED = (sys.executable, str(Path(__file__).with_name("synchook.py")))
@@ -49,7 +48,7 @@ def test_the_quorum_failures_metric_counts_a_quorum_write_refused_for_want_of_re
         cluster.kill("n2", "n3")
         with pytest.raises(Unavailable):
             kv.put("k", b"w", timeout=1.0)
-    wait_for(
+    wait_until(
         lambda: metric(n1.metrics_url, failures) >= before + 1,
         10,
         "zkv_quorum_failures to count the refused put",
@@ -65,7 +64,7 @@ def test_with_sync_every_reply_leaves_after_its_commit_reached_fsync(cluster_fac
         for i in range(20):
             kv.put(f"k{i}", b"v%d" % i, consistency="all")
     for node_id, handle in cluster.nodes.items():
-        turns = wait_for(lambda h=handle: read_hook_log(h.data_dir), 5, f"{node_id}'s hook log")
+        turns = wait_until(lambda h=handle: read_hook_log(h.data_dir), 5, f"{node_id}'s hook log")
         total = {k: sum(t[k] for t in turns) for k in ("commits", "unsynced", "acks", "early")}
         assert total["commits"] > 0 and total["acks"] > 0, f"{node_id}: hook saw {total}"
         assert total["unsynced"] == 0, f"{node_id}: commits without fsync: {total}"
@@ -118,7 +117,7 @@ def wait_serving(cluster: Cluster, keys: Path, members: int) -> Client:
         except Unavailable:
             return False
 
-    wait_for(ready, 30.0, f"the secured cluster to serve with {members} nodes")
+    wait_until(ready, 30.0, f"the secured cluster to serve with {members} nodes")
     return kv
 
 
@@ -158,7 +157,7 @@ def test_a_node_with_an_unauthorized_key_or_without_curve_never_joins_nor_hears_
             assert not listed & {"rogue", "plain"}, listed
             # The control: the same set-up with the cluster's key joins.
             member = outsider(tmp_path, seeds, "member", curve_options(keys))
-            wait_for(lambda: "member" in kv.ring(), 20, "a node with the cluster key to join")
+            wait_until(lambda: "member" in kv.ring(), 20, "a node with the cluster key to join")
         finally:
             rogue.close()
             plain.close()

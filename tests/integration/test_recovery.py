@@ -13,11 +13,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from zkv.client import Client
+from zkv.config import store_path
 from zkv.errors import Unavailable, ZkvError
-from zkv.net.runtime import store_path
 from zkv.storage.lmdb_store import corrupt_record_on_disk
 
-from .conftest import Cluster, read_record, wait_for
+from .harness import Cluster, read_record, wait_until
 from .synchook import read_hook_log
 
 # Nodes that record whether each turn's writes reached fsync before their replies left.
@@ -49,7 +49,7 @@ def test_one_replica_killed_reads_and_writes_go_on_and_it_catches_up(cluster_fac
         return (mine is not None and mine.version == latest.version
                 and born is not None and born.value == b"born-while-down")
 
-    wait_for(caught_up, 15, f"{primary} to catch up on writes it missed")
+    wait_until(caught_up, 15, f"{primary} to catch up on writes it missed")
     assert kv.get("k") == b"while-down"
     assert kv.get("k", consistency="all") == b"while-down"
 
@@ -108,7 +108,7 @@ def test_every_acknowledged_write_survives_killing_every_node(cluster_factory) -
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(3)]
     for t in threads:
         t.start()
-    wait_for(lambda: len(acked) >= 150, 30, "150 acknowledged writes")
+    wait_until(lambda: len(acked) >= 150, 30, "150 acknowledged writes")
     cluster.kill(*cluster.nodes)  # every node at once, mid-stream
     stop.set()
     for t in threads:
@@ -170,8 +170,8 @@ def test_a_corrupt_record_is_reported_and_repaired(cluster_factory) -> None:
     cluster.wait_converged()
 
     assert kv.get("k") == b"precious"
-    wait_for(lambda: victim.events("corrupt_record"), 10, "the corruption to be reported")
-    wait_for(lambda: (r := read_record(victim.data_dir, b"k")) is not None
+    wait_until(lambda: victim.events("corrupt_record"), 10, "the corruption to be reported")
+    wait_until(lambda: (r := read_record(victim.data_dir, b"k")) is not None
              and r.value == b"precious", 10, "the record to be repaired")
     text = urllib.request.urlopen(victim.metrics_url, timeout=5).read().decode()
     counted = [s.value for f in text_string_to_metric_families(text)

@@ -29,13 +29,13 @@ from zkv.core.messages import (
     decode,
     encode,
 )
-from zkv.core.versions import Version
 from zkv.errors import Unavailable
+from zkv.keys import CurveKeys, generate, load_public
+from zkv.model.record import Record
+from zkv.model.versions import Version
 from zkv.net.runtime import PEER_MARK
-from zkv.net.security import CurveKeys, generate, load_public
-from zkv.storage.record import Record
 
-from .conftest import HOST, Cluster, NodeHandle, clusters_under, read_record, wait_for
+from .harness import HOST, Cluster, NodeHandle, clusters_under, read_record, wait_until
 
 MAX = (1 << 64) - 1
 
@@ -74,7 +74,7 @@ def cluster(keys: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cl
             except Unavailable:
                 return False
 
-        wait_for(ready, 30.0, "the secured cluster to serve with all three nodes")
+        wait_until(ready, 30.0, "the secured cluster to serve with all three nodes")
         yield cluster
 
 
@@ -132,7 +132,7 @@ def test_the_cluster_keeps_serving_authorized_clients_after_refusals(
 
 def test_the_command_line_client_takes_its_keys_from_the_environment(
         cluster: Cluster, keys: Path) -> None:
-    from .clusterproc import zkv
+    from .harness import zkv
 
     seeds = ",".join(h.address for h in cluster.nodes.values())
     env = {"ZKV_CURVE_KEY": str(keys / "private" / "alice.key_secret"),
@@ -372,7 +372,7 @@ def test_an_oversized_frame_is_dropped_unread_and_the_node_keeps_serving(
 
 def test_cluster_up_curve_runs_an_encrypted_cluster_that_the_cli_finds_keys_for(
         tmp_path: Path) -> None:
-    from .clusterproc import cluster_up, zkv
+    from .harness import cluster_up, zkv
 
     data_dir = tmp_path / "secured"
     local, result = cluster_up(data_dir, 3, "--curve")
@@ -407,8 +407,8 @@ def test_cluster_up_curve_runs_an_encrypted_cluster_that_the_cli_finds_keys_for(
 
         # A node the supervisor restarts comes back encrypted and rejoins.
         assert local.run("node", "kill", "node-2").returncode == 0
-        wait_for(lambda: local.node("node-2")["restarts"] == 1, 30.0, "node-2's restart")
-        wait_for(lambda: local.run("get", "k", "--consistency", "all").stdout == b"again",
+        wait_until(lambda: local.node("node-2")["restarts"] == 1, 30.0, "node-2's restart")
+        wait_until(lambda: local.run("get", "k", "--consistency", "all").stdout == b"again",
                  30.0, "node-2 to serve again")
         assert not any(_events_in(Path(n["data_dir"]), "peer_message_refused")
                        for n in info["nodes"])

@@ -14,7 +14,14 @@ import pytest
 
 from zkv.supervisor import CLUSTER_FILE, live_process
 
-from .clusterproc import FAST_TIMERS, Cluster, free_base_port, running_cluster, wait_until, zkv
+from .harness import (
+    FAST_TIMERS,
+    SupervisedCluster,
+    free_base_port,
+    running_cluster,
+    wait_until,
+    zkv,
+)
 
 
 def alive(pid: int) -> bool:
@@ -125,7 +132,7 @@ def test_the_foreground_cluster_stops_cleanly_on_ctrl_c(tmp_path):
         [sys.executable, "-m", "zkv", "cluster", "up", "--nodes", "2", "--data-dir", data_dir,
          "--base-port", str(base), *FAST_TIMERS],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    cluster = Cluster(data_dir, base, 2)
+    cluster = SupervisedCluster(data_dir, base, 2)
     cluster.seen[proc.pid] = psutil.Process(proc.pid).create_time()
     try:
         def ready() -> bool:

@@ -23,14 +23,14 @@ import pytest
 from zkv.net.eventlog import read_events
 from zkv.supervisor import CLUSTER_FILE
 
-from .clusterproc import FAST_TIMERS, Cluster, free_base_port, wait_until, zkv
+from .harness import FAST_TIMERS, SupervisedCluster, free_base_port, wait_until, zkv
 
-# Runs the real Supervisor, with some of its module constants set first (a shorter
+# Runs the real Supervisor, with some of its module's constants set first (a shorter
 # stop grace, so a straggler test does not wait the full 10 s).
 DRIVER = r"""
 import json, sys
 from pathlib import Path
-import zkv.supervisor as sup
+import zkv.supervisor.daemon as sup
 cfg = json.loads(sys.argv[1])
 for name, value in cfg["constants"].items():
     setattr(sup, name, value)
@@ -73,7 +73,7 @@ def supervisor(
     flags: list[str] | None = None,
     argv: list[str] | None = None,
     **constants: float,
-) -> Iterator[tuple[subprocess.Popen, Cluster, Lines]]:
+) -> Iterator[tuple[subprocess.Popen, SupervisedCluster, Lines]]:
     """A foreground supervisor: ``argv`` (a real ``zkv`` command), else the driver above."""
     base = free_base_port(3 * nodes)
     if argv is None:
@@ -103,7 +103,7 @@ def supervisor(
         start_new_session=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    cluster = Cluster(data_dir, base, nodes)
+    cluster = SupervisedCluster(data_dir, base, nodes)
     cluster.seen[proc.pid] = psutil.Process(proc.pid).create_time()
     lines = Lines(proc)
     try:
@@ -115,7 +115,7 @@ def supervisor(
         cluster.kill_everything()
 
 
-def wait_ready(cluster: Cluster, proc: subprocess.Popen, lines: Lines) -> dict:
+def wait_ready(cluster: SupervisedCluster, proc: subprocess.Popen, lines: Lines) -> dict:
     def ready() -> dict | None:
         assert proc.poll() is None, f"the supervisor exited: {lines.text()}"
         try:

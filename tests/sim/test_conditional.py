@@ -70,6 +70,7 @@ def test_a_put_after_a_failed_cas_is_not_fenced_by_its_promise():
     assert cluster.get("n0", "k").value == b"c"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(SEEDS))
 def test_mixed_plain_and_conditional_ops_stay_linearizable(seed):
     report = run_scenario("mixed", seed)
@@ -87,7 +88,7 @@ def test_a_replica_fenced_by_a_dangling_promise_is_repaired_by_a_paxos_round():
     and read repair; the replica settles the key with a round of its own (found by
     a 5-minute zkv chaos run: keys left on two of three replicas)."""
     from zkv.core.replica import prepare as promise
-    from zkv.core.versions import Version
+    from zkv.model.versions import Version
 
     cluster = formed(3, seed=9)
     assert cluster.put("n0", "k", "old").status == "ok"

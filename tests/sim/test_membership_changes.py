@@ -10,8 +10,8 @@ from tests.sim.conftest import formed, placement_exact, replicas, rings_agree
 from zkv.core.cluster_map import ClusterMap, MapMember
 from zkv.core.messages import MapLearn, WriteRequest
 from zkv.core.ring import Ring
+from zkv.model.record import Record
 from zkv.sim.scenarios import FAST_TIMERS, format_report, run_scenario
-from zkv.storage.record import Record
 
 SEEDS = int(os.environ.get("ZKV_MEMBERSHIP_SEEDS", "30"))
 SCENARIOS = ("joins", "decommissions", "removals", "wipes", "stalls", "membership",

@@ -12,6 +12,8 @@ from zkv.sim.scenarios import format_report, run_scenario
 
 SEEDS = int(os.environ.get("ZKV_SIM_SEEDS", "120"))
 
+pytestmark = pytest.mark.slow  # the seed sweep: bin/test runs it, -m "not slow" skips it
+
 
 @pytest.mark.parametrize("seed", range(SEEDS))
 def test_random_faults_lose_nothing_and_stay_linearizable(seed):

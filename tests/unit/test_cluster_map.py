@@ -8,7 +8,8 @@ import pytest
 from zkv.core.cluster_map import ClusterMap, MapMember
 from zkv.core.map_register import MapAcceptor, MapProposer
 from zkv.core.messages import MapAccept, MapPrepare
-from zkv.core.ring import key_bytes, token
+from zkv.core.ring import key_bytes
+from zkv.model.tokens import token
 from zkv.storage.memory import MemoryStore
 
 from ..recording import RecordingOutbox

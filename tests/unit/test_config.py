@@ -170,7 +170,7 @@ def test_a_data_dir_that_is_a_file_is_refused(tmp_path):
 
 @pytest.fixture
 def key_dir(tmp_path):
-    from zkv.net.security import generate
+    from zkv.keys import generate
 
     public, secret = generate(tmp_path / "private", "cluster")
     authorized = tmp_path / "authorized"

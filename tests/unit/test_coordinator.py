@@ -1,9 +1,9 @@
 """Which replicas the coordinator asks, and when it asks the rest."""
 
 from zkv.core.coordinator import Coordinator, Placement
-from zkv.core.messages import ClientReply, ClientRequest, ReadReply, ReadRequest, WriteRequest
-from zkv.core.versions import HybridClock, Version
-from zkv.storage.record import Record
+from zkv.core.messages import ClientRequest, ReadReply, ReadRequest, WriteRequest
+from zkv.model.record import Record
+from zkv.model.versions import HybridClock, Version
 
 from ..recording import RecordingOutbox
 
@@ -49,7 +49,8 @@ def test_a_slow_replica_makes_the_read_ask_the_rest_after_the_speculative_delay(
     assert recipients(out, ReadRequest) == []
     coord.tick(RETRY, RETRY, out)
     other = ({"b", "c"} - {silent}).pop()
-    assert sorted(recipients(out, ReadRequest)) == sorted([silent, other])  # all who have not answered
+    # every replica that has not answered
+    assert sorted(recipients(out, ReadRequest)) == sorted([silent, other])
     coord.on_read_reply(other, ReadReply(op_id, b"k", record(5), None), RETRY + 0.001, out)
     assert out.replies and out.replies[0].status == "ok"
 

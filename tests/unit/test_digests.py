@@ -5,9 +5,9 @@ import random
 from zkv.core.digests import DigestedStore, entry_hash
 from zkv.core.replica import accept, merge
 from zkv.core.ring import Ring
-from zkv.core.versions import Version
+from zkv.model.record import Record
+from zkv.model.versions import Version
 from zkv.storage.memory import MemoryStore
-from zkv.storage.record import Record
 
 NOW = 5_000  # wall ms; every version in these tests is within RETAIN_MS of it
 ALL = 10 ** 12  # a horizon after every write

@@ -13,8 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zkv.core.ring import Ring, token
-from zkv.core.versions import Version
+from zkv.core.ring import Ring
+from zkv.model.record import Record
+from zkv.model.tokens import token
+from zkv.model.versions import Version
 from zkv.storage.base import StoreFull
 from zkv.storage.lmdb_store import (
     SHORT_KEY_MAX,
@@ -23,7 +25,6 @@ from zkv.storage.lmdb_store import (
     corrupt_record_on_disk,
     storage_key,
 )
-from zkv.storage.record import Record
 
 KiB = 1024
 
@@ -266,10 +267,10 @@ def test_full_disk_raises_store_full(tmp_path: Path) -> None:
     # A file size limit makes the disk look full (EFBIG) to this child process only.
     script = textwrap.dedent(f"""
         import resource, signal
-        from zkv.core.versions import Version
+        from zkv.model.versions import Version
         from zkv.storage.base import StoreFull
         from zkv.storage.lmdb_store import LmdbStore
-        from zkv.storage.record import Record
+        from zkv.model.record import Record
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         s = LmdbStore({str(tmp_path / "db")!r}, map_size=1 << 20)
         s.put(b"early", Record(Version(1, 0, "n"), False, b"ok"))

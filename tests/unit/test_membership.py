@@ -1,4 +1,6 @@
-from zkv.core.membership import ALIVE, DOWN, LEFT, REMOVED, Membership
+import pytest
+
+from zkv.core.membership import ALIVE, DOWN, LEFT, REMOVED, Membership, StatusChange
 from zkv.core.messages import MemberState
 
 
@@ -71,3 +73,12 @@ def test_node_refutes_a_fresher_record_of_itself():
     m = table()
     m.merge([state("a", inc=1, hb=50)], now=1.0)
     assert m.me.heartbeat > 50
+
+
+def test_a_status_change_the_table_does_not_list_is_a_bug():
+    """Gossip moves members to alive or left, the timers only those in the ring: a
+    removed member never turns down, and a departed one never turns removed."""
+    with pytest.raises(AssertionError, match="removed -> down"):
+        StatusChange("e", REMOVED, DOWN)
+    with pytest.raises(AssertionError, match="left -> removed"):
+        StatusChange("e", LEFT, REMOVED)

@@ -5,8 +5,8 @@ from hypothesis import strategies as st
 
 from zkv.core import messages as m
 from zkv.core.cluster_map import ClusterMap, MapMember
-from zkv.core.versions import Version
-from zkv.storage.record import Record
+from zkv.model.record import Record
+from zkv.model.versions import Version
 
 REC = Record(Version(1, 2, "n1"), False, b"value")
 MAP = ClusterMap.founding(MapMember("n1", "tcp://127.0.0.1:1", 5), 3, 64).encode()

@@ -1,8 +1,8 @@
 from zkv.core.quorum import QuorumTracker, needed
 from zkv.core.replica import Merge, accept, merge, prepare, read
-from zkv.core.versions import Version
+from zkv.model.record import Record
+from zkv.model.versions import Version
 from zkv.storage.memory import MemoryStore
-from zkv.storage.record import Record
 
 
 def rec(wall, value=b"v", tomb=False):

@@ -11,6 +11,8 @@ crashes and the store surviving them.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from zkv.core.actions import ClientCall, Deliver, Event, Publish, Reply, Send, Shutdown, Tick
@@ -26,14 +28,16 @@ from zkv.core.messages import (
     WriteReply,
     WriteRequest,
 )
-from zkv.core.versions import HybridClock
-from zkv.sim import SCENARIOS, SimCluster, format_report, run_random, run_scenario
+from zkv.model.record import Record
+from zkv.model.versions import HybridClock
+from zkv.sim import SCENARIOS, RunSpec, SimCluster, format_report, run_random, run_scenario
 from zkv.sim.client import ClientResult
 from zkv.sim.durability import find_lost_writes
 from zkv.sim.history import Op, op_from_result
 from zkv.sim.host import StepError
+from zkv.sim.nemesis import NemesisSpec
 from zkv.sim.scheduler import Scheduler
-from zkv.storage.record import Record
+from zkv.sim.workload import WorkloadSpec
 
 # ----------------------------------------------------------------------------- toy node
 
@@ -335,7 +339,8 @@ def test_an_exception_in_a_node_names_the_node_time_and_seed():
     cluster = SimCluster(42, 2, node_factory=Faulty)
     with pytest.raises(StepError, match=r"n1 failed at t=.* \(seed 42\)"):
         cluster.get("n1", "k")
-    report = run_random(42, nodes=2, clients=1, keys=1, duration=1.0, node_factory=Faulty)
+    report = run_random(42, RunSpec(nodes=2, duration=1.0, workload=WorkloadSpec(clients=1, keys=1),
+                                    node_factory=Faulty))
     assert not report.ok and "ZeroDivisionError" in report.error
 
 
@@ -467,9 +472,12 @@ def test_an_old_value_resurfacing_is_a_lost_write():
 # ----------------------------------------------------------------------------- runner
 
 
+TOY_RUN = RunSpec(nodes=4, duration=5.0, workload=WorkloadSpec(clients=3, keys=2),
+                  nemesis=NemesisSpec(interval=(0.2, 0.8)), node_factory=ToyNode, settle=1.0)
+
+
 def toy_run(seed: int, **options):
-    return run_random(seed, nodes=4, clients=3, keys=2, duration=5.0, node_factory=ToyNode,
-                      settle=1.0, fault_interval=(0.2, 0.8), **options)
+    return run_random(seed, replace(TOY_RUN, **options))
 
 
 def test_random_run_against_a_correct_store_is_safe_and_replays():
@@ -511,8 +519,13 @@ def test_zkv_sim_exits_1_when_the_checker_gave_up(monkeypatch):
     assert result.output.startswith("UNDECIDED "), result.output
 
 
-def test_scenarios_are_registered_by_name():
-    assert SCENARIOS["random"] is not None
+def test_scenarios_are_registered_by_name(monkeypatch):
+    assert {"random", "quick", "suite", "membership"} <= set(SCENARIOS)
+    undocumented = [name for name, scenario in SCENARIOS.items() if not scenario.__doc__]
+    assert not undocumented, "zkv sim --list shows each scenario's docstring"
+    seeds: list[int] = []
+    monkeypatch.setitem(SCENARIOS, "random", lambda seed: seeds.append(seed) or "report")
+    assert run_scenario("random", 7) == "report" and seeds == [7]
     with pytest.raises(ValueError, match="unknown scenario"):
         run_scenario("no-such-scenario", 1)
     text = format_report(toy_run(5))

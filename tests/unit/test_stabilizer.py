@@ -2,13 +2,16 @@
 
 import pytest
 
+from zkv.core.anti_entropy import SYNC_SEGMENTS
 from zkv.core.digests import DigestedStore
+from zkv.core.handoff import WINDOW
 from zkv.core.messages import Handoff, HandoffAck
 from zkv.core.ring import Ring
-from zkv.core.stabilizer import SYNC_SEGMENTS, WALK_BUDGET, WINDOW, Stabilizer
-from zkv.core.versions import Version
+from zkv.core.stabilizer import Stabilizer
+from zkv.core.walks import WALK_BUDGET
+from zkv.model.record import Record
+from zkv.model.versions import Version
 from zkv.storage.memory import MemoryStore
-from zkv.storage.record import Record
 
 from ..recording import RecordingOutbox
 
@@ -37,14 +40,14 @@ def test_a_big_push_keeps_at_most_a_window_of_batches_unacknowledged():
     store = filled_store(1000)
     stabilizer = Stabilizer("a", store, 10, 0)
     out = RecordingOutbox()
-    stabilizer._push("b", list(store.items()), 0.0, out, strays=False)
+    stabilizer.handoff.push("b", list(store.items()), 0.0, out, strays=False)
     first = handoffs(out)
-    assert len(first) == WINDOW and len(stabilizer.batches) == WINDOW
+    assert len(first) == WINDOW and len(stabilizer.handoff.batches) == WINDOW
     received = {k for m in first for k, _ in m.records}
     t = 0.0
-    while stabilizer.batches:
+    while stabilizer.handoff.batches:
         t += 0.001
-        for batch_id in list(stabilizer.batches):
+        for batch_id in list(stabilizer.handoff.batches):
             stabilizer.on_handoff_ack("b", HandoffAck(batch_id), t, out)
         sent = handoffs(out)
         assert len(sent) <= WINDOW
@@ -58,7 +61,7 @@ def test_unacknowledged_batches_are_resent_less_and_less_often():
     stabilizer = Stabilizer("a", store, 10, 0)
     out = RecordingOutbox()
     ring = Ring(["a", "b"], 2, 8)
-    stabilizer._push("b", list(store.items()), 0.0, out, strays=False)
+    stabilizer.handoff.push("b", list(store.items()), 0.0, out, strays=False)
     handoffs(out)
     resent_at = []
     t = 0.0
@@ -100,7 +103,7 @@ def test_no_periodic_round_starts_while_records_wait_to_be_handed_over():
     stabilizer = Stabilizer("a", store, 10, 0)
     ring = Ring(["a", "b"], 2, 8)
     out = RecordingOutbox()
-    stabilizer._push("b", list(store.items()), 0.0, out, strays=False)
+    stabilizer.handoff.push("b", list(store.items()), 0.0, out, strays=False)
     out.sent.clear()
     stabilizer.start_round(ring, {"b"}, 1000.0, out)
     assert out.sent == []

@@ -28,9 +28,9 @@ from zkv.core.messages import (
     encode,
 )
 from zkv.core.node import Node
-from zkv.core.versions import Version, latest_wall_ms
+from zkv.model.record import Record
+from zkv.model.versions import Version, latest_wall_ms
 from zkv.storage.memory import MemoryStore
-from zkv.storage.record import Record
 
 WALL = 1.7e9  # the node's wall clock reads WALL + now seconds
 NOW = 100.0

@@ -1,4 +1,4 @@
-from zkv.core.versions import HybridClock, Version
+from zkv.model.versions import HybridClock, Version
 
 
 def test_versions_follow_wall_time_and_never_go_back():

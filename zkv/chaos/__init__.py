@@ -8,7 +8,10 @@
 - ``netns``: nodes as separate hosts in Linux network namespaces;
 - ``cluster``: the supervised cluster under test, its processes and signals;
 - ``checks``: linearizability, lost writes, placement after settling;
-- ``report``: the summary table;
+- ``report``: the summary table; ``plots``: the same with pictures (report.html);
+- ``spec``: a run's options, resolved against the machine (``ChaosSpec``);
+- ``setup``: the cluster, lab and processes of a run, set up and torn down;
+- ``explain``: failing key histories for a reader;
 - ``run``: one run, start to verdict (``run_chaos``).
 """
 

@@ -34,10 +34,10 @@ from pathlib import Path
 from zkv.chaos.workload import CounterTally, counter_value
 from zkv.check import HistoryResult, Op, check_history, describe
 from zkv.check.history import effect_deadline, show_value
+from zkv.config import store_path
 from zkv.core.ring import Ring
-from zkv.net.runtime import store_path
+from zkv.model.record import Record
 from zkv.storage.lmdb_store import read_records
-from zkv.storage.record import Record
 
 CHECK_STEPS = 20_000_000  # search steps per key before the checker says "undecided"
 

@@ -274,7 +274,7 @@ def _start_supervisor(cmd: list[str], data_dir: Path, timeout: float) -> None:
     while time.monotonic() < deadline:
         rc = popen.poll()
         if rc is not None:
-            raise ClusterError(sup._last_line(log_path, offset) or
+            raise ClusterError(sup.last_log_line(log_path, offset) or
                                f"the supervisor exited with code {rc}; see {log_path}")
         try:
             info = sup.read_cluster(data_dir)

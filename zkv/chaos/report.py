@@ -5,7 +5,9 @@ it as tables; ``availability`` is the share of ops that succeeded, overall and
 while a fault was active. ``CounterReport`` is the CAS counter's part. Every
 membership fault is counted with the others by kind and, as a ring change, gets
 a line of its own (``membership``: who, how long, the epoch and ring after), and
-``ring`` is the ring the final checks ran against.
+``ring`` is the ring the final checks ran against. ``near_failure`` picks the
+part of a long failing key history worth showing (the text and the picture of
+it show the same ops); ``report`` is where ``zkv.chaos.plots`` put the HTML.
 """
 
 from __future__ import annotations
@@ -13,14 +15,13 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from zkv.check import Op
-
+from zkv.check import KeyResult, Op
 
 ANSWERS = {  # an ok conditional op's answer, by kind and found
     "delete": ("found", "not found"),
@@ -82,6 +83,7 @@ class Summary:
     ring: list[str] = field(default_factory=list)  # the members at the end
     # ring changes, in order: id, kind, nodes, seconds, epoch, removed, members_after
     membership: list[dict] = field(default_factory=list)
+    report: str = ""  # report.html, with the plots ("" if it could not be drawn)
 
     @property
     def ok(self) -> bool:
@@ -95,6 +97,35 @@ class Summary:
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps({**asdict(self), "ok": self.ok}, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Summary:
+        """Read ``save``'s file back (to draw a report again from a run's directory)."""
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        summary = cls(**{k: v for k, v in data.items() if k in known})
+        if isinstance(summary.counter, dict):
+            summary.counter = CounterReport(**summary.counter)
+        return summary
+
+
+def near_failure(result: KeyResult, limit: int, lookback: float = 10.0
+                 ) -> tuple[tuple[Op, ...], float, float]:
+    """The ops of a failing key history worth showing, and the span (lo, hi) they were
+    picked from: all of them if there are at most ``limit``; else (the CAS counter's
+    history) only around where the search got stuck: the ops that overlap the time
+    from the last ops of the longest linearizable prefix to the stuck op's completion,
+    with the unknown writes invoked up to ``lookback`` seconds before, at most the
+    last ``limit`` of them."""
+    if len(result.history) <= limit:
+        return result.history, -float("inf"), float("inf")
+    prefix = [op for op in result.linearization if op.outcome == "ok"][-10:]
+    lo = min((op.start for op in prefix), default=-float("inf"))
+    hi = result.stuck.end if result.stuck is not None and result.stuck.end is not None else \
+        max((op.end or op.start for op in prefix), default=float("inf"))
+    near = [op for op in result.history if op.start <= hi and (
+        op.end >= lo if op.end is not None else op.start >= lo - lookback)][-limit:]
+    return tuple(near), lo, hi
 
 
 def op_counts(ops: Iterable[Op]) -> dict[str, dict[str, int]]:
@@ -236,3 +267,5 @@ def render(summary: Summary, console: Console) -> None:
             console.print(f"  {line}", markup=False, highlight=False)
     console.print(f"history: {summary.history}\nfaults: {summary.faults_log}", markup=False,
                   highlight=False)
+    if summary.report:
+        console.print(f"report (plots): {summary.report}", markup=False, highlight=False)

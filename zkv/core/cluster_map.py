@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from zkv.core.quorum import needed
-from zkv.core.ring import TOKEN_SPACE, Ring
+from zkv.core.ring import Ring
+from zkv.model.tokens import TOKEN_SPACE
 
 LEFT_KEPT = 64  # decommissioned members a map remembers
 

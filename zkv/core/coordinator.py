@@ -67,6 +67,7 @@ quorum of its replicas has left behind, which is what ``cluster_map`` needs.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from hashlib import blake2b
@@ -86,13 +87,44 @@ from zkv.core.messages import (
 )
 from zkv.core.outbox import Outbox
 from zkv.core.quorum import QuorumTracker
-from zkv.core.versions import HybridClock, Version
-from zkv.storage.record import Record
+from zkv.model.record import Record
+from zkv.model.versions import HybridClock, Version
 
-READ, REPAIR, WRITE = "read", "repair", "write"  # the ABD path
-PREPARE, ACCEPT, BACKOFF = "prepare", "accept", "backoff"  # the Paxos path
-QUEUED = "queued"  # waiting for this node's round on the same key to end
-FOLLOWING = "following"  # evaluated within another op's round (see ``_prepare``)
+
+class Phase(enum.StrEnum):
+    """Where an operation is. Its value names the phase in a timeout's detail."""
+
+    NEW = "new"  # made, not yet started
+    READ = "read"  # the ABD path: read a quorum ...
+    REPAIR = "repair"  # ... write the newest back where replicas disagreed ...
+    WRITE = "write"  # ... or write a put's record
+    PREPARE = "prepare"  # the Paxos path: a ballot ...
+    ACCEPT = "accept"  # ... then the chosen state
+    BACKOFF = "backoff"  # refused: a pause before the next round
+    QUEUED = "queued"  # waiting for this node's round on the same key to end
+    FOLLOWING = "following"  # evaluated within another op's round (see ``_prepare``)
+
+
+NEW, READ, REPAIR, WRITE = Phase.NEW, Phase.READ, Phase.REPAIR, Phase.WRITE
+PREPARE, ACCEPT, BACKOFF = Phase.PREPARE, Phase.ACCEPT, Phase.BACKOFF
+QUEUED, FOLLOWING = Phase.QUEUED, Phase.FOLLOWING
+
+# Every phase change an operation may make (``_move`` checks each). A phase entered
+# again (READ, REPAIR, WRITE) is the same phase under a new op id: on a newer map,
+# or a put's write retried at a higher version. An operation ends (``_finish``) in
+# any phase; FOLLOWING ends only so, when its leader's round is decided.
+TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    NEW: frozenset({READ, PREPARE, QUEUED}),
+    READ: frozenset({READ, REPAIR, WRITE}),
+    REPAIR: frozenset({REPAIR, BACKOFF}),
+    WRITE: frozenset({WRITE}),
+    PREPARE: frozenset({ACCEPT, BACKOFF}),
+    ACCEPT: frozenset({BACKOFF}),
+    BACKOFF: frozenset({PREPARE, QUEUED}),
+    QUEUED: frozenset({PREPARE, FOLLOWING}),
+    FOLLOWING: frozenset(),
+}
+
 MAX_FOLD = 64  # operations one round decides at most
 MIN_SPECULATION = 0.002  # seconds: a narrow read waits at least this before asking all
 
@@ -115,7 +147,7 @@ class Operation:
     tracker: QuorumTracker
     started: float
     deadline: float
-    phase: str = READ
+    phase: Phase = NEW  # changed only by ``_move``
     reads: dict[str, Record | None] = field(default_factory=dict)  # also prepare promises
     acks: set[str] = field(default_factory=set)
     rejects: set[str] = field(default_factory=set)
@@ -174,6 +206,7 @@ class Coordinator:
         if request.op in ("get", "put"):
             asked = self._narrow_targets(tracker, placement.reachable)
             op.narrow = bool(asked)
+            _move(op, READ)
             self._send_phase(op, now, out, asked)  # [] asks every replica
         else:
             self._prepare(op, now, out)
@@ -411,7 +444,7 @@ class Coordinator:
         key = op.request.key
         holder = self._rounds.setdefault(key, op)
         if holder is not op:
-            op.phase = QUEUED
+            _move(op, QUEUED)
             self._waiting.setdefault(key, []).append(op)
             return
         self._rebase(op)
@@ -435,7 +468,7 @@ class Coordinator:
             if (len(op.followers) < MAX_FOLD and not other.recovering
                     and other.client is not None and other.tracker.sets == op.tracker.sets
                     and other.tracker.need == op.tracker.need):
-                other.phase = FOLLOWING
+                _move(other, FOLLOWING)
                 other.leader = op
                 op.followers.append(other)
             else:
@@ -509,12 +542,12 @@ class Coordinator:
     def _back_off(self, op: Operation, now: float) -> None:
         """Wait a jittered, growing delay before the next round, so duelling
         proposers stop refusing each other."""
-        op.phase = BACKOFF
+        _move(op, BACKOFF)
         jitter = blake2b(b"%d:%d" % (op.op_id, op.attempts), digest_size=2).digest()
         spread = 0.5 + int.from_bytes(jitter, "big") / 65535  # 0.5 .. 1.5
         op.sent_at = now + 0.001 * (1 << min(op.attempts, 6)) * spread
 
-    def _enter(self, op: Operation, phase: str, record: Record, now: float,
+    def _enter(self, op: Operation, phase: Phase, record: Record, now: float,
                out: Outbox) -> None:
         """Start a phase under a new op id, so no late answer to an earlier phase
         or round can count toward this one's quorum."""
@@ -522,7 +555,7 @@ class Coordinator:
         self._next += 1
         op.op_id = self._next
         self.ops[op.op_id] = op
-        op.phase = phase
+        _move(op, phase)
         op.record = record
         op.resends = 0
         op.narrow = False
@@ -597,6 +630,13 @@ class Coordinator:
 
     def _wall_ms(self, now: float) -> int:
         return int((now + self.wall_offset) * 1000)
+
+
+def _move(op: Operation, phase: Phase) -> None:
+    """Change ``op``'s phase; a change ``TRANSITIONS`` does not list is a bug."""
+    assert phase in TRANSITIONS[op.phase], (
+        f"operation {op.op_id} ({op.request.op}): {op.phase} -> {phase} is not a phase change")
+    op.phase = phase
 
 
 def _in_flight(op: Operation) -> bool:

@@ -30,9 +30,9 @@ from collections import deque
 from collections.abc import Iterator
 
 from zkv.core.ring import Ring
-from zkv.core.versions import Version
+from zkv.model.record import Record
+from zkv.model.versions import Version
 from zkv.storage.base import Store
-from zkv.storage.record import Record
 
 RETAIN_MS = 30_000  # how far back a horizon may lie
 

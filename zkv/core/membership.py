@@ -7,6 +7,9 @@ last advanced on their own clock. Local status follows from that age:
     alive --t_fail--> down --t_remove--> removed
     (left: the member said goodbye, after its decommission)
 
+``TRANSITIONS`` lists every change of status this node may make, and each change
+is checked against it.
+
 ``down`` members are skipped by requests; ``removed`` ones are *removable*: under
 the ``auto`` removal policy the node that proposes ring changes proposes their
 removal (``ring_changes``). A member turns removable only while this node sees a
@@ -17,18 +20,42 @@ incarnation (a restart) arrives.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from zkv.core.messages import MemberState
 
-ALIVE, DOWN, REMOVED, LEFT = "alive", "down", "removed", "left"
+
+class MemberStatus(enum.StrEnum):
+    """What this node believes of a member. Gossip carries the values of ``ALIVE``
+    and ``LEFT`` (``MemberState.status``), and status reports show them."""
+
+    ALIVE = "alive"
+    DOWN = "down"  # silent for t_fail: requests skip it
+    REMOVED = "removed"  # silent for t_remove while a majority is seen: removable
+    LEFT = "left"  # said goodbye (decommissioned)
+
+
+ALIVE, DOWN, REMOVED, LEFT = (MemberStatus.ALIVE, MemberStatus.DOWN, MemberStatus.REMOVED,
+                              MemberStatus.LEFT)
 IN_RING = (ALIVE, DOWN)
+
+# Every status change this node may make (None: not yet heard of). Gossip moves a
+# member to ALIVE (fresher news) or LEFT (its goodbye); the timers move the ones in
+# the ring between ALIVE, DOWN and REMOVED. Any other change is a bug.
+TRANSITIONS: dict[MemberStatus | None, frozenset[MemberStatus]] = {
+    None: frozenset({ALIVE, LEFT}),
+    ALIVE: frozenset({DOWN, REMOVED, LEFT}),
+    DOWN: frozenset({ALIVE, REMOVED, LEFT}),
+    REMOVED: frozenset({ALIVE, LEFT}),  # back: a fresher heartbeat, or a restart
+    LEFT: frozenset({ALIVE}),  # its id back as a new member (a wiped directory)
+}
 
 
 @dataclass(slots=True)
 class Member:
     state: MemberState
-    status: str
+    status: MemberStatus
     fresh_at: float  # local time the heartbeat last advanced
 
     @property
@@ -38,9 +65,17 @@ class Member:
 
 @dataclass(frozen=True, slots=True)
 class StatusChange:
+    """A member's status changed (``old`` None: first heard of); checked against
+    ``TRANSITIONS`` when made."""
+
     node_id: str
-    old: str | None
-    new: str
+    old: MemberStatus | None
+    new: MemberStatus
+
+    def __post_init__(self) -> None:
+        assert self.new in TRANSITIONS[self.old], (
+            f"member {self.node_id}: {self.old} -> {self.new} is not a status change "
+            f"membership makes")
 
 
 class Membership:
@@ -56,7 +91,7 @@ class Membership:
     def me(self) -> MemberState:
         return self.members[self.me_id].state
 
-    def status(self, node_id: str) -> str | None:
+    def status(self, node_id: str) -> MemberStatus | None:
         m = self.members.get(node_id)
         return m.status if m else None
 
@@ -67,6 +102,12 @@ class Membership:
     def address(self, node_id: str) -> str | None:
         m = self.members.get(node_id)
         return m.state.address if m else None
+
+    def http_port(self, node_id: str) -> int | None:
+        """Where the member serves HTTP (metrics, dashboard) at its host: None for the
+        default (request port + 2) or an unknown member, 0 for nowhere."""
+        m = self.members.get(node_id)
+        return m.state.http_port if m else None
 
     def gossip_table(self) -> list[MemberState]:
         """What this node tells others: every member not removed."""
@@ -85,13 +126,13 @@ class Membership:
     def beat(self) -> None:
         me = self.me
         self.members[self.me_id].state = MemberState(
-            me.node_id, me.address, me.incarnation, me.heartbeat + 1, me.status
+            me.node_id, me.address, me.incarnation, me.heartbeat + 1, me.status, me.http_port
         )
 
     def leave(self) -> None:
         me = self.me
         self.members[self.me_id].state = MemberState(
-            me.node_id, me.address, me.incarnation, me.heartbeat + 1, LEFT
+            me.node_id, me.address, me.incarnation, me.heartbeat + 1, LEFT.value, me.http_port
         )
 
     def merge(self, states: list[MemberState], now: float) -> list[StatusChange]:
@@ -106,12 +147,12 @@ class Membership:
                 continue
             new_status = LEFT if state.status == LEFT else ALIVE
             old_status = known.status if known else None
+            if old_status != new_status:
+                changes.append(StatusChange(state.node_id, old_status, new_status))
             if known is None:
                 self.members[state.node_id] = Member(state, new_status, now)
             else:
                 known.state, known.status, known.fresh_at = state, new_status, now
-            if old_status != new_status:
-                changes.append(StatusChange(state.node_id, old_status, new_status))
         return changes
 
     def _refute(self, state: MemberState) -> None:
@@ -119,7 +160,8 @@ class Membership:
         me = self.me
         if (state.incarnation, state.heartbeat) >= (me.incarnation, me.heartbeat):
             self.members[self.me_id].state = MemberState(
-                me.node_id, me.address, state.incarnation, state.heartbeat + 1, me.status
+                me.node_id, me.address, state.incarnation, state.heartbeat + 1, me.status,
+                me.http_port,
             )
 
     def majority_alive(self, voters: frozenset[str]) -> bool:

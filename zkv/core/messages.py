@@ -13,14 +13,14 @@ from typing import Any, ClassVar
 
 import cbor2
 
-from zkv.core.versions import Version
-from zkv.storage.record import Record
+from zkv.core.quorum import LEVELS
+from zkv.model.record import Record
+from zkv.model.versions import Version
 
 MAX_FRAME = 64 * 1024 * 1024
 
 OPS = ("get", "put", "delete", "create", "update", "cas")
 CONDITIONAL_OPS = ("delete", "create", "update", "cas")  # decided by per-key Paxos
-CONSISTENCY = ("one", "quorum", "all")
 MEMBER_STATUSES = ("alive", "left")
 ADMIN_ACTIONS = ("decommission", "remove", "status")
 
@@ -215,11 +215,17 @@ class SyncPull(Message):
 
 @dataclass(frozen=True, slots=True)
 class MemberState:
+    """One row of the gossip table. ``http_port``: where the member serves /metrics and
+    the dashboard, at its address's host: None for the default (its request port + 2),
+    0 for nowhere. It is on the wire only when not the default (a sixth field), so a
+    node with the default port sends the five fields older nodes expect."""
+
     node_id: str
     address: str
     incarnation: int
     heartbeat: int
     status: str  # alive | left
+    http_port: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,17 +478,22 @@ _MEMBER_STATUS = _one_of(MEMBER_STATUSES)
 
 
 def _member(v: Any) -> MemberState:
-    if type(v) is not list or len(v) != 5:
-        raise DecodeError("must be a member of 5 fields")
-    node_id, address, incarnation, heartbeat, status = v
+    if type(v) is not list or len(v) not in (5, 6):
+        raise DecodeError("must be a member of 5 fields (6 with an HTTP port)")
+    node_id, address, incarnation, heartbeat, status = v[:5]
     if type(node_id) is not str or type(address) is not str:
         raise DecodeError("node_id and address must be strings")
+    http_port = None
+    if len(v) == 6:
+        http_port = v[5]
+        if type(http_port) is not int or not 0 <= http_port <= 65535:
+            raise DecodeError("http_port must be a port number (0 to 65535, 0: none)")
     return MemberState(node_id, address, _nonneg(incarnation), _nonneg(heartbeat),
-                       _MEMBER_STATUS(status))
+                       _MEMBER_STATUS(status), http_port)
 
 
 _SCHEMA: dict[type, tuple[Check, ...]] = {
-    ClientRequest: (_nonneg, _one_of(OPS), _bytes, _optional(_bytes), _one_of(CONSISTENCY),
+    ClientRequest: (_nonneg, _one_of(OPS), _bytes, _optional(_bytes), _one_of(LEVELS),
                     _nonneg, _optional(_bytes)),
     ClientReply: (_nonneg, _str, _optional(_bytes), _str),
     RingQuery: (_nonneg,),
@@ -526,7 +537,8 @@ def _wire(v: Any) -> Any:
     if isinstance(v, Record):
         return v.encode()
     if isinstance(v, MemberState):
-        return [v.node_id, v.address, v.incarnation, v.heartbeat, v.status]
+        row = [v.node_id, v.address, v.incarnation, v.heartbeat, v.status]
+        return row if v.http_port is None else [*row, v.http_port]
     if isinstance(v, Version):
         return [v.wall_ms, v.counter, v.node_id]
     if isinstance(v, (list, tuple)):

@@ -28,6 +28,7 @@ from zkv.core.cluster_map import ClusterMap, MapMember
 from zkv.core.config import NodeConfig
 from zkv.core.coordinator import Coordinator, Placement
 from zkv.core.digests import DigestedStore
+from zkv.core.lifecycle import Lifecycle, advance
 from zkv.core.membership import LEFT, REMOVED, Membership
 from zkv.core.messages import (
     CONDITIONAL_OPS,
@@ -66,7 +67,7 @@ from zkv.core.messages import (
 from zkv.core.ring import Ring
 from zkv.core.ring_changes import RingChanges
 from zkv.core.stabilizer import Stabilizer
-from zkv.core.versions import HybridClock, latest_wall_ms
+from zkv.model.versions import HybridClock, latest_wall_ms
 from zkv.storage.base import Store, StoreFull
 
 REPAIRS_IN_FLIGHT = 32  # Paxos rounds this node runs at once to settle fenced keys
@@ -111,7 +112,7 @@ class Node:
         self.instance = self._instance(now)
         self.clock = HybridClock(self.node_id)
         self.membership = Membership(
-            MemberState(self.node_id, self.address, incarnation, 0, "alive"),
+            MemberState(self.node_id, self.address, incarnation, 0, "alive", config.http_port),
             config.t_fail, config.t_remove, now,
         )
         op_base = incarnation << 32
@@ -133,16 +134,17 @@ class Node:
         self.stabilizer = Stabilizer(self.node_id, store, config.handoff_batch, op_base,
                                      config.wall_offset)
         self.stabilizer.prepare(self.ring, now)
-        self.stopping = False
-        # This directory's data moved away and it left the cluster; a restart on it ends
-        # at once (a wiped directory may join again, as a new member).
-        self.decommissioned = bool(store.get_meta("decommissioned"))
+        # A restart doubts its map (see ``_doubt``); a decommissioned directory's data
+        # moved away and it left the cluster: a restart on it ends at once (a wiped
+        # directory may join again, as a new member).
+        if store.get_meta("decommissioned"):
+            self.lifecycle = Lifecycle.DECOMMISSIONED
+        else:
+            self.lifecycle = Lifecycle.CONFIRMING if self.joined else Lifecycle.OUTSIDE
         self._was_member = self.changes.member()
-        # Voters that gossiped an epoch no newer than this node's since it last had reason
-        # to doubt its map (a restart, a stall, a lost majority); None: no doubt. It
-        # coordinates only once they are a majority (see ``_doubt``).
-        self._confirming: set[str] | None = set() if self.joined else None
-        self._isolated = False
+        # Voters that gossiped an epoch no newer than this node's since it entered
+        # CONFIRMING; it coordinates once they are a majority.
+        self._heard: set[str] = set()
         self._gossip_turn = 0
         # Peers to run anti-entropy with soon: after a restart, every one (what was
         # written while this node was down).
@@ -154,7 +156,12 @@ class Node:
         self._next_tombstone_gc = now + config.tombstone_gc_interval
         self._corrupt_seen = 0
         self._last_step = now
-        store.commit()
+
+    def carry_counters(self, previous: Node) -> None:
+        """Take over the totals of the node this one replaces after a lost turn
+        (``zkv.core.turn``): exported counters never go back."""
+        self.rejected_frames += previous.rejected_frames
+        self.changes.refused += previous.changes.refused
 
     def _instance(self, now: float) -> int:
         """This data directory's instance number, drawn at its first start."""
@@ -176,7 +183,18 @@ class Node:
     @property
     def coordinating(self) -> bool:
         """Whether client requests are taken (see ``_on_client``)."""
-        return self.joined and not self.stopping and self._confirming is None
+        return self.lifecycle.coordinates
+
+    @property
+    def stopping(self) -> bool:
+        return self.lifecycle is Lifecycle.STOPPING
+
+    @property
+    def decommissioned(self) -> bool:
+        return self.lifecycle is Lifecycle.DECOMMISSIONED
+
+    def _become(self, state: Lifecycle) -> None:
+        self.lifecycle = advance(self.lifecycle, state)
 
     @property
     def in_transition(self) -> bool:
@@ -346,6 +364,7 @@ class Node:
                           "keys": streamer.keys, "bytes": streamer.bytes,
                           "degraded_ranges": self.changes.degraded_ranges},
             "decommissioned": self.decommissioned,
+            "lifecycle": self.lifecycle.value,
         }
 
     # ----------------------------------------------------------------- peers
@@ -515,12 +534,16 @@ class Node:
         member = self.changes.member()
         if member and not self._was_member:
             self._catch_up = sorted(n for n in self.ring.nodes if n != self.node_id)
+            if self.lifecycle is Lifecycle.OUTSIDE:
+                self._become(Lifecycle.SERVING)
             out.event("joined", epoch=cmap.epoch)
         elif self._was_member and not member:
             if not cmap.decommissioned(self.node_id, self.instance):
+                if not self.stopping:
+                    self._become(Lifecycle.OUTSIDE)
                 out.event("removed", epoch=cmap.epoch)  # declared dead: ask to join again
             else:
-                self.decommissioned = True
+                self._become(Lifecycle.DECOMMISSIONED)
                 self.store.put_meta("decommissioned", cmap.epoch.to_bytes(8, "big"))
                 self.membership.leave()
                 out.actions.append(Publish(Gossip(self.node_id, self.membership.gossip_table(),
@@ -552,9 +575,9 @@ class Node:
                             self.changes.streamed(), self.instance)
             out.actions.append(Publish(gossip))
             self._push_gossip(gossip, out)
-            if not self.joined and not self.decommissioned:
+            if self.lifecycle is Lifecycle.OUTSIDE:
                 self._ask_to_join(out)
-            elif self._isolated or self._confirming is not None:
+            elif self.lifecycle in (Lifecycle.ISOLATED, Lifecycle.CONFIRMING):
                 # Cut off, or just restarted: perhaps the others moved to new addresses
                 # (or this node did); the seeds' addresses are what the operator says now.
                 for address in sorted(set(self.config.seeds) - {self.address}):
@@ -569,7 +592,7 @@ class Node:
                 out.event("member_status", node=change.node_id, old=change.old, new=change.new)
             self._watch_majority(now, out)
             self._confirm(None, 0, out)  # a cluster of one confirms itself
-            if not self.stopping and not self.decommissioned:
+            if self.lifecycle not in (Lifecycle.STOPPING, Lifecycle.DECOMMISSIONED):
                 self.changes.plan(now, self.membership.alive, self._dead, self._majority(),
                                   cfg.default_timeout, cfg.t_fail / 2, out)
         self.changes.tick(now, cfg.retry_interval, out)
@@ -592,21 +615,23 @@ class Node:
         before the queued event: the failure detector ages everyone it has not
         heard from; and the map is in doubt (``_doubt``)."""
         out.event("stall", seconds=round(stalled, 3))
-        if self.joined:
+        if self.joined and self.lifecycle in (Lifecycle.SERVING, Lifecycle.ISOLATED,
+                                              Lifecycle.CONFIRMING):
             self._doubt(out, "map_in_doubt")
         self._on_tick(now, out)
 
     def _confirm(self, sender: str | None, epoch: int, out: _StepOutbox) -> None:
         """Count ``sender``'s gossip toward confirming this node's map (see ``_doubt``)."""
-        heard = self._confirming
         cmap = self.changes.map
-        if heard is None or cmap is None or epoch > self.changes.epoch:
+        if (self.lifecycle is not Lifecycle.CONFIRMING or cmap is None
+                or epoch > self.changes.epoch):
             return
+        heard = self._heard
         if sender is not None:
             heard.add(sender)
         voters = cmap.voters
         if 2 * len((heard | {self.node_id}) & voters) > len(voters):
-            self._confirming = None
+            self._become(Lifecycle.SERVING)
             out.event("map_confirmed", epoch=self.changes.epoch)
 
     def _dead(self, node_id: str) -> bool:
@@ -625,7 +650,7 @@ class Node:
         promise. Only once the promise is surely stale (any round that made it has
         long ended), and a few at a time."""
         fenced = self.stabilizer.fenced
-        if not fenced or not self.joined or self._confirming is not None:
+        if not fenced or not self.coordinating:
             return
         stale_before = now - 2 * self.config.default_timeout
         budget = REPAIRS_IN_FLIGHT - self.coordinator.repairs
@@ -641,11 +666,11 @@ class Node:
         if not self.joined:
             return
         majority = self._majority()
-        if not majority and not self._isolated:
-            self._isolated = True
+        state = self.lifecycle
+        if not majority and state in (Lifecycle.SERVING, Lifecycle.CONFIRMING):
+            self._become(Lifecycle.ISOLATED)
             out.event("majority_lost")
-        elif majority and self._isolated:
-            self._isolated = False
+        elif majority and state is Lifecycle.ISOLATED:
             self._doubt(out, "majority_regained")
 
     def _doubt(self, out: _StepOutbox, why: str) -> None:
@@ -655,7 +680,8 @@ class Node:
         would not do: replicas cut off with it hold the same outdated map, and a
         quorum of them may be all it reaches. Meanwhile, catch up with every peer
         (anti-entropy, one per gossip interval) on what was written."""
-        self._confirming = set()
+        self._become(Lifecycle.CONFIRMING)
+        self._heard = set()
         self._catch_up = sorted(n for n in self.ring.nodes if n != self.node_id)
         out.event(why)
 
@@ -687,7 +713,8 @@ class Node:
     def _on_shutdown(self, now: float, out: _StepOutbox) -> None:
         """Stop, and stay a member: a restart moves no data. Leaving the cluster is
         an explicit decommission."""
-        self.stopping = True
+        if self.lifecycle not in (Lifecycle.STOPPING, Lifecycle.DECOMMISSIONED):
+            self._become(Lifecycle.STOPPING)
         out.event("stopping")
 
     # ----------------------------------------------------------------- checks
@@ -696,7 +723,7 @@ class Node:
         """Refuse a peer message carrying a version further ahead of this node's wall
         clock than ``max_version_ahead``: every version ever issued after it would
         lie below it, so its key would be unwritable and every clock that saw it
-        pinned (see ``zkv.core.versions``). Clients never send versions."""
+        pinned (see ``zkv.model.versions``). Clients never send versions."""
         cfg = self.config
         wall_ms = latest_wall_ms(event.message)
         limit_ms = int((now + cfg.wall_offset + cfg.max_version_ahead) * 1000)

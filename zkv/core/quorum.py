@@ -8,6 +8,19 @@ intersects every operation done under either view.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from enum import Enum
+
+
+class Consistency(str, Enum):
+    """The consistency levels a request may name: how many of a key's replicas must
+    answer (``needed``)."""
+
+    one = "one"
+    quorum = "quorum"
+    all = "all"
+
+
+LEVELS: tuple[str, ...] = tuple(level.value for level in Consistency)
 
 
 def needed(level: str, size: int) -> int:

@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import enum
 
-from zkv.core.versions import Version
+from zkv.model.record import Record
+from zkv.model.versions import Version
 from zkv.storage.base import Store
-from zkv.storage.record import Record
 
 
 def read(store: Store, key: bytes) -> tuple[Record | None, Version | None]:

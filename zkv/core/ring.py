@@ -1,23 +1,16 @@
 """Consistent-hashing ring with virtual nodes.
 
-Tokens come from BLAKE2b (stable across processes and runs, unlike ``hash()``).
-A key's replica set is the owner of the first token at or after the key's token
-and the next distinct nodes clockwise: primary, secondary, tertiary.
+Nodes and keys are placed by their tokens (``zkv.model.tokens``). A key's
+replica set is the owner of the first token at or after the key's token and the
+next distinct nodes clockwise: primary, secondary, tertiary.
 """
 
 from __future__ import annotations
 
 import bisect
-import hashlib
 from collections.abc import Iterable
 
-TOKEN_BITS = 64
-TOKEN_SPACE = 1 << TOKEN_BITS
-
-
-def token(data: bytes) -> int:
-    """Position of ``data`` on the ring, stable everywhere."""
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+from zkv.model.tokens import TOKEN_SPACE, token
 
 
 def key_bytes(key: str | bytes) -> bytes:

@@ -39,8 +39,6 @@ from zkv.core.outbox import Outbox
 from zkv.core.streaming import Streamer, page
 from zkv.storage.base import Store
 
-REMOVAL_POLICIES = ("auto", "manual")
-
 
 @dataclass(frozen=True, slots=True)
 class Command:

@@ -15,10 +15,15 @@ gossiping and serving. Resumable: each finished range is recorded in the store
 in the same commit as its records, so a restarted gainer streams only the
 ranges it had not finished (merging by version makes a repeated page
 harmless); a silent source is asked again with growing pauses.
+
+A range is ``STREAMING`` until ``need`` sources have sent it to the end
+(``STREAMED``), or was finished before a restart (``RESUMED``), or has no live
+source left (``NO_SOURCE``, the degraded case at its worst: nothing to pull).
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 import cbor2
@@ -28,13 +33,31 @@ from zkv.core.cluster_map import ClusterMap
 from zkv.core.messages import StreamChunk, StreamPull
 from zkv.core.outbox import Outbox
 from zkv.core.replica import Merge, merge
-from zkv.core.ring import token
+from zkv.model.record import Record
+from zkv.model.tokens import token
 from zkv.storage.base import Store
-from zkv.storage.record import Record
 
 WINDOW = 8  # pulls in flight
 PAGE_RECORDS = 512  # records a source sends per page (all keys of the last token too)
 PAGE_BYTES = 1024 * 1024
+
+
+class RangeState(enum.Enum):
+    """Where a gained range is (see the module doc); only ``STREAMING`` pulls."""
+
+    STREAMING = "streaming"
+    STREAMED = "streamed"  # ``need`` sources sent it to the end; recorded in the store
+    RESUMED = "resumed"  # recorded as streamed before a restart
+    NO_SOURCE = "no source"  # every source is gone
+
+
+# The only change of a range's state; the others are final (a new epoch plans anew).
+TRANSITIONS: dict[RangeState, frozenset[RangeState]] = {
+    RangeState.STREAMING: frozenset({RangeState.STREAMED}),
+    RangeState.STREAMED: frozenset(),
+    RangeState.RESUMED: frozenset(),
+    RangeState.NO_SOURCE: frozenset(),
+}
 
 
 @dataclass(slots=True)
@@ -45,10 +68,26 @@ class RangeStream:
     cursors: dict[str, int | None]  # source -> next token to ask (None: done)
     active: list[str]  # the sources asked: ``need`` of them, more when one is silent
     degraded: bool = False
-    finished: bool = False  # before a restart
+    state: RangeState = RangeState.STREAMING
 
     def done(self) -> bool:
-        return self.finished or sum(1 for c in self.cursors.values() if c is None) >= self.need
+        return self.state is not RangeState.STREAMING
+
+    def advance(self, source: str, cursor: int | None) -> bool:
+        """``source``'s next token to send (None: it reached the end); True when that
+        made the range ``STREAMED``."""
+        self.cursors[source] = cursor
+        if self.state is RangeState.STREAMING and \
+                sum(1 for c in self.cursors.values() if c is None) >= self.need:
+            self._move(RangeState.STREAMED)
+            return True
+        return False
+
+    def _move(self, state: RangeState) -> None:
+        assert state in TRANSITIONS[self.state], (
+            f"range {self.first}..{self.last}: {self.state.value} -> {state.value} is not "
+            "a range state change")
+        self.state = state
 
     def stand_in(self) -> None:
         """A source is silent: ask one more (it streams the range from the start)."""
@@ -91,13 +130,16 @@ class Streamer:
             live, need = cmap.sources_needed(sources)
             degraded = len(live) < len(sources) // 2 + 1
             turn = live[i % len(live):] + live[:i % len(live)] if live else []
+            state = (RangeState.RESUMED if (first, last) in finished else
+                     RangeState.NO_SOURCE if need <= 0 else RangeState.STREAMING)
             self.ranges.append(RangeStream(first, last, max(need, 0),
                                            {s: first for s in live}, turn[:need], degraded,
-                                           finished=(first, last) in finished))
+                                           state))
         if self.ranges:
             degraded = sum(1 for r in self.ranges if r.degraded)
+            resumed = sum(1 for r in self.ranges if r.state is RangeState.RESUMED)
             out.event("stream_start", epoch=cmap.epoch, ranges=len(self.ranges),
-                      degraded=degraded, resumed=sum(1 for r in self.ranges if r.finished))
+                      degraded=degraded, resumed=resumed)
 
     def _finished(self, store: Store) -> set[tuple[int, int]]:
         raw = store.get_meta("streamed_ranges")
@@ -169,13 +211,13 @@ class Streamer:
             self.keys += 1
             self.bytes += len(key) + len(record.value)
         stream = pull.stream
-        was_done = stream.done()
+        streamed = False
         if stream.cursors.get(sender) is not None:
-            stream.cursors[sender] = msg.next if msg.next is None or msg.next <= stream.last \
-                else None
-        if stream.done() and not was_done:
+            streamed = stream.advance(sender, msg.next if msg.next is None
+                                      or msg.next <= stream.last else None)
+        if streamed:
             self._record(stream, store)
-        if stream.done() and not was_done and self.complete:
+        if streamed and self.complete:
             out.event("stream_done", epoch=self.epoch, keys=self.keys, bytes=self.bytes)
         else:
             self._fill(now, out)

@@ -1,10 +1,12 @@
-"""Prometheus metrics of one node process, on its own registry.
+"""Prometheus metrics of one node process, on its own registry, and the dashboard's feed.
 
-The node loop owns the node and its store, and the HTTP server answers on
-another thread, so the server never calls into them: counters kept by the core
+The node loop owns the node and its store, and the HTTP server
+(``zkv.net.http_server``: ``/metrics``, the dashboard and its API) answers on
+other threads, so the server never calls into them: counters kept by the core
 are read as plain integers (atomic under the GIL), and anything that needs the
 store or the membership table (keys stored, members by status) is sampled by
-the loop itself every ``refresh`` call.
+the loop itself every ``refresh`` call; the dashboard reads only the snapshot
+the loop ``publish``es (``zkv.net.dashboard``).
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+
+from zkv.net.dashboard import Dashboard, DashboardFeed
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 MEMBER_STATUSES = ("alive", "down", "removed", "left")
@@ -62,6 +66,8 @@ class NodeMetrics:
         self.ring: dict[str, int] = dict.fromkeys(RING_GAUGES, 0)
         self.registry.register(_Sampled(self, counters))
         ProcessCollector(registry=self.registry)
+        self._counters = counters
+        self.dashboard = DashboardFeed()
         self._server: Any = None
 
     def observe_event(self, kind: str, fields: dict[str, Any]) -> None:
@@ -71,6 +77,7 @@ class NodeMetrics:
         if kind == "replica_read":
             self._replica_reads += 1
             return
+        self.dashboard.observe(kind, fields)
         if kind != "coordinator_done":
             self._count_event(kind, fields)
             return
@@ -122,13 +129,21 @@ class NodeMetrics:
         self.members = {**dict.fromkeys(MEMBER_STATUSES, 0), **members}
         self.ring = {**dict.fromkeys(RING_GAUGES, 0), **ring}
 
-    def serve(self, host: str, port: int) -> None:
-        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+    def publish(self, node: Any) -> None:
+        """Called by the node loop after ``refresh``: a new dashboard snapshot of ``node``."""
+        self.dashboard.publish(node, self, self._counters())
+
+    def serve(self, host: str, port: int, event_log: Path | None = None) -> None:
+        """Serve /metrics and the dashboard on ``host:port`` (raises OSError if it cannot
+        bind); the timeline starts with the end of ``event_log``."""
+        from zkv.net.http_server import NodeHttpServer
+
+        self.dashboard.event_log = event_log
+        self._server = NodeHttpServer(host, port, self.registry, Dashboard(self.dashboard))
 
     def close(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.close()
             self._server = None
 
 

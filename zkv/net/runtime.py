@@ -52,9 +52,7 @@ sockets are bound and the loop runs, ``stopped`` after a clean exit).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -68,18 +66,17 @@ from typing import Any, Callable
 import zmq
 
 from zkv.config import (
-    ConfigError,
+    NODE_FILE,
     NodeSettings,
     gossip_address,
     is_node_id,
-    load_settings,
     node_address,
+    store_path,
 )
 from zkv.core.actions import (
     Action,
     ClientCall,
     Deliver,
-    Event,
     Input,
     Publish,
     Reply,
@@ -97,24 +94,20 @@ from zkv.core.messages import (
     DecodeError,
     ErrorReply,
     Gossip,
-    Prepare,
-    ReadRequest,
     RingInfo,
     RingQuery,
-    WriteRequest,
     decode,
     encode,
 )
 from zkv.core.node import Node
 from zkv.core.stabilizer import BATCH_BYTES
-from zkv.exit_codes import EXIT_DECOMMISSIONED
+from zkv.core.turn import boot, end_turn
+from zkv.exit_codes import EXIT_DECOMMISSIONED, EXIT_HALTED
+from zkv.jsonfile import write_json_atomic
 from zkv.net.eventlog import EventLog
 from zkv.net.metrics import NodeMetrics
 from zkv.net.security import KeyFileError, NodeSecurity
-from zkv.storage.base import Store, StoreFull
-
-STORE_DIR = "store"
-NODE_FILE = "node.json"
+from zkv.storage.base import Store
 
 DRAIN_CAP = 1000  # ZeroMQ messages taken from one socket per loop turn
 MAX_BATCH = 256  # protocol messages in one ZeroMQ message (a peer's batch)
@@ -122,12 +115,12 @@ MAX_BATCH = 256  # protocol messages in one ZeroMQ message (a peer's batch)
 # message is one) starts with it, so no single message is mistaken for it.
 PEER_MARK = b"\0"
 PEER_SNDHWM = 1000  # messages queued to one peer before new ones are dropped
-MAX_POLL = 1.0  # seconds; the loop also wakes this often to sample metrics
+MAX_POLL = 1.0  # seconds; the loop wakes at least this often
+SAMPLE_INTERVAL = 0.5  # seconds between metric samples (and dashboard snapshots)
 PUB_LINGER_MS = 500  # time to flush the last ("left") gossip at exit
 
 # Messages that acknowledge nothing and carry no record read from this node's
 # uncommitted writes, so they may leave before the turn's commit.
-_BEFORE_COMMIT = (ReadRequest, WriteRequest, Prepare)
 _CLIENT_MESSAGES = (ClientRequest, RingQuery, AdminRequest)
 # Messages only ever sent to clients: arriving at a node they are forged or misrouted.
 _ANSWERS_TO_CLIENTS = (ClientReply, RingInfo, ErrorReply, AdminReply)
@@ -177,11 +170,6 @@ def frame_limits(config: NodeConfig) -> FrameLimits:
     )
 
 
-def store_path(data_dir: Path | str) -> Path:
-    """Where a node keeps its LMDB environment inside its data directory."""
-    return Path(data_dir) / STORE_DIR
-
-
 def open_store(settings: NodeSettings) -> Store:
     from zkv.storage.lmdb_store import LmdbStore
 
@@ -217,18 +205,18 @@ class NodeProcess:
         self._wake_r.setblocking(False)
         self.limits = frame_limits(config)
         self.rejected_frames = 0  # frames refused before reaching the node
-        self.membership_refused = 0  # of nodes this process ran before a reboot
         self.dropped_messages = 0
         self.step_errors = 0
         self.withheld_messages = 0  # replies and acks not sent: their writes were lost
         self._turn_failed = False
+        self.halted = False  # a lost turn and no room to restart the node: the loop ends
         self.stop_requested = False
         try:
             self.security = self._start_security()
             self._bind()
             self.store = store if store is not None else self._open_store()
             try:
-                self.node = Node(config, self.store, time.monotonic())
+                self.node = boot(Node, config, self.store, time.monotonic())
             except Exception as exc:  # a bad config field, an unreadable meta record
                 raise StartupError(f"cannot start the node: {exc}") from exc
             self._start_metrics()
@@ -285,9 +273,9 @@ class NodeProcess:
         metrics = NodeMetrics(self._counters)
         if port is not None:
             try:
-                metrics.serve(self.settings.host, port)
+                metrics.serve(self.settings.http_bind, port, self.events.path)
             except OSError as exc:
-                raise StartupError(f"cannot serve metrics on {self.settings.host}:{port}: "
+                raise StartupError(f"cannot serve metrics on {self.settings.http_bind}:{port}: "
                                    f"{exc}") from None
         self.metrics = metrics
 
@@ -302,7 +290,7 @@ class NodeProcess:
             "step_errors": self.step_errors,
             "withheld_messages": self.withheld_messages,
             "ops_in_flight": len(node.coordinator.ops),
-            "membership_refused": self.membership_refused + node.changes.refused,
+            "membership_refused": node.changes.refused,
         }
 
     def _dealer(self, address: str) -> zmq.Socket:
@@ -364,6 +352,8 @@ class NodeProcess:
             if now >= node.next_wakeup():
                 self._step(Tick(), now, actions)
             self._apply(actions)
+            if self.halted:
+                return self._finish(EXIT_HALTED)
             if node.left and exit_code == 0:
                 # Out of the cluster: finish what it coordinates and, for the shutdown
                 # grace, answer new requests "unavailable" (clients try another node)
@@ -376,7 +366,7 @@ class NodeProcess:
                 self.stop_requested = True
             self._reconcile()
             if now >= next_sample:
-                next_sample = now + MAX_POLL
+                next_sample = now + SAMPLE_INTERVAL
                 self._sample()
             if grace_end is not None and (now >= grace_end or (
                     now >= quiet_after and not node.coordinator.ops)):
@@ -499,57 +489,41 @@ class NodeProcess:
             traceback.print_exc(file=sys.stderr)
 
     def _apply(self, actions: list[Action]) -> None:
-        """Commit, then send: the order that makes every acknowledgement durable.
+        """End the turn as ``zkv.core.turn.end_turn`` says: requests to replicas leave
+        before the commit, everything else after it, or not at all if the turn's writes
+        may be lost (then the node restarts from its store, or the process halts).
 
         Messages to one peer (or replies to one client) from one turn leave as one
         multipart batch: one ZeroMQ message instead of many, which is most of what
         the sockets and the kernel cost per message under load.
         """
-        if not actions:
+        step_failed, self._turn_failed = self._turn_failed, False
+        if not actions and not step_failed:
             return
-        ts = time.time()
-        early: dict[str, list[bytes]] = {}
-        after: list[Action] = []
-        # A store that refuses a write (StoreFull) drops every write since the last
-        # commit, including earlier steps' of this turn whose acknowledgements are
-        # queued here; a step that raised may have left the same. Then nothing of
-        # the turn that acknowledges or reveals a write may leave.
-        writes_lost = self._turn_failed
-        self._turn_failed = False
-        for action in actions:
-            kind = type(action)
-            if kind is Send:
-                if isinstance(action.message, _BEFORE_COMMIT):
-                    early.setdefault(action.address, []).append(encode(action.message))
-                else:
-                    after.append(action)
-            elif kind is Event:
-                self._log(action.kind, action.fields, ts)
-                if action.kind == "store_full":
-                    writes_lost = True
-                if self.metrics is not None:
-                    self.metrics.observe_event(action.kind, action.fields)
-            else:
-                after.append(action)
-        self._send_batches(early)
+        previous = self.node
         commit_start = time.monotonic()
-        try:
-            self.store.commit()
-        except StoreFull as exc:
-            self._log("store_full", {"detail": str(exc)}, ts)
-            writes_lost = True
+        end = end_turn(previous, self.store, actions, commit_start, step_failed=step_failed,
+                       send_early=self._send_early, factory=Node)
         if self.metrics is not None:
             self.metrics.end_turn(time.monotonic() - commit_start)
-        if writes_lost:
-            withheld = [a for a in after if type(a) is not Publish]
-            after = [a for a in after if type(a) is Publish]
-            self.withheld_messages += len(withheld)
-            self._log("acks_withheld", {"messages": len(withheld)}, ts)
-            self._reboot_node()
+        ts = time.time()
+        for event in end.events:
+            self._log(event.kind, event.fields, ts)
+            if self.metrics is not None:
+                self.metrics.observe_event(event.kind, event.fields)
+        self.withheld_messages += end.withheld
         self.events.flush()  # the log shows an outcome before anyone hears of it
+        if end.halted:
+            self.halted = True
+            self.stop_requested = True
+            print(f"{self.node_id}: halted: a turn's writes were lost and the store is too "
+                  f"full to restart the node on it; free space, then start it again",
+                  file=sys.stderr, flush=True)
+            return
+        self.node = end.node
         peers: dict[str, list[bytes]] = {}
         clients: dict[bytes, list[bytes]] = {}
-        for action in after:
+        for action in end.outputs:
             kind = type(action)
             if kind is Send:
                 peers.setdefault(action.address, []).append(encode(action.message))
@@ -566,23 +540,11 @@ class NodeProcess:
         self._send_batches(peers)
         self._send_batches(clients, self._to_client)
 
-    def _reboot_node(self) -> None:
-        """Start the node afresh from its store, as after a crash.
-
-        The lost turn's writes are gone, yet the node's memory (say, a coordinator
-        that counted its own write) still believes in them; forgetting that memory
-        is what a crash does, and the protocol is built to survive crashes.
-        """
-        config = self.node.config
-        carried = self.node.rejected_frames  # counters exported as totals never go back
-        self.membership_refused += self.node.changes.refused
-        try:
-            self.node = Node(config, self.store, time.monotonic())
-        except StoreFull as exc:  # not even the incarnation fits: keep the old memory
-            self._log("reboot_failed", {"detail": str(exc)})
-            return
-        self.rejected_frames += carried
-        self._log("rebooted", {"incarnation": self.node.incarnation})
+    def _send_early(self, sends: list[Send]) -> None:
+        batches: dict[str, list[bytes]] = {}
+        for action in sends:
+            batches.setdefault(action.address, []).append(encode(action.message))
+        self._send_batches(batches)
 
     def _send_batches(self, batches: dict, send: Callable[[Any, list[bytes]], None] | None = None
                       ) -> None:
@@ -631,6 +593,7 @@ class NodeProcess:
             members[member.status] = members.get(member.status, 0) + 1
         self.metrics.refresh(len(self.store), members, self.node.ring_gauges(),
                              store_path(self.data_dir))
+        self.metrics.publish(self.node)  # the dashboard's snapshot (zkv.net.dashboard)
 
     def _log(self, kind: str, fields: dict[str, Any], ts: float | None = None) -> None:
         self.events.append(kind, fields, time.time() if ts is None else ts)
@@ -649,9 +612,7 @@ class NodeProcess:
             "status": status,
             "updated": time.time(),
         }
-        tmp = self.data_dir / (NODE_FILE + ".tmp")
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
-        os.replace(tmp, self.data_dir / NODE_FILE)
+        write_json_atomic(self.data_dir / NODE_FILE, info)
 
     # ----------------------------------------------------------------- stopping
 
@@ -747,59 +708,3 @@ def _in_main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def settings_from_args(argv: list[str] | None = None) -> NodeSettings:
-    """NodeSettings from ``--config FILE`` and/or flags, checked by ``zkv.config``."""
-    p = argparse.ArgumentParser(prog="python -m zkv.net.runtime",
-                                description="Run one zkv node in the foreground.")
-    p.add_argument("--config", type=Path, help="TOML file; flags override it")
-    p.add_argument("--id", help="node id, unique in the cluster")
-    p.add_argument("--host", help="address others reach this node at (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="request port; gossip uses port+1, metrics port+2")
-    p.add_argument("--data-dir", help="LMDB store, event log and node.json")
-    p.add_argument("--seeds", help="comma-separated seed addresses")
-    p.add_argument("--metrics-port", type=int, help="0 disables metrics")
-    p.add_argument("--no-sync", dest="sync", action="store_const", const=False,
-                   help="do not fsync each group commit (unsafe: for benchmarks)")
-    p.add_argument("--event-log-max-bytes", type=int,
-                   help="rotate events.jsonl past this size")
-    p.add_argument("--map-size", help="initial LMDB map size, e.g. 64MiB")
-    p.add_argument("--max-map-size", help="largest the LMDB map may grow, e.g. 64GiB")
-    for name in ("replicas", "vnodes"):
-        p.add_argument(f"--{name}", type=int)
-    p.add_argument("--consistency", help="default level: one, quorum or all")
-    p.add_argument("--max-key", help="largest key, e.g. 1KiB")
-    p.add_argument("--max-value", help="largest value, e.g. 1MiB")
-    p.add_argument("--curve", nargs="?", const=True, type=lambda v: v.lower() == "true",
-                   help="CurveZMQ on every socket (needs --secret-key, --authorized-keys)")
-    p.add_argument("--removal", choices=("auto", "manual"),
-                   help="auto: a node silent for t_remove is removed by a majority; manual: "
-                        "only `zkv node remove` removes it")
-    p.add_argument("--secret-key", help="the cluster key pair (.key_secret file)")
-    p.add_argument("--authorized-keys", help="directory of public keys allowed to connect")
-    for name in ("gossip_interval", "t_fail", "t_remove", "retry_interval",
-                 "anti_entropy_interval", "default_timeout", "tombstone_grace",
-                 "shutdown_grace", "max_version_ahead"):
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=float, metavar="SECONDS")
-    args = vars(p.parse_args(argv))
-    path = args.pop("config")
-    log_max = args.pop("event_log_max_bytes")
-    try:
-        settings = load_settings(path, args)
-    except ConfigError as exc:
-        p.error(str(exc))
-    if log_max is not None:
-        settings = dataclasses.replace(settings, event_log_max_bytes=log_max)
-    return settings
-
-
-def main(argv: list[str] | None = None) -> None:
-    sys.exit(serve(settings_from_args(argv)))
-
-
-if __name__ == "__main__":
-    main()

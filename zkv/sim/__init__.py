@@ -5,7 +5,8 @@ duplicates and reorders messages, partitions nodes, crashes and restarts them.
 Same seed, same trace.
 
 - ``SimCluster``: build a cluster, drive it, inject faults, send client requests.
-- ``run_random``: the randomized fault run with history checks (``RunReport``).
+- ``run_random``: the randomized fault run of a ``RunSpec``, with history checks
+  (``RunReport``).
 - ``run_scenario`` / ``SCENARIOS`` / ``format_report``: named runs for ``zkv sim``.
 """
 
@@ -15,7 +16,7 @@ from zkv.sim.events import EventLog, LogEntry
 from zkv.sim.history import History, Op
 from zkv.sim.network import LinkFaults, NetStats, Network
 from zkv.sim.report import RunReport, format_report
-from zkv.sim.runner import run_random
+from zkv.sim.runner import RunSpec, run_random
 from zkv.sim.scenarios import SCENARIOS, run_scenario
 from zkv.sim.scheduler import Scheduler
 
@@ -31,6 +32,7 @@ __all__ = [
     "Op",
     "PendingResult",
     "RunReport",
+    "RunSpec",
     "Scheduler",
     "SimClient",
     "SimCluster",

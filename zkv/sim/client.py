@@ -5,24 +5,30 @@ and waits for the matching ClientReply or its own deadline (the request's
 timeout plus a margin for the network), whichever comes first; late or
 duplicated replies are ignored. The outcome is a ``ClientResult`` whose status
 is the node's (ok, not_found, exists, unavailable, invalid) or ``timeout``.
+
+``RoutedClient`` is the library's client instead: it runs the very policy of
+``zkv.client.Client`` (``zkv.core.client_policy``: the ring learned from a node,
+replicas first, suspects last, reads hedged, writes never sent to a second
+coordinator while one holds them, refusals retried until the deadline).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from zkv.core.messages import ClientReply, ClientRequest, ErrorReply, Message
+from zkv.core.client_policy import OUTCOMES, Call, Outcome, Pause, Router, SendTo
+from zkv.core.messages import ClientReply, ClientRequest, ErrorReply, Message, RingInfo, RingQuery
 from zkv.sim.network import CLIENT, Packet
 from zkv.sim.scheduler import Timer
 
 if TYPE_CHECKING:
     from zkv.sim.cluster import SimCluster
 
-TIMEOUT = "timeout"
-STATUSES = ("ok", "not_found", "exists", "condition_failed", "unavailable", "unknown",
-            "invalid", TIMEOUT)
+TIMEOUT = "timeout"  # zkv.core.client_policy.TIMEOUT
+STATUSES = OUTCOMES
 
 
 def as_bytes(data: str | bytes | None) -> bytes | None:
@@ -154,3 +160,110 @@ class SimClient:
         if self.on_result is not None:
             self.on_result(result)
         outstanding.pending._resolve(result)
+
+
+class RoutedClient(SimClient):
+    """A client process that routes and retries as ``zkv.client.Client`` does."""
+
+    def __init__(self, cluster: SimCluster, process: int, seeds: list[str]) -> None:
+        super().__init__(cluster, process, margin=0.0)
+        self.router = Router(seeds)
+        self.sent_to: list[str] = []  # node ids this call's request went to, in order
+        self._call: Call | None = None
+        self._wakeup: Timer | None = None
+
+    def call(self, node_id: str | None, op: str, key: str | bytes,  # type: ignore[override]
+             value: str | bytes | None = None, consistency: str = "quorum",
+             timeout: float = 2.0, on_done: Callable[[ClientResult], None] | None = None,
+             expected: str | bytes | None = None) -> PendingResult:
+        """Run one operation under the library's policy; ``node_id`` is ignored (the
+        policy picks the coordinators)."""
+        if self._outstanding is not None:
+            raise RuntimeError(f"{self.address} already has a request outstanding")
+        cluster = self.cluster
+        now = cluster.scheduler.now
+        self._next_req += 1
+        request = ClientRequest(self._next_req, op, as_bytes(key) or b"", as_bytes(value),
+                                consistency, max(1, int(round(timeout * 1000))),
+                                as_bytes(expected))
+        pending = PendingResult()
+        if on_done is not None:
+            pending.callbacks.append(on_done)
+        # The policy's own deadline ends the call; this timer only wakes the driver.
+        self._outstanding = _Outstanding(request, "", now, cluster.scheduler.call_later(
+            timeout, self._drive), pending)
+        self.sent_to = []
+        self._maybe_ask_ring(now)
+        self._call = Call(op, request.key, consistency, timeout, now, self.router)
+        self._drive()
+        return pending
+
+    def _node_at(self, address: str) -> str | None:
+        for node_id, host in self.cluster.hosts.items():
+            if host.address == address:
+                return node_id if host.running else None
+        return None
+
+    def _send(self, address: str, message: Message) -> bool:
+        """Like a DEALER with ZMQ_IMMEDIATE: refused when no process listens there."""
+        if self._node_at(address) is None:
+            return False
+        self.cluster.network.send(self.address, self.address, address, message, CLIENT)
+        return True
+
+    def _maybe_ask_ring(self, now: float) -> None:
+        if not self.router.ring_query_due(now):
+            return
+        for address in self.router.query_targets():
+            self._next_req += 1  # one sequence of ids for requests and ring queries
+            if self._send(address, RingQuery(self._next_req)):
+                self.router.asked(self._next_req, now)
+                return
+
+    def _drive(self, *_: object) -> None:
+        call, outstanding = self._call, self._outstanding
+        if call is None or outstanding is None:
+            return
+        scheduler = self.cluster.scheduler
+        if self._wakeup is not None:
+            self._wakeup.cancel()
+            self._wakeup = None
+        while True:
+            now = scheduler.now
+            step = call.next(now)
+            if type(step) is SendTo:
+                request = dataclasses.replace(outstanding.request, timeout_ms=step.budget_ms)
+                ok = self._send(step.address, request)
+                if ok:
+                    self.sent_to.append(self._node_at(step.address) or step.address)
+                call.sent(step.address, ok, now)
+            elif type(step) is Pause:
+                self._maybe_ask_ring(now)
+                self._wakeup = scheduler.call_later(step.seconds, self._drive)
+                return
+            elif type(step) is Outcome:
+                self._call = None
+                outstanding.node_id = self.sent_to[-1] if self.sent_to else ""
+                self._finish(step.status, step.value, step.detail)
+                return
+            else:
+                self._wakeup = scheduler.call_at(step.until, self._drive)
+                return
+
+    def _on_packet(self, packet: Packet, message: Message) -> None:
+        now = self.cluster.scheduler.now
+        self.router.heard_from(packet.src_address)
+        if type(message) is RingInfo:
+            if message.req_id == self.router.query:
+                self.router.learn(message, now)
+            return
+        outstanding, call = self._outstanding, self._call
+        if outstanding is None or call is None:
+            self.stale_replies += 1
+            return
+        if isinstance(message, ErrorReply) or (isinstance(message, ClientReply) and
+                                               message.req_id == outstanding.request.req_id):
+            call.on_reply(message, now)
+            self._drive()
+        else:
+            self.stale_replies += 1

@@ -21,13 +21,13 @@ from typing import Any
 from zkv.core.actions import ClientCall
 from zkv.core.config import NodeConfig
 from zkv.core.messages import AdminRequest
-from zkv.sim.client import ClientResult, PendingResult, SimClient
+from zkv.sim.client import ClientResult, PendingResult, RoutedClient, SimClient
 from zkv.sim.events import EventLog
 from zkv.sim.history import History
-from zkv.sim.host import CRASHED, LEFT, NodeFactory, NodeHost
+from zkv.sim.host import CRASHED, HALTED, LEFT, NodeFactory, NodeHost
 from zkv.sim.network import LinkFaults, Network, Packet
 from zkv.sim.scheduler import Scheduler
-from zkv.storage.memory import MemoryStore
+from zkv.storage.memory import FULL_DATA, MemoryStore
 
 WALL_OFFSET = 1.7e9  # virtual t=0 is this many wall-clock seconds: versions look real
 SEED_NODE = "n0"  # every node's seed
@@ -184,7 +184,9 @@ class SimCluster:
         return [node_id for node_id, host in self.hosts.items() if host.running]
 
     def down(self) -> list[str]:
-        return [node_id for node_id, host in self.hosts.items() if host.status == CRASHED]
+        """Ids of nodes whose process is down but may be restarted (crashed or halted)."""
+        return [node_id for node_id, host in self.hosts.items()
+                if host.status in (CRASHED, HALTED)]
 
     def crash(self, node_id: str) -> None:
         """Kill the process: its memory, timers and incoming messages are lost, its disk is not."""
@@ -199,8 +201,15 @@ class SimCluster:
         host = self.hosts[node_id]
         if host.running:
             raise ValueError(f"{node_id} is already running")
-        host.start()
-        self.log(node_id, "sim.restart", {"boot": host.boots})
+        if host.start():
+            self.log(node_id, "sim.restart", {"boot": host.boots})
+
+    def fill_disk(self, node_id: str, full: str | None = FULL_DATA) -> None:
+        """Fill (or, with None, free) a node's disk: while full, its store refuses writes
+        (``StoreFull``), discarding every write since its last commit; ``FULL_DATA``
+        still takes small meta updates (a node can restart), ``FULL`` nothing."""
+        self.log(node_id, "sim.disk_full" if full else "sim.disk_freed", {"full": full})
+        self.store(node_id).full = full
 
     def stop(self, node_id: str, grace: float | None = None) -> None:
         """Graceful stop (SIGTERM): deliver Shutdown, let it run ``grace`` seconds, then
@@ -300,6 +309,15 @@ class SimCluster:
     def client(self) -> SimClient:
         """A new client process (``client://<k>``); its results go to ``self.history``."""
         client = SimClient(self, len(self.clients), self.client_margin)
+        client.on_result = self.history.record
+        self.clients.append(client)
+        return client
+
+    def routed_client(self, seeds: list[str] | None = None) -> RoutedClient:
+        """A new client process that runs the library's policy (``zkv.core.client_policy``),
+        knowing ``seeds`` (default: every node's address) to start with."""
+        seeds = seeds if seeds is not None else [h.address for h in self.hosts.values()]
+        client = RoutedClient(self, len(self.clients), seeds)
         client.on_result = self.history.record
         self.clients.append(client)
         return client

@@ -70,7 +70,9 @@ def op_from_result(result: ClientResult) -> Op | None:
         if status in answers:
             outcome, found = "ok", answers[status]
         else:
-            outcome = "fail" if status in ("invalid", "unavailable") else "unknown"
+            # A node's "unavailable" comes before any replica could apply the write, and
+            # a refused request never ran; only a timeout (or "unknown") may have landed.
+            outcome = "fail" if status in ("invalid", "unavailable", "refused") else "unknown"
     else:
         return None
     end = None if outcome == "unknown" else result.end

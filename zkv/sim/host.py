@@ -1,9 +1,10 @@
 """One simulated machine: a node's disk (its store) and, while it runs, its process.
 
 The host is the simulator's driver for a single ``Node``: it turns arriving
-packets into events, steps the node, commits the store and only then dispatches
-the actions (the driver rule that keeps acknowledgements behind durable
-writes), and keeps exactly one Tick pending at the node's next wakeup.
+packets into events, steps the node, ends the turn as the runtime does
+(``zkv.core.turn.end_turn``: commit, then send; withhold and restart, or halt,
+when the store refused a write), and keeps exactly one Tick pending at the
+node's next wakeup. Each step is a turn of its own.
 A crash drops the ``Node`` object (memory, timers and in-flight work are lost);
 the store, like a disk, survives for the next ``start()``.
 """
@@ -15,7 +16,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from zkv.core.actions import (
-    Action,
     ClientCall,
     Deliver,
     Event,
@@ -28,14 +28,17 @@ from zkv.core.actions import (
 )
 from zkv.core.config import NodeConfig
 from zkv.core.messages import Message
+from zkv.core.turn import boot, end_turn
 from zkv.sim.network import CLIENT, GOSSIP, PEER, REPLY, Packet
 from zkv.sim.scheduler import Timer
+from zkv.storage.base import StoreFull
 
 if TYPE_CHECKING:
     from zkv.sim.cluster import SimCluster
     from zkv.storage.base import Store
 
 RUNNING, LEAVING, CRASHED, LEFT = "running", "leaving", "crashed", "left"
+HALTED = "halted"  # a turn's writes were lost and the full store had no room to restart
 
 # A node that asks for another Tick at (or before) the instant of the Tick it
 # just handled gets it this much later, so a core bug cannot freeze virtual time.
@@ -73,18 +76,23 @@ class NodeHost:
 
     # ------------------------------------------------------------- lifecycle
 
-    def start(self) -> None:
-        """Boot a fresh Node on this host's store (first start or restart after a crash)."""
+    def start(self) -> bool:
+        """Boot a fresh Node on this host's store (first start or restart after a crash);
+        False when the store is too full to start on (the host stays down)."""
         if self.node is not None:
             raise RuntimeError(f"{self.node_id} is already running")
         now = self.cluster.scheduler.now
         self.generation += 1
         self.boots += 1
-        self.node = self.factory(self.config, self.store, now)
-        self.store.commit()
+        try:
+            self.node = boot(self.factory, self.config, self.store, now)
+        except StoreFull as exc:
+            self.cluster.log(self.node_id, "sim.start_failed", {"reason": str(exc)})
+            return False
         self.status = RUNNING
         self.cluster.network.attach(self.address, self.node_id, self.deliver)
         self._schedule_tick(after_tick=False)
+        return True
 
     def pause(self) -> None:
         """Stall the process: what reaches it waits in its queues, its timers do not fire."""
@@ -156,16 +164,28 @@ class NodeHost:
                 f"{self.node_id} failed at t={now:.6f} (seed {cluster.seed}) on {event!r}: {exc!r}"
             ) from exc
         self.steps += 1
-        self.store.commit()  # durable before anything leaves the node
-        self._dispatch(actions)
-        if self.node is node and getattr(node, "left", False):  # decommissioned: the process ends, as zkv's does
+        end = end_turn(node, self.store, actions, now, step_failed=False,
+                       send_early=self._dispatch, factory=self.factory)
+        self._dispatch(end.events)
+        if end.halted:
+            self.crash(status=HALTED)
+            return
+        if end.rebooted:  # the old memory's tick goes with it; the next one is the new node's
+            if self._tick is not None:
+                self._tick.cancel()
+                self._tick = None
+            self.boots += 1
+            self.node = node = end.node
+        self._dispatch(end.outputs)
+        # Decommissioned: the process ends, as zkv's does.
+        if self.node is node and getattr(node, "left", False):
             self.crash(status=LEFT)
             cluster.log(self.node_id, "sim.left", {})
             return
         if self.node is node:
             self._schedule_tick(after_tick=isinstance(event, Tick))
 
-    def _dispatch(self, actions: list[Action]) -> None:
+    def _dispatch(self, actions: list[Any]) -> None:
         cluster = self.cluster
         network = cluster.network
         for action in actions:

@@ -3,9 +3,12 @@
 Faults: ``crash`` (a node's process dies and restarts later on the same disk),
 ``isolate`` (one node cut off), ``partition`` (the nodes split into a minority
 and a majority), ``loss`` and ``duplicate`` (a burst of message loss or
-duplication on every link). Each lasts a random time; by default shorter than
-``t_remove``, so nodes are suspected but never removed from the ring (longer
-faults are the split-brain scenario and must be asked for). At most
+duplication on every link), ``full_disk`` (a node's store refuses writes, as
+LMDB's does when its map or disk is full: the node withholds the turn's
+acknowledgements and restarts, or halts until the disk is freed). Each lasts
+a random time; by default shorter than ``t_remove``, so nodes are suspected but
+never removed from the ring (longer faults are the split-brain scenario and must
+be asked for). At most
 ``max_down`` nodes are crashed, isolated or stalled at once.
 
 Membership faults (``MEMBERSHIP``): ``join`` (a new node starts), ``decommission``
@@ -24,13 +27,15 @@ from typing import TYPE_CHECKING
 
 from zkv.sim.host import RUNNING
 from zkv.sim.scheduler import Timer
+from zkv.storage.memory import FULL, FULL_DATA
 
 if TYPE_CHECKING:
     from zkv.sim.cluster import SimCluster
 
 FAULTS = ("crash", "partition", "isolate", "loss", "duplicate")
 MEMBERSHIP = ("join", "decommission", "wipe", "remove", "stall")
-KNOWN = FAULTS + MEMBERSHIP
+STORAGE = ("full_disk",)
+KNOWN = FAULTS + MEMBERSHIP + STORAGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,7 @@ class Nemesis:
         self._max_nodes = spec.max_nodes or len(cluster.hosts) + 3
         self._t_remove = t_remove
         self._stalled: set[str] = set()
+        self._full: set[str] = set()
 
     def start(self, until: float) -> None:
         """Inject faults from now until ``until`` (faults still active then end on schedule)."""
@@ -81,7 +87,7 @@ class Nemesis:
         outside = sum(1 for i in cluster.running()
                       if not getattr(cluster.node(i), "joined", True))
         return (len(cluster.down()) + len(cluster.network.isolated) + len(self._stalled)
-                + outside)
+                + len(self._full - set(cluster.down())) + outside)
 
     def _possible(self) -> list[str]:
         network = self.cluster.network
@@ -98,13 +104,15 @@ class Nemesis:
             "wipe": room and bool(self._members(spare=True)),
             "remove": room and bool(self._members(spare=True)),
             "stall": room and bool(self._candidates()),
+            "full_disk": room and bool(self._candidates()),
         }
         return [fault for fault in self.spec.faults if checks[fault]]
 
     def _candidates(self) -> list[str]:
         isolated = self.cluster.network.isolated
         return [node_id for node_id, host in self.cluster.hosts.items()
-                if host.status == RUNNING and node_id not in isolated and not host.paused]
+                if host.status == RUNNING and node_id not in isolated and not host.paused
+                and node_id not in self._full]
 
     def _members(self, spare: bool) -> list[str]:
         """Running ring members; with ``spare``, only while the ring keeps ``min_ring``
@@ -242,6 +250,26 @@ class Nemesis:
             self._note("wake", f"wake {node_id}", node=node_id)
             self.cluster.resume(node_id)
 
+    def _start_full_disk(self, duration: float) -> None:
+        rng = self.cluster.rng
+        node_id = rng.choice(self._candidates())
+        # Mostly a full data area (the node restarts on the store); sometimes a disk with
+        # no room at all (the node halts until the disk is freed).
+        full = FULL if rng.random() < 0.25 else FULL_DATA
+        self._note("full_disk", f"fill {node_id}'s disk ({full}) for {duration:.2f}s",
+                   node=node_id, duration=duration, full=full)
+        self._full.add(node_id)
+        self.cluster.fill_disk(node_id, full)
+        self._later(duration, self._end_full_disk, node_id)
+
+    def _end_full_disk(self, node_id: str) -> None:
+        self._full.discard(node_id)
+        self._note("disk_freed", f"free {node_id}'s disk", node=node_id)
+        self.cluster.fill_disk(node_id, None)
+        if node_id in self.cluster.down():  # halted on it
+            self._note("restart", f"restart {node_id}", node=node_id)
+            self.cluster.restart(node_id)
+
     # ------------------------------------------------------------------ heal
 
     def heal_all(self) -> None:
@@ -256,6 +284,8 @@ class Nemesis:
         self._loss = self._dup = False
         for node_id in sorted(self._stalled):
             self._end_stall(node_id)
+        for node_id in sorted(self._full):
+            self._end_full_disk(node_id)
         for node_id in cluster.down():
             self._note("restart", f"restart {node_id}", node=node_id)
             cluster.restart(node_id)

@@ -11,7 +11,7 @@ the whole history linearizable (``zkv.check``). Same seed, same run.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from zkv.core.messages import DecodeError
@@ -19,77 +19,76 @@ from zkv.sim.cluster import SimCluster
 from zkv.sim.durability import find_lost_writes
 from zkv.sim.history import History
 from zkv.sim.host import NodeFactory, StepError
-from zkv.sim.nemesis import FAULTS, Nemesis, NemesisSpec
+from zkv.sim.nemesis import Nemesis, NemesisSpec
 from zkv.sim.report import RunReport
 from zkv.sim.workload import COUNTER_KEY, Workload, WorkloadSpec, key_name
 
 FINAL_READ_ATTEMPTS = 5
 
 
-def run_random(
-    seed: int,
-    nodes: int = 10,
-    clients: int = 5,
-    keys: int = 5,
-    duration: float = 30.0,
-    *,
-    faults: Iterable[str] = FAULTS,
-    max_down: int = 1,
-    fault_interval: tuple[float, float] = (0.5, 2.0),
-    fault_duration: tuple[float, float] | None = None,
-    warmup: float | None = None,
-    settle: float | None = None,
-    read_ratio: float = 0.5,
-    delete_ratio: float = 0.15,
-    conditional_ratio: float = 0.0,
-    counter_clients: int = 0,
-    think: tuple[float, float] = (0.0, 0.05),
-    consistency: str = "quorum",
-    drop: float = 0.0,
-    duplicate: float = 0.0,
-    delay: tuple[float, float] = (0.001, 0.010),
-    clock_skew: float = 0.0,
-    config_overrides: dict[str, Any] | None = None,
-    node_factory: NodeFactory | None = None,
-    check_linearizability: bool = True,
-    max_check_steps: int | None = None,
-    scenario: str = "random",
-) -> RunReport:
-    """One randomized run; never raises for a bug found in the nodes (see ``report.error``).
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    """What one randomized run does, apart from its seed: a scenario is a spec that
+    runs under many seeds (``zkv.sim.scenarios``), a failing (spec, seed) pair replays.
 
-    ``fault_duration`` defaults to 0.5 s .. 0.75 * t_remove, so no fault lasts long
+    ``nemesis.duration`` defaults to 0.5 s .. 0.75 * t_remove, so no fault lasts long
     enough for a node to be removed from the ring. ``warmup`` (default: until every
-    node is a member and coordinates) lets the cluster form before the workload starts; ``settle`` (default t_remove plus
-    two anti-entropy rounds) lets it repair after healing, before the final reads.
+    node is a member and coordinates) lets the cluster form before the workload
+    starts; ``settle`` (default t_remove plus two anti-entropy rounds) lets it repair
+    after healing, before the final reads.
     """
+
+    scenario: str = "random"  # the name the report gives
+    nodes: int = 10
+    duration: float = 30.0  # seconds of workload and faults
+    workload: WorkloadSpec = WorkloadSpec()
+    nemesis: NemesisSpec = NemesisSpec()
+    # Every link, all run long (the nemesis adds bursts of loss and duplication).
+    drop: float = 0.0
+    duplicate: float = 0.0
+    delay: tuple[float, float] = (0.001, 0.010)
+    clock_skew: float = 0.0  # each node's wall clock off by up to this many seconds
+    warmup: float | None = None
+    settle: float | None = None
+    config_overrides: dict[str, Any] | None = None  # NodeConfig fields
+    node_factory: NodeFactory | None = None  # a stand-in for the real node (engine tests)
+    check_linearizability: bool = True
+    max_check_steps: int | None = None  # the checker's budget per key; None: its default
+
+    def params(self) -> dict[str, Any]:
+        """What the report lists of this spec: the shape, and whatever is not default."""
+        work, faults = self.workload, self.nemesis
+        params: dict[str, Any] = {
+            "nodes": self.nodes, "clients": work.clients, "keys": work.keys,
+            "duration": self.duration, "faults": ",".join(faults.faults) or "none",
+            "max_down": faults.max_down,
+        }
+        if self.drop or self.duplicate:
+            params.update(drop=self.drop, duplicate=self.duplicate)
+        if self.clock_skew:
+            params["clock_skew"] = self.clock_skew
+        if work.conditional_ratio or work.counter_clients:
+            params.update(conditional_ratio=work.conditional_ratio,
+                          counter_clients=work.counter_clients)
+        return params
+
+
+def run_random(seed: int, spec: RunSpec = RunSpec()) -> RunReport:
+    """One randomized run; never raises for a bug found in the nodes (see ``report.error``)."""
     wall_start = time.perf_counter()  # for the speed report only; never steers the run
-    faults = tuple(faults)
-    params: dict[str, Any] = {
-        "nodes": nodes, "clients": clients, "keys": keys, "duration": duration,
-        "faults": ",".join(faults) or "none", "max_down": max_down,
-    }
-    if drop or duplicate:
-        params.update(drop=drop, duplicate=duplicate)
-    if clock_skew:
-        params["clock_skew"] = clock_skew
-    report = RunReport(scenario, seed, params)
-    cluster = SimCluster(seed, nodes, config_overrides=config_overrides,
-                         node_factory=node_factory, drop=drop, duplicate=duplicate, delay=delay,
-                         clock_skew=clock_skew)
+    report = RunReport(spec.scenario, seed, spec.params())
+    cluster = SimCluster(seed, spec.nodes, config_overrides=spec.config_overrides,
+                         node_factory=spec.node_factory, drop=spec.drop,
+                         duplicate=spec.duplicate, delay=spec.delay, clock_skew=spec.clock_skew)
     config = cluster.host("n0").config
-    nemesis = Nemesis(cluster, NemesisSpec(faults, fault_interval, fault_duration, max_down),
-                      config.t_remove)
-    workload = Workload(cluster, WorkloadSpec(
-        clients, keys, read_ratio, delete_ratio, think, consistency,
-        conditional_ratio=conditional_ratio, counter_clients=counter_clients))
-    if conditional_ratio or counter_clients:
-        params.update(conditional_ratio=conditional_ratio, counter_clients=counter_clients)
+    nemesis = Nemesis(cluster, spec.nemesis, config.t_remove)
+    workload = Workload(cluster, spec.workload)
     try:
-        if warmup is None:  # until the cluster has formed
+        if spec.warmup is None:  # until the cluster has formed
             cluster.run_until_condition(lambda: _formed(cluster), cluster.now + 10 * config.t_fail)
         else:
-            cluster.run_for(warmup)
-        end = cluster.now + duration
+            cluster.run_for(spec.warmup)
+        end = cluster.now + spec.duration
         workload.start(end)
         nemesis.start(end)
         cluster.run_until(end)
@@ -97,12 +96,12 @@ def run_random(
                                     cluster.now + workload.timeout + cluster.client_margin + 1.0)
         nemesis.heal_all()
         cluster.run_for(config.t_remove + 2 * config.anti_entropy_interval
-                        if settle is None else settle)
-        names = [key_name(i) for i in range(keys)]
-        if counter_clients:
+                        if spec.settle is None else spec.settle)
+        names = [key_name(i) for i in range(spec.workload.keys)]
+        if spec.workload.counter_clients:
             names.append(COUNTER_KEY)
         report.final_values, report.unread_keys = _final_reads(cluster, names)
-        if counter_clients:
+        if spec.workload.counter_clients:
             report.counter = workload.counter
     except (StepError, DecodeError) as exc:
         report.error = f"{type(exc).__name__}: {exc}"
@@ -111,9 +110,9 @@ def run_random(
     report.op_counts = history.counts()
     report.statuses = history.statuses()
     report.lost_writes = find_lost_writes(history.ops, report.final_values)
-    if check_linearizability and report.error is None:
+    if spec.check_linearizability and report.error is None:
         report.verdict, report.linearizability = check_linearizability_of(
-            history, max_check_steps)
+            history, spec.max_check_steps)
         report.linearizable = {"linearizable": True, "violation": False}.get(report.verdict)
     report.net = cluster.network.stats.snapshot()
     report.nemesis = list(nemesis.log)

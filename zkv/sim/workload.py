@@ -43,6 +43,9 @@ class WorkloadSpec:
     target: str = "running"  # "running": only nodes whose process is up; "any": every node
     conditional_ratio: float = 0.0  # share of the writes that are create, update or cas
     counter_clients: int = 0  # clients incrementing COUNTER_KEY by read-then-cas
+    # Of ``clients``, how many run the library's routing and retry policy
+    # (``zkv.sim.client.RoutedClient``) instead of sending each request to a random node.
+    routed_clients: int = 0
 
 
 @dataclass(slots=True)
@@ -65,7 +68,9 @@ class Workload:
         self.cluster = cluster
         self.spec = spec
         self.keys = [key_name(i) for i in range(spec.keys)]
-        self.clients: list[SimClient] = [cluster.client() for _ in range(spec.clients)]
+        self.clients: list[SimClient] = [
+            cluster.routed_client() if i < spec.routed_clients else cluster.client()
+            for i in range(spec.clients)]
         self.timeout = cluster.default_timeout if spec.timeout is None else spec.timeout
         self.counters: list[SimClient] = [cluster.client() for _ in range(spec.counter_clients)]
         self.counter = CounterTally()

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-from zkv.core.versions import Version
-from zkv.storage.record import Record
+from zkv.model.record import Record
+from zkv.model.versions import Version
 
 
 class StoreFull(Exception):

@@ -48,10 +48,10 @@ from zlib import crc32
 import cbor2
 import lmdb
 
-from zkv.core.ring import token
+from zkv.model.record import Record
+from zkv.model.tokens import token
+from zkv.model.versions import Version
 from zkv.storage.base import StoreFull
-from zkv.core.versions import Version
-from zkv.storage.record import Record
 
 MiB = 1 << 20
 GiB = 1 << 30

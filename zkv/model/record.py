@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from zkv.core.versions import Version
+from zkv.model.versions import Version
 
 
 @dataclass(frozen=True, slots=True)
