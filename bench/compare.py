@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import http.client
 import json
 import multiprocessing as mp
@@ -69,9 +70,9 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from zkv import bench as zb  # noqa: E402
-from zkv import supervisor as sup  # noqa: E402
-from zkv.supervisor import free_base_port  # noqa: E402
+from zkv import bench as zb
+from zkv import supervisor as sup
+from zkv.supervisor import free_base_port
 
 HOST = "127.0.0.1"
 SYSTEMS = ("etcd", "zkv", "redis")
@@ -343,10 +344,8 @@ def _client_process(system: str, spec: dict, index: int, options: CellOptions,
                 samples.append(f"{type(exc).__name__}: {exc}")
     elapsed = time.monotonic() - t_start
     cpu1 = proc.cpu_times()
-    try:
+    with contextlib.suppress(Exception):  # closing is best effort
         adapter.close()
-    except Exception:  # noqa: BLE001 - closing is best effort
-        pass
     results.put({"index": index, "latencies": latencies.tobytes(), "errors": errors,
                  "not_found": not_found, "samples": samples, "elapsed": elapsed,
                  "preload_failed": preload_failed, "warmup_errors": warmup_errors,
@@ -356,7 +355,7 @@ def _client_process(system: str, spec: dict, index: int, options: CellOptions,
 def _percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
-    return values[min(len(values) - 1, max(0, int(round(q * len(values))) - 1))]
+    return values[min(len(values) - 1, max(0, round(q * len(values)) - 1))]
 
 
 def _busy(times: Any) -> float:
@@ -671,13 +670,13 @@ def markdown(rows: list[dict], args: argparse.Namespace, notes: list[str]) -> st
     sys_text = "; ".join(f"{v} ({n} {'member' if n == 1 else 'members'})"
                          for v, n in versions.values())
     lines = [
-        f"Machine: {m['nproc']} CPUs ({m['cpu']}), Python {m['python']}, loopback, "
-        f"{time.strftime('%Y-%m-%d')}. Systems: {sys_text}. {order}; same "
-        f"generator: one OS process per client, blocking puts then gets, "
-        f"{args.value_size}-byte values, {args.keys} keys, {args.duration:g} s per cell "
-        f"after {args.warmup:g} s of the same load, "
-        "fsync on everywhere (etcd default, zkv sync = true and quorum, "
-        "Redis appendfsync always).",
+        (f"Machine: {m['nproc']} CPUs ({m['cpu']}), Python {m['python']}, loopback, "
+         f"{time.strftime('%Y-%m-%d')}. Systems: {sys_text}. {order}; same "
+         f"generator: one OS process per client, blocking puts then gets, "
+         f"{args.value_size}-byte values, {args.keys} keys, {args.duration:g} s per cell "
+         f"after {args.warmup:g} s of the same load, "
+         "fsync on everywhere (etcd default, zkv sync = true and quorum, "
+         "Redis appendfsync always)."),
         "",
         f"{before}Load average (1 min, counting this run's own {clients} client processes "
         f"and servers) during the cells: {min(loads):.2f}-{max(loads):.2f}; "
@@ -686,8 +685,8 @@ def markdown(rows: list[dict], args: argparse.Namespace, notes: list[str]) -> st
         "during the cells. µs/op: CPU time per completed operation."
         if rows else "",
         "",
-        "| system | workload | clients | ops/s | p50 ms | p99 ms | errors | zkv/etcd "
-        "| generator cores (µs/op) | server cores (µs/op) | other cores |",
+        ("| system | workload | clients | ops/s | p50 ms | p99 ms | errors | zkv/etcd "
+         "| generator cores (µs/op) | server cores (µs/op) | other cores |"),
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     etcd = {(r["workload"], r["clients"]): r["ops_per_s"] for r in rows if r["system"] == "etcd"}

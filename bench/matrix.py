@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from zkv import bench as zb  # noqa: E402
+from zkv import bench as zb
 
 BEGIN, END = "<!-- bench-matrix:begin -->", "<!-- bench-matrix:end -->"
 
@@ -33,12 +33,12 @@ def ints(text: str) -> list[int]:
 
 def markdown(rows: list[dict], duration: float) -> str:
     m = zb.machine()
-    lines = [f"Machine: {m['nproc']} CPUs ({m['cpu']}), Python {m['python']}, loopback; "
-             f"quorum, fsync on, 100-byte values, {rows[0]['options']['keys'] if rows else 0} "
-             f"keys, {duration:g} s per cell, {time.strftime('%Y-%m-%d')}.",
+    lines = [(f"Machine: {m['nproc']} CPUs ({m['cpu']}), Python {m['python']}, loopback; "
+              f"quorum, fsync on, 100-byte values, {rows[0]['options']['keys'] if rows else 0} "
+              f"keys, {duration:g} s per cell, {time.strftime('%Y-%m-%d')}."),
              "",
-             "| nodes | workload | clients | pipeline | ops/s | p50 ms | p95 ms | p99 ms "
-             "| max ms | errors | generator cores |",
+             ("| nodes | workload | clients | pipeline | ops/s | p50 ms | p95 ms | p99 ms "
+              "| max ms | errors | generator cores |"),
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         o, t = r["options"], r["total"]

@@ -62,14 +62,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scale import _load_range as load_range  # noqa: E402  (bench/, the script's own dir)
+from scale import _load_range as load_range  # bench/, the script's own dir
 
-from zkv import bench as zb  # noqa: E402
-from zkv import supervisor as sup  # noqa: E402
-from zkv.core.config import NodeConfig  # noqa: E402
-from zkv.core.ring import Ring  # noqa: E402
-from zkv.net.eventlog import EVENT_LOG  # noqa: E402
-from zkv.net.figures import node_figures  # noqa: E402
+from zkv import bench as zb
+from zkv import supervisor as sup
+from zkv.core.config import NodeConfig
+from zkv.core.ring import Ring
+from zkv.net.eventlog import EVENT_LOG
+from zkv.net.figures import node_figures
 
 NODES = 3
 ADD = 2
@@ -805,9 +805,9 @@ def report(result: dict) -> str:
     for c in result["changes"]:
         for node, left in c.get("left_at", {}).items():
             near = [e for e in rd["error_log"] if abs(e["at"] - left) <= EXIT_NEAR]
-            lines += ["", f"{node} exited {left - c['sent_at']:.1f} s after the {c['change']} "
-                          f"command; {len(near)} of the reader's errors were gets sent within "
-                          f"{EXIT_NEAR:g} s of that."]
+            lines += ["", (f"{node} exited {left - c['sent_at']:.1f} s after the {c['change']} "
+                           f"command; {len(near)} of the reader's errors were gets sent within "
+                           f"{EXIT_NEAR:g} s of that.")]
     lines += ["", "Keys held at the end: " + ", ".join(
         f"{n} {_n(k)}" for n, k in result["keys_at_end"].items()) + "."]
     for c in result["changes"]:

@@ -52,12 +52,12 @@ import zmq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from zkv import bench as zb  # noqa: E402
-from zkv import supervisor as sup  # noqa: E402
-from zkv.config import NODE_FILE, store_path  # noqa: E402
-from zkv.core.messages import ClientReply, ClientRequest, DecodeError, decode, encode  # noqa: E402
-from zkv.exit_codes import EXIT_DECOMMISSIONED  # noqa: E402
-from zkv.net.figures import human_bytes, node_figures  # noqa: E402
+from zkv import bench as zb
+from zkv import supervisor as sup
+from zkv.config import NODE_FILE, store_path
+from zkv.core.messages import ClientReply, ClientRequest, DecodeError, decode, encode
+from zkv.exit_codes import EXIT_DECOMMISSIONED
+from zkv.net.figures import human_bytes, node_figures
 
 NODES = 3
 REPLICAS = 3
@@ -517,11 +517,11 @@ def stabilization(data_dir: Path, seeds: list[str], keys: int, deadline: float) 
 
 def report(result: dict) -> str:
     o, m, ld = result["options"], result["machine"], result["load"]
-    lines = [f"zkv scale: {o['keys']:,} keys x {o['value_size']} B, {NODES} nodes, quorum, "
-             f"fsync on; {o['processes']} processes x {o['clients']} clients, depth "
-             f"{o['depth']}; {m['nproc']} CPUs ({m['cpu']}), Python {m['python']}",
-             f"load:     {ld['loaded']:,} keys in {ld['seconds']:.1f} s = "
-             f"{ld['keys_per_s']:,.0f} keys/s; failed {ld['failed']}, retried {ld['retried']}"]
+    lines = [(f"zkv scale: {o['keys']:,} keys x {o['value_size']} B, {NODES} nodes, quorum, "
+              f"fsync on; {o['processes']} processes x {o['clients']} clients, depth "
+              f"{o['depth']}; {m['nproc']} CPUs ({m['cpu']}), Python {m['python']}"),
+             (f"load:     {ld['loaded']:,} keys in {ld['seconds']:.1f} s = "
+              f"{ld['keys_per_s']:,.0f} keys/s; failed {ld['failed']}, retried {ld['retried']}")]
     busy = (ld["nodes_cpu_s"] + ld["generator_cpu_s"]) / ld["seconds"]
     lines.append(f"          CPU: nodes {ld['nodes_cpu_s']:.0f} s, generator "
                  f"{ld['generator_cpu_s']:.0f} s ({busy:.2f} of {m['nproc']} cores busy)")

@@ -26,9 +26,11 @@ percentiles, HdrHistogram-style) and completions per time bucket
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import platform
+import queue
 import random
 import shutil
 import tempfile
@@ -378,7 +380,7 @@ def _add_counts(total: dict[str, list[int]], more: Any) -> None:
 def _percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return 0.0
-    i = min(len(sorted_values) - 1, max(0, int(round(q * len(sorted_values))) - 1))
+    i = min(len(sorted_values) - 1, max(0, round(q * len(sorted_values)) - 1))
     return sorted_values[i]
 
 
@@ -441,7 +443,8 @@ def run(options: BenchOptions, progress: Callable[[int, float], None] | None = N
     processes = options.processes or min(options.clients, os.cpu_count() or 1)
     processes = max(1, min(processes, options.clients))
     options.processes = processes
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    ctx = (mp.get_context("fork") if "fork" in mp.get_all_start_methods()
+           else mp.get_context("spawn"))
     barrier = ctx.Barrier(processes + 1)
     counts = ctx.Array("q", options.clients, lock=False)
     results = ctx.Queue()
@@ -460,10 +463,8 @@ def run(options: BenchOptions, progress: Callable[[int, float], None] | None = N
             pass
         start = time.monotonic()
         while len(collected) < processes:
-            try:
+            with contextlib.suppress(queue.Empty):
                 collected.append(results.get(timeout=0.25))
-            except Exception:  # noqa: BLE001 - queue.Empty
-                pass
             if progress is not None:
                 progress(sum(counts), time.monotonic() - start)
             if not any(p.is_alive() for p in workers) and results.empty():

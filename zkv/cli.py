@@ -398,6 +398,9 @@ def node_start(
     sync: bool | None = typer.Option(None, "--sync/--no-sync",
                                         help="fsync each group commit before acknowledging "
                                              "[--sync]."),
+    log_ops: bool | None = typer.Option(None, "--log-ops/--no-log-ops",
+                                           help="Also log every replica read and write and "
+                                                "every request in events.jsonl [--no-log-ops]."),
     map_size: str | None = typer.Option(None, "--map-size", help="Initial LMDB map size "
                                                                     "[64MiB]."),
     max_map_size: str | None = typer.Option(None, "--max-map-size",
@@ -441,7 +444,8 @@ def node_start(
         "retry_interval": retry_interval, "anti_entropy_interval": anti_entropy_interval,
         "default_timeout": default_timeout, "tombstone_grace": tombstone_grace,
         "shutdown_grace": shutdown_grace, "max_version_ahead": max_version_ahead,
-        "max_key": max_key, "max_value": max_value, "sync": sync, "map_size": map_size,
+        "max_key": max_key, "max_value": max_value, "sync": sync, "log_ops": log_ops,
+        "map_size": map_size,
         "max_map_size": max_map_size,
         "curve": curve, "secret_key": secret_key, "authorized_keys": authorized_keys,
     }
@@ -541,9 +545,9 @@ def _newest(views: dict[str, dict]) -> dict | None:
     return max(views.values(), key=lambda v: v["epoch"], default=None)
 
 
-def _streaming(views: dict[str, dict], epoch: int) -> dict | None:
+def _streaming(views: dict[str, dict], epoch: int | None) -> dict | None:
     """What the gainers of the ring change at ``epoch`` have streamed, summed over them;
-    None when no node streams for that epoch."""
+    None when no node streams for that epoch (or no epoch is known)."""
     gainers = [v["streaming"] for v in views.values()
                if v["streaming"]["epoch"] == epoch and v["streaming"]["ranges"]]
     if not gainers:
@@ -676,14 +680,16 @@ def _membership_change(action: str, node_id: str, data_dir: Path, timeout: float
             time.sleep(WATCH_INTERVAL)
 
     seconds = time.monotonic() - started
-    keys = sum(k for k, _ in streamed.values()) if streamed else None
-    size = sum(b for _, b in streamed.values()) if streamed else None
+    keys_streamed = sum(k for k, _ in streamed.values()) if streamed else None
+    bytes_streamed = sum(b for _, b in streamed.values()) if streamed else None
     if as_json:
         typer.echo(json.dumps({"node": node_id, "action": action, "epoch_before": epoch_before,
                                "epoch_after": epoch, "seconds": round(seconds, 2),
-                               "keys_streamed": keys, "bytes_streamed": size}))
+                               "keys_streamed": keys_streamed,
+                               "bytes_streamed": bytes_streamed}))
         return
-    moved = f"; {keys} keys ({human_bytes(size or 0)}) streamed" if keys is not None else ""
+    moved = (f"; {keys_streamed} keys ({human_bytes(bytes_streamed or 0)}) streamed"
+             if keys_streamed is not None else "")
     if action == "decommission":
         typer.echo(f"decommissioned {node_id}: its ranges are on the other nodes, it is out "
                    f"of the ring (epoch {epoch_before} -> {epoch}) and its process has exited"
@@ -771,6 +777,9 @@ def cluster_up(
     replicas: int | None = typer.Option(None, "--replicas", help="Copies of each key [3]."),
     sync: bool | None = typer.Option(None, "--sync/--no-sync", help="fsync each commit "
                                                                        "[--sync]."),
+    log_ops: bool | None = typer.Option(None, "--log-ops/--no-log-ops",
+                                           help="Nodes also log every operation "
+                                                "[--no-log-ops]."),
     curve: bool = typer.Option(False, "--curve", help="Encrypt and authenticate every socket "
                                                       "with CurveZMQ, on keys made in "
                                                       "DATA_DIR/keys (kept for later runs)."),
@@ -793,6 +802,8 @@ def cluster_up(
             node_flags += [flag, str(value)]
     if sync is not None:
         node_flags.append("--sync" if sync else "--no-sync")
+    if log_ops is not None:
+        node_flags.append("--log-ops" if log_ops else "--no-log-ops")
     if sup.supervisor_running(data_dir):
         info = _control(sup.read_cluster, data_dir) or {}
         die(f"a cluster is already running in {data_dir} (supervisor pid "

@@ -39,9 +39,11 @@ Guarantees:
 A Client is not thread-safe: give each thread its own (they share one ZeroMQ
 context, and a client holds one DEALER socket per node).
 
-Pipelining: ``submit(op, key, value)`` sends a request without waiting and
-returns a ``concurrent.futures.Future``; ``poll(timeout)`` takes the replies
-that have arrived and settles their futures (with the value, or the error the
+Pipelining: ``submit(op, key, value)`` queues a request and returns a
+``concurrent.futures.Future`` at once; the requests queued for one node leave
+together, as one ZeroMQ message that the node reads as a batch, at the next
+``poll`` (or once ``SUBMIT_BATCH`` are queued). ``poll(timeout)`` sends them,
+takes the replies that have arrived and settles their futures (with the value, or the error the
 blocking call would raise). Many requests may be in flight on one client; they
 are matched to replies by request id. A submitted request goes to one
 coordinator (a replica of the key) and is not retried elsewhere: a refusal or
@@ -51,13 +53,16 @@ settle whatever async replies they receive.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
 import threading
 import time
 from concurrent.futures import Future
+from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import zmq
 
@@ -71,6 +76,7 @@ from zkv.core.client_policy import (
     Pause,
     Router,
     SendTo,
+    Wait,
 )
 from zkv.core.config import MAX_KEY, MAX_VALUE
 from zkv.core.messages import (
@@ -92,6 +98,7 @@ from zkv.errors import InvalidRequest, Unavailable, error_for
 from zkv.keys import CurveKeys
 
 CONNECT_GRACE = 0.1  # how long a new socket may take to connect before its node is skipped
+SUBMIT_BATCH = 64  # submitted requests to one node that leave as one message at the latest
 
 _context: zmq.Context | None = None
 _context_pid = 0
@@ -166,6 +173,9 @@ class Client:
         self._router = Router(self.seeds, ring_refresh)  # routes, suspects, the ring
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}  # submitted requests by req_id
+        # Submitted requests not sent yet, by coordinator: (req_id, frame, other nodes to
+        # try); they leave as one message at the next poll, or once SUBMIT_BATCH queue.
+        self._queued: dict[str, list[tuple[int, bytes, list[str]]]] = {}
         self._expired_at = 0.0  # when poll last looked for overdue requests
         self._closed = False
         for address in self.seeds:
@@ -179,7 +189,7 @@ class Client:
         from zkv.cluster_dir import ControlError, cluster_connection
 
         try:
-            addresses, curve = cluster_connection(data_dir)
+            addresses, curve = cluster_connection(Path(data_dir))
         except ControlError as exc:
             raise InvalidRequest(str(exc)) from None
         kwargs.setdefault("curve", curve)
@@ -334,13 +344,36 @@ class Client:
         req_id = next(self._ids)
         budget_ms = max(1, int(limit * 900))  # the coordinator answers before we give up
         frame = encode(ClientRequest(req_id, op, kb, vb, level, budget_ms, eb))
-        for address in self._router.route(kb, now):
-            if self._send(address, frame):
-                self._pending[req_id] = _Pending(future, op, kb, now + limit)
-                return future
-            self._router.suspect(address, now)
-        future.set_exception(Unavailable(f"{op} {shown_key(kb)}: no node is connected"))
+        order = self._router.route(kb, now)
+        if not order:
+            future.set_exception(Unavailable(f"{op} {shown_key(kb)}: no node is known"))
+            return future
+        self._pending[req_id] = _Pending(future, op, kb, now + limit)
+        queue = self._queued.setdefault(order[0], [])
+        queue.append((req_id, frame, order[1:]))
+        if len(queue) >= SUBMIT_BATCH:
+            self._flush(order[0])
         return future
+
+    def _flush(self, address: str) -> None:
+        """Send the requests submitted for ``address`` as one ZeroMQ message (the node
+        reads it as a batch); those it cannot take go to the next node of their route,
+        one by one, or fail when no node is connected."""
+        queue = self._queued.pop(address, [])
+        if not queue or self._send_many(address, [frame for _, frame, _ in queue]):
+            return
+        now = time.monotonic()
+        self._router.suspect(address, now)
+        for req_id, frame, fallbacks in queue:
+            for other in fallbacks:
+                if self._send(other, frame):
+                    break
+                self._router.suspect(other, now)
+            else:
+                pending = self._pending.pop(req_id, None)
+                if pending is not None:
+                    pending.future.set_exception(Unavailable(
+                        f"{pending.op} {shown_key(pending.key)}: no node is connected"))
 
     def poll(self, timeout: float = 0.0) -> int:
         """Wait up to ``timeout`` seconds for replies to submitted requests and settle
@@ -381,6 +414,7 @@ class Client:
         if self._closed:
             return
         self._closed = True
+        self._queued.clear()
         for pending in self._pending.values():
             pending.future.set_exception(Unavailable("the client was closed"))
         self._pending.clear()
@@ -390,7 +424,7 @@ class Client:
         self._socket_address.clear()
         self._socket_born.clear()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -398,10 +432,8 @@ class Client:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # at interpreter exit, zmq may be gone first
             self.close()
-        except Exception:
-            pass
 
     # ----------------------------------------------------------------- validation
 
@@ -482,6 +514,7 @@ class Client:
                     raise error
                 return step.status, step.value
             else:
+                assert type(step) is Wait
                 for message in self._receive(step.until - now):
                     if (type(message) is ClientReply and message.req_id == req_id
                             or type(message) is ErrorReply):
@@ -511,10 +544,10 @@ class Client:
             now = time.monotonic()
             if now >= deadline:
                 raise Unavailable("no node answered a ring query in time")
-            if router.query is None or now - router.query_at >= RING_QUERY_RETRY:
-                if not self._ask_ring(now):
-                    self._wait_writable(router.everyone(()), min(CONNECT_WAIT, deadline - now))
-                    continue
+            if ((router.query is None or now - router.query_at >= RING_QUERY_RETRY)
+                    and not self._ask_ring(now)):
+                self._wait_writable(router.everyone(()), min(CONNECT_WAIT, deadline - now))
+                continue
             for _ in self._receive(min(deadline, router.query_at + RING_QUERY_RETRY) - now):
                 pass
             if router.ring_at > now:
@@ -553,16 +586,20 @@ class Client:
     def _send(self, address: str, frame: bytes) -> bool:
         """Queue ``frame`` to the node at ``address``; False if it is not connected. A
         socket created moments ago gets a short wait for its first connection."""
+        return self._send_many(address, [frame])
+
+    def _send_many(self, address: str, frames: list[bytes]) -> bool:
+        """``_send`` for several requests at once: one ZeroMQ message of many frames."""
         sock = self._socket(address)
         try:
-            sock.send(frame, zmq.NOBLOCK)
+            sock.send_multipart(frames, zmq.NOBLOCK)
             return True
         except zmq.Again:
             pass
         young = self._socket_born[sock] + CONNECT_GRACE - time.monotonic()
         if young > 0 and sock.poll(math.ceil(young * 1000), zmq.POLLOUT):
             try:
-                sock.send(frame, zmq.NOBLOCK)
+                sock.send_multipart(frames, zmq.NOBLOCK)
                 return True
             except zmq.Again:
                 pass
@@ -588,7 +625,10 @@ class Client:
         poller.poll(max(0, int(seconds * 1000)))
 
     def _receive(self, seconds: float) -> list:
-        """Messages that arrive within ``seconds`` (all already queued ones at least)."""
+        """Messages that arrive within ``seconds`` (all already queued ones at least);
+        submitted requests still queued leave first."""
+        for address in list(self._queued):
+            self._flush(address)
         ready = self._poller.poll(max(0, math.ceil(seconds * 1000)))
         messages = []
         ring_info = None

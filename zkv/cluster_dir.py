@@ -99,7 +99,9 @@ def cluster_curve(data_dir: Path, addresses: Iterable[str] | None = None,
             if addresses is None:
                 raise
             return None  # an unreadable file in a directory the addresses do not need
-    curve = (cluster or {}).get("curve")
+    if cluster is None:
+        return None  # no cluster file
+    curve = cluster.get("curve")
     if not isinstance(curve, dict):
         return None
     if addresses is not None:

@@ -54,6 +54,7 @@ class NodeSettings:
     metrics_port: int | None = None  # None: port + 2; 0: no metrics server
     metrics_host: str | None = None  # where the HTTP server binds; None: host
     sync: bool = True  # fsync each group commit
+    log_ops: bool = False  # write an event per replica read/write and per request too
     map_size: int = 64 * 1024 * 1024
     max_map_size: int = 64 * 1024 * 1024 * 1024
     event_log_max_bytes: int = 64 * 1024 * 1024
@@ -317,6 +318,9 @@ FIELDS: tuple[SettingField, ...] = (
                  "auto: a node silent for t_remove is removed by a majority decision; "
                  "manual: only `zkv node remove` removes a dead node"),
     SettingField("durability.sync", _bool, _S.sync, "fsync each group commit before acknowledging"),
+    SettingField("logging.log_ops", _bool, _S.log_ops,
+                 "also log every replica read and write and every request in events.jsonl "
+                 "(for tests and debugging: a line per operation costs more than the operation)"),
     SettingField("durability.map_size", _size_in(1 << 20, 1 << 40), _S.map_size,
                  "initial LMDB map size (it grows on demand)"),
     SettingField("durability.max_map_size", _size_in(1 << 20, 1 << 44), _S.max_map_size,
@@ -473,6 +477,7 @@ def load_settings(path: str | Path | None = None,
         metrics_port=metrics_port,
         metrics_host=get("metrics_host"),
         sync=get("sync"),
+        log_ops=get("log_ops"),
         map_size=get("map_size"),
         max_map_size=get("max_map_size"),
         shutdown_grace=get("shutdown_grace"),

@@ -34,7 +34,7 @@ def generate(out_dir: Path | str, name: str) -> tuple[Path, Path]:
     return Path(pub), Path(sec)
 
 
-def _read_certificate(path: Path | str) -> tuple[bytes | None, bytes | None]:
+def _read_certificate(path: Path | str) -> tuple[bytes, bytes | None]:
     try:
         return zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:

@@ -32,10 +32,10 @@ FAULT_COLORS = {"kill": "#fb8072", "pause": "#fdb462", "partition": "#bebada",
                 "loss": "#80b1d3", "slow": "#b3de69", "join": "#8dd3c7",
                 "decommission": "#bcbcbc", "wipe": "#fccde5", "remove": "#ffed6f"}
 OUTCOME_MARKS: dict[str, dict[str, Any]] = {
-    "ok": dict(marker="o", markersize=2.0, alpha=0.45),
-    "fail": dict(marker="x", markersize=5.0, alpha=0.9, markeredgewidth=1.2),
-    "unknown": dict(marker="^", markersize=5.5, alpha=0.9, markerfacecolor="none",
-                    markeredgewidth=1.0)}
+    "ok": {"marker": "o", "markersize": 2.0, "alpha": 0.45},
+    "fail": {"marker": "x", "markersize": 5.0, "alpha": 0.9, "markeredgewidth": 1.2},
+    "unknown": {"marker": "^", "markersize": 5.5, "alpha": 0.9, "markerfacecolor": "none",
+                "markeredgewidth": 1.0}}
 OTHER_COLOR = "#555555"
 
 

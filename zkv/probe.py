@@ -41,7 +41,7 @@ def probe_ring(address: str, timeout: float = PROBE_TIMEOUT,
             return None
         return decode(sock.recv())
 
-    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, PROBE_MAX_FRAME)
     if curve is not None:

@@ -323,7 +323,7 @@ class AtomicStore:
         self.data: dict[bytes, bytes] = {}
         self.lock = threading.Lock()
 
-    def client(self, seeds, timeout=1.0):  # noqa: ARG002 - Client's signature
+    def client(self, seeds, timeout=1.0):  # Client's signature
         return _FakeClient(self)
 
 

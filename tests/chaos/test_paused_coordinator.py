@@ -79,7 +79,8 @@ def wait_until_queue_run(cluster: ChaosCluster, node: str, address: str) -> None
 
 @pytest.mark.timeout(120)
 def test_a_write_held_by_a_paused_coordinator_is_not_acknowledged_elsewhere(tmp_path):
-    cluster = ChaosCluster.start(tmp_path / "cluster", 3, list(FAST_TIMERS), None)
+    # --log-ops: the test reads which node coordinated each put from the event log.
+    cluster = ChaosCluster.start(tmp_path / "cluster", 3, [*FAST_TIMERS, "--log-ops"], None)
     ops: list[Op] = []
 
     def record(kind: str, value: bytes | None, call) -> None:

@@ -82,15 +82,16 @@ def texts(root: ET.Element) -> str:
 
 
 def summary(tmp_path: Path, **changes) -> Summary:
-    fields = dict(duration=20.0, nodes=5, network="loopback", clients=3, keys=1,
-                  ops={"get": {"ok": 100, "fail": 3}, "put": {"ok": 100, "unknown": 4}},
-                  faults={"kill": 2, "pause": 1}, fault_kinds=["kill", "pause"],
-                  skipped_faults={}, availability=0.97, availability_during_faults=0.95,
-                  availability_outside_faults=0.99,
-                  availability_by_fault={"kill": 0.9, "pause": 1.0},
-                  linearizability={"linearizable": 1}, lost_writes=0, placement_problems=0,
-                  unreadable_keys=0, settled=True, faults_log=str(tmp_path / "faults.jsonl"),
-                  history=str(tmp_path / "history.jsonl"))
+    fields = {
+        "duration": 20.0, "nodes": 5, "network": "loopback", "clients": 3, "keys": 1,
+        "ops": {"get": {"ok": 100, "fail": 3}, "put": {"ok": 100, "unknown": 4}},
+        "faults": {"kill": 2, "pause": 1}, "fault_kinds": ["kill", "pause"],
+        "skipped_faults": {}, "availability": 0.97, "availability_during_faults": 0.95,
+        "availability_outside_faults": 0.99,
+        "availability_by_fault": {"kill": 0.9, "pause": 1.0},
+        "linearizability": {"linearizable": 1}, "lost_writes": 0, "placement_problems": 0,
+        "unreadable_keys": 0, "settled": True, "faults_log": str(tmp_path / "faults.jsonl"),
+        "history": str(tmp_path / "history.jsonl")}
     return Summary(**{**fields, **changes})
 
 

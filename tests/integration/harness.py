@@ -39,7 +39,13 @@ from zkv.config import node_address, store_path
 from zkv.model.record import Record
 from zkv.net.eventlog import read_events
 from zkv.probe import probe_ring
-from zkv.supervisor import CLUSTER_FILE, PORTS_PER_NODE, free_base_port, node_port
+from zkv.supervisor import (
+    CLUSTER_FILE,
+    PORTS_PER_NODE,
+    free_base_port,
+    node_port,
+    parent_death_signal,
+)
 
 HOST = "127.0.0.1"
 
@@ -131,13 +137,8 @@ def within_timeout(timeout: float, overhead: float) -> float:
     return 2 * overhead + 2 * timeout
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGKILL if the test process dies (Linux), so no node outlives it."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+# In the child: get SIGKILL if the test process dies (Linux), so no node outlives it.
+_DIE_WITH_PARENT = parent_death_signal(signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------- reading nodes
@@ -206,13 +207,12 @@ class Cluster:
             handle = self.nodes[node_id]
             assert not handle.running, f"{node_id} is already running"
             handle.data_dir.mkdir(parents=True, exist_ok=True)
-            log = open(self.root / f"{node_id}.log", "ab")
-            handle.proc = subprocess.Popen(
-                node_command(node_id, handle.port, handle.data_dir, self.seeds, self.options,
-                             self.program),
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_die_with_parent)
-            log.close()
+            with open(self.root / f"{node_id}.log", "ab") as log:
+                handle.proc = subprocess.Popen(
+                    node_command(node_id, handle.port, handle.data_dir, self.seeds, self.options,
+                                 self.program),
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    preexec_fn=_DIE_WITH_PARENT)
 
     def kill(self, *node_ids: str) -> None:
         """SIGKILL: no goodbye, no final commit."""
@@ -305,8 +305,10 @@ def clusters_under(root: Path) -> Iterator[Callable[..., Cluster]]:
 
     def make(n: int, wait: bool = True, program: tuple[str, ...] = NODE_START,
              **options: Any) -> Cluster:
-        cluster = Cluster(root / f"cluster{len(clusters)}", n, {**TEST_TIMERS, **options},
-                          program=program)
+        # Tests read a node's per-operation events (which replica wrote what), so these
+        # nodes log them (``log_ops``), unlike a default node.
+        cluster = Cluster(root / f"cluster{len(clusters)}", n,
+                          {**TEST_TIMERS, "log_ops": True, **options}, program=program)
         clusters.append(cluster)
         cluster.start()
         if wait:

@@ -163,7 +163,6 @@ def test_malformed_frames_get_an_error_reply_and_the_node_keeps_serving(
     sock.connect(node.address)
     bad_frames = [
         [b"\xff\x00 not cbor"],
-        [encode(ClientRequest(1, "get", b"k", None, "quorum", 1000)), b"extra frame"],
         [b"\x83\x01\x02\x03"],  # CBOR, but a ClientRequest with the wrong field count
         [encode(ReadRequest(5, b"k"))],  # a peer message from an anonymous client
     ]
@@ -173,6 +172,15 @@ def test_malformed_frames_get_an_error_reply_and_the_node_keeps_serving(
             assert sock.poll(2000), f"no answer to {frames!r}"
             reply = decode(sock.recv())
             assert isinstance(reply, ErrorReply) and reply.reason
+        # A batch (what a pipelining client sends): each frame is judged on its own.
+        sock.send_multipart([encode(ClientRequest(1, "get", b"k", None, "quorum", 1000)),
+                             b"extra frame"])
+        replies = []
+        while len(replies) < 2:
+            assert sock.poll(2000), f"answers to the batch: {replies}"
+            replies.append(decode(sock.recv()))
+        assert sorted(type(r).__name__ for r in replies) == ["ClientReply", "ErrorReply"]
+        assert next(r for r in replies if isinstance(r, ClientReply)).req_id == 1
         sock.send(encode(ClientRequest(7, "put", b"k", b"v", "quorum", 1000)))
         assert sock.poll(2000)
         reply = decode(sock.recv())

@@ -8,6 +8,7 @@ pytest's temporary directory); the path is printed (``pytest -s`` shows it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -54,7 +55,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory
         # Ready means every node's ring holds all five; the dashboards show it within a
         # snapshot (half a second) and a round of peer answers.
         for n in range(1, NODES + 1):
-            wait_until(lambda: settled(get_json(http_base(c, f"node-{n}") + "/api/status")),
+            wait_until(lambda n=n: settled(get_json(http_base(c, f"node-{n}") + "/api/status")),
                        10, f"node-{n}'s dashboard to show the settled ring")
         yield c, result.stderr
     finally:
@@ -170,14 +171,12 @@ class Load:
     def _run(self) -> None:
         i = 0
         while not self.stop.is_set():
-            try:
+            with contextlib.suppress(Exception):  # load only; the page is what is tested
                 self.client.put(f"load-{i % 500}", b"v" * 100)
-            except Exception:  # noqa: BLE001 - load only; the page is what is tested
-                pass
             i += 1
             self.stop.wait(0.01)
 
-    def __enter__(self) -> Load:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 

@@ -172,7 +172,7 @@ def test_a_data_dir_that_is_a_file_is_refused(tmp_path):
 def key_dir(tmp_path):
     from zkv.keys import generate
 
-    public, secret = generate(tmp_path / "private", "cluster")
+    public, _secret = generate(tmp_path / "private", "cluster")
     authorized = tmp_path / "authorized"
     authorized.mkdir()
     (authorized / public.name).write_bytes(public.read_bytes())
@@ -203,10 +203,10 @@ def test_security_is_off_by_default(tmp_path):
      "security.secret_key", "holds no secret key"),
     ('curve = true\nsecret_key = "{d}/absent.key_secret"\nauthorized_keys = "{d}"\n',
      "security.secret_key", "cannot read a key"),
-    ('curve = true\nsecret_key = "{d}/private/cluster.key_secret"\n'
-     'authorized_keys = "{d}/nowhere"\n', "security.authorized_keys", "is not a directory"),
-    ('curve = true\nsecret_key = "{d}/private/cluster.key_secret"\n'
-     'authorized_keys = "{d}/private/empty"\n', "security.authorized_keys",
+    (('curve = true\nsecret_key = "{d}/private/cluster.key_secret"\n'
+      'authorized_keys = "{d}/nowhere"\n'), "security.authorized_keys", "is not a directory"),
+    (('curve = true\nsecret_key = "{d}/private/cluster.key_secret"\n'
+      'authorized_keys = "{d}/private/empty"\n'), "security.authorized_keys",
      "holds no public .key file"),
     ('curve = "yes"\n', "security.curve", "must be true or false"),
     ('secret_key = 3\n', "security.secret_key", "must be a path"),

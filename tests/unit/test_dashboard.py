@@ -3,6 +3,7 @@ the HTTP server's answers (404, 405, HEAD, limits, peers that vanish) over a rea
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import time
@@ -103,7 +104,7 @@ def test_the_arcs_cover_the_ring_once_each_with_the_owner_of_its_tokens() -> Non
     ring = Ring(NODES, 3, 64)
     arcs = ring_arcs(ring)
     assert sum(end - start for start, end, _ in arcs) == pytest.approx(1.0, abs=1e-5)
-    for (_, end, _), (start, _, _) in zip(arcs, arcs[1:]):
+    for (_, end, _), (start, _, _) in itertools.pairwise(arcs):
         assert start == pytest.approx(end, abs=1e-6)
     for start, end, owner in arcs:
         middle = int(((start + end) / 2) % 1.0 * TOKEN_SPACE)

@@ -54,9 +54,9 @@ def layer_of(module: str) -> int | None:
     best: tuple[int, int] | None = None  # (length of the entry, layer)
     for index, entries in enumerate(LAYERS):
         for entry in entries:
-            if module == entry or module.startswith(entry + "."):
-                if best is None or len(entry) > best[0]:
-                    best = (len(entry), index)
+            if ((module == entry or module.startswith(entry + "."))
+                    and (best is None or len(entry) > best[0])):
+                best = (len(entry), index)
     return best[1] if best is not None else None
 
 

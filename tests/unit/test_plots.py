@@ -107,7 +107,7 @@ def test_plotting_starts_no_matplotlib_until_a_figure_is_drawn():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", "import sys, zkv.cli, zkv.chaos.run, "
-                           "zkv.bench; print('matplotlib' in sys.modules)"],
+    done = subprocess.run([sys.executable, "-c", ("import sys, zkv.cli, zkv.chaos.run, "
+                            "zkv.bench; print('matplotlib' in sys.modules)")],
                           capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr

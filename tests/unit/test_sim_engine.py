@@ -224,7 +224,8 @@ def busy_run(seed: int) -> tuple[str, list[str]]:
     for i in range(12):
         pending = [cluster.submit(f"n{(i + j) % 4}", op, f"k{j}", f"v{i}")
                    for j, op in enumerate(("put", "get", "delete"))]
-        cluster.run_until_condition(lambda: all(p.done for p in pending), cluster.now + 5)
+        cluster.run_until_condition(lambda pending=pending: all(p.done for p in pending),
+                                    cluster.now + 5)
         statuses += [p.result.status for p in pending]
     cluster.run_for(1.0)
     return cluster.trace_digest(), statuses

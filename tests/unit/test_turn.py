@@ -110,7 +110,7 @@ def test_a_store_with_room_only_for_the_restart_reboots_and_one_with_none_halts(
 
 def test_a_step_that_raised_counts_as_a_lost_turn():
     log: list[str] = []
-    node, end = run_turn(OrderedStore(log), [REPLY, GOSSIP], log, step_failed=True)
+    _node, end = run_turn(OrderedStore(log), [REPLY, GOSSIP], log, step_failed=True)
     assert end.outputs == [GOSSIP] and end.withheld == 1 and end.rebooted
 
 

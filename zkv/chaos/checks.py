@@ -203,7 +203,7 @@ def ring_views(addresses: list[str], timeout: float = 0.5
 
     from zkv.core.messages import ClientReply, ClientRequest, RingInfo, RingQuery, decode, encode
 
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context = zmq.Context.instance()
     views: dict[str, tuple[tuple[str, ...], int, int] | None] = {}
     for address in addresses:
         sock = ctx.socket(zmq.DEALER)
@@ -225,7 +225,7 @@ def ring_views(addresses: list[str], timeout: float = 0.5
             if isinstance(reply, ClientReply) and reply.status in ("ok", "not_found"):
                 views[address] = (tuple(sorted(m[0] for m in info.members)), info.replicas,
                                   info.vnodes)
-        except Exception:  # noqa: BLE001 - an unreachable or confused node has no view
+        except Exception:  # noqa: BLE001, S110 - an unreachable or confused node has no view
             pass
         finally:
             sock.close(0)
@@ -240,7 +240,7 @@ def member_statuses(addresses: dict[str, str], timeout: float = 0.5
 
     from zkv.core.messages import AdminReply, AdminRequest, decode, encode
 
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context = zmq.Context.instance()
     poller = zmq.Poller()
     sockets: dict[zmq.Socket, str] = {}
     statuses: dict[str, dict | None] = dict.fromkeys(addresses)

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from multiprocessing.pool import Pool
+from multiprocessing.pool import ApplyResult, Pool
 from pathlib import Path
 
 import psutil
@@ -322,7 +322,7 @@ class ClusterFaults:
         self.pool = pool
         self.problems: list[str] = []
         self._view: RingView | None = None
-        self._probe = None  # the map probe in flight (an AsyncResult)
+        self._probe: ApplyResult[dict[str, dict | None]] | None = None  # the map probe in flight
         self._probe_generation = 0
         self._generation = 0  # membership actions so far: a view from before one is stale
         self._next_probe = 0.0

@@ -37,6 +37,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import psutil
 
@@ -106,7 +107,7 @@ def has_netem() -> bool:
 
 def sweep_stale() -> list[str]:
     """Delete lab namespaces left by a process that died without cleaning up."""
-    removed = []
+    removed: list[str] = []
     try:
         names = sorted(p.name for p in NETNS_DIR.iterdir())
     except OSError:
@@ -213,8 +214,9 @@ class Lab:
             name = self.created.pop()
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
-    def __enter__(self) -> Lab:
-        return self.create()
+    def __enter__(self) -> Self:
+        self.create()
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.destroy()

@@ -295,9 +295,9 @@ def _body(summary: Summary, head: str, images: list, out: Path,
     cls = "pass" if summary.ok else "fail"
     verdict, _, rest = head.partition(": ")
     parts = [f'<h1>zkv chaos: <span class="{cls}">{verdict}</span></h1>',
-             f"<p>{html.escape(rest)}; {summary.clients} clients, {summary.keys} keys, "
-             f"{summary.duration:g} s of faults; faults: "
-             f"{html.escape(', '.join(summary.fault_kinds) or 'none')}.</p>"]
+             (f"<p>{html.escape(rest)}; {summary.clients} clients, {summary.keys} keys, "
+              f"{summary.duration:g} s of faults; faults: "
+              f"{html.escape(', '.join(summary.fault_kinds) or 'none')}.</p>")]
     if summary.violations:
         parts.append("<h2>Violations</h2><ul>" + "".join(
             f"<li>{html.escape(v)}</li>" for v in summary.violations) + "</ul>")

@@ -7,8 +7,9 @@ publish and reply. So no acknowledgement leaves before its write is durable.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any, Hashable
+from typing import Any
 
 from zkv.core.messages import Message
 

@@ -249,7 +249,7 @@ class Call:
         """A reply to this call's request (the driver matches the req_id)."""
         if self.outcome is not None:
             return
-        if type(message) is ErrorReply:
+        if isinstance(message, ErrorReply):
             if self.waiting:
                 self._finish(REFUSED, None, message.reason)
             return

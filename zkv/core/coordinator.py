@@ -68,10 +68,9 @@ quorum of its replicas has left behind, which is what ``cluster_map`` needs.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from hashlib import blake2b
-from typing import Hashable
 
 from zkv.core.backoff import backoff
 from zkv.core.messages import (
@@ -591,7 +590,7 @@ class Coordinator:
         if self._rounds.get(key) is not op:
             return
         del self._rounds[key]
-        waiting = self._waiting.get(key)
+        waiting = self._waiting.get(key, [])
         if waiting:
             following = waiting.pop(0)
             if not waiting:
@@ -688,7 +687,7 @@ def _max_version(a: Version | None, b: Version | None) -> Version | None:
         return b
     if b is None:
         return a
-    return a if a >= b else b
+    return max(a, b)
 
 
 def _version(record: Record | None) -> tuple:

@@ -84,7 +84,7 @@ class MapAcceptor:
             slot, promised, accepted, value = cbor2.loads(raw)
             return AcceptorState(slot, _ballot(promised), _ballot(accepted),
                                  ClusterMap.decode(value) if value is not None else None)
-        except Exception:  # checksummed meta; unreadable means a bug, not a disk error
+        except Exception:  # noqa: BLE001 - checksummed: unreadable is a bug, not a disk error
             return AcceptorState()
 
     def _save(self) -> None:

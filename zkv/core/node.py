@@ -8,8 +8,9 @@ drive the very same object.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from hashlib import blake2b
-from typing import Any, Hashable
+from typing import Any
 
 from zkv.core import replica
 from zkv.core.actions import (
@@ -156,6 +157,7 @@ class Node:
         self._next_tombstone_gc = now + config.tombstone_gc_interval
         self._corrupt_seen = 0
         self._last_step = now
+        self._wakeup: float | None = None  # next_wakeup's answer until the next step
 
     def carry_counters(self, previous: Node) -> None:
         """Take over the totals of the node this one replaces after a lost turn
@@ -213,6 +215,7 @@ class Node:
         return address
 
     def step(self, event: Input, now: float) -> list[Action]:
+        self._wakeup = None
         out = _StepOutbox(self)
         if now - self._last_step > self.config.t_fail and not isinstance(event, Tick):
             self._woke(now - self._last_step, now, out)
@@ -233,6 +236,13 @@ class Node:
         return out.actions
 
     def next_wakeup(self) -> float:
+        """When the node next needs a Tick; computed once per step (a driver asks
+        several times per loop turn, and with many operations in flight it is a scan)."""
+        if self._wakeup is None:
+            self._wakeup = self._compute_wakeup()
+        return self._wakeup
+
+    def _compute_wakeup(self) -> float:
         times = [self._next_gossip, self._next_check, self._next_anti_entropy,
                  self._next_tombstone_gc, self._found_at]
         due = self.coordinator.next_wakeup(self.config.retry_interval)

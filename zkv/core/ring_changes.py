@@ -160,7 +160,7 @@ class RingChanges:
             return None
         try:
             return ClusterMap.decode(cbor2.loads(raw))
-        except Exception:  # checksummed; an unreadable map costs a rejoin, not the node
+        except Exception:  # noqa: BLE001 - checksummed; unreadable costs a rejoin, not the node
             return None
 
     def decode_map(self, value: Any, sender: str, out: Outbox) -> ClusterMap | None:

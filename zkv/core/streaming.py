@@ -23,6 +23,7 @@ source left (``NO_SOURCE``, the degraded case at its worst: nothing to pull).
 
 from __future__ import annotations
 
+import builtins
 import enum
 from dataclasses import dataclass, field
 
@@ -115,7 +116,8 @@ class Streamer:
     pulls: dict[int, Pull] = field(default_factory=dict)
     keys: int = 0
     bytes: int = 0
-    fenced: list[bytes] = field(default_factory=list)  # keys a promise kept out (to repair)
+    # Keys a promise kept out (to repair); in this class body ``bytes`` is the field above.
+    fenced: list[builtins.bytes] = field(default_factory=list)
     _next: int = 0
 
     def plan(self, cmap: ClusterMap, store: Store, out: Outbox) -> None:
@@ -136,16 +138,16 @@ class Streamer:
                                            {s: first for s in live}, turn[:need], degraded,
                                            state))
         if self.ranges:
-            degraded = sum(1 for r in self.ranges if r.degraded)
+            n_degraded = sum(1 for r in self.ranges if r.degraded)
             resumed = sum(1 for r in self.ranges if r.state is RangeState.RESUMED)
             out.event("stream_start", epoch=cmap.epoch, ranges=len(self.ranges),
-                      degraded=degraded, resumed=resumed)
+                      degraded=n_degraded, resumed=resumed)
 
     def _finished(self, store: Store) -> set[tuple[int, int]]:
         raw = store.get_meta("streamed_ranges")
         try:
             epoch, ranges = cbor2.loads(raw) if raw else (0, [])
-        except Exception:  # checksummed meta: unreadable only through a bug; start over
+        except Exception:  # noqa: BLE001 - checksummed: unreadable only through a bug; start over
             return set()
         return {(a, b) for a, b in ranges} if epoch == self.epoch else set()
 

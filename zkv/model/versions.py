@@ -65,8 +65,7 @@ def latest_wall_ms(value: object) -> int:
             continue
         else:
             wall = latest_wall_ms(item)
-        if wall > best:
-            best = wall
+        best = max(best, wall)
     return best
 
 
@@ -95,8 +94,8 @@ class HybridClock:
         """Remember a version seen on the wire so later ones exceed it."""
         if version is None:
             return
-        if (version.wall_ms, version.counter) > (self._wall, self._counter):
-            self._wall, self._counter = version.wall_ms, version.counter
+        self._wall, self._counter = max((self._wall, self._counter),
+                                        (version.wall_ms, version.counter))
 
     def next(self, now_ms: int, above: Version | None = None) -> Version:
         """A fresh version greater than ``above`` and than every earlier one."""

@@ -533,13 +533,14 @@ class Dashboard:
             else:
                 peer = reports.get(m.node_id)
                 report = peer.report if peer else None
+                answering = peer.answering if peer else None
                 entry.update(
-                    answering=peer.answering if peer else None,
+                    answering=answering,
                     stale=None if peer is None or peer.answering else peer.age,
                     pid=report.get("pid") if report else None,
-                    uptime=report.get("uptime") if report and peer.answering else None,
+                    uptime=report.get("uptime") if report and answering else None,
                     figures=report.get("figures") if report else None)
-                if report and peer.answering and not m.incarnation:
+                if report and answering and not m.incarnation:
                     entry["incarnation"] = report.get("incarnation", 0)
             members.append(entry)
         return {

@@ -20,6 +20,10 @@ from typing import Any
 import orjson
 
 EVENT_LOG = "events.jsonl"
+# One per replica read or write, or per client request: written only with ``log_ops`` (a
+# line per operation costs more than the operation); the metrics count them always.
+OP_EVENTS = frozenset({"replica_read", "replica_write", "replica_prepare",
+                       "coordinator_done"})
 
 
 def _jsonable(value: Any) -> Any:

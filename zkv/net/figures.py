@@ -55,7 +55,7 @@ def node_figures(url: str | None, timeout: float = 0.5) -> NodeFigures | None:
     )
 
 
-def human_bytes(n: int) -> str:
+def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"

@@ -17,9 +17,10 @@ import json
 import sys
 import threading
 import urllib.parse
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from typing import Any, Callable
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -152,7 +153,7 @@ class _Handler(BaseHTTPRequestHandler):
             parts = urllib.parse.urlsplit(self.path)
             try:
                 status, ctype, body, headers = app.route(parts.path, parts.query)
-            except Exception as exc:  # a bug: say so, keep serving
+            except Exception as exc:  # noqa: BLE001 - a bug: say so, keep serving
                 self.log_error("dashboard error on %s: %r", self.path, exc)
                 status, ctype, body, headers = _json(500, {"error": f"internal error: {exc!r}"})
             self._send(status, ctype, body, headers, with_body)

@@ -60,8 +60,9 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import zmq
 
@@ -104,13 +105,13 @@ from zkv.core.stabilizer import BATCH_BYTES
 from zkv.core.turn import boot, end_turn
 from zkv.exit_codes import EXIT_DECOMMISSIONED, EXIT_HALTED
 from zkv.jsonfile import write_json_atomic
-from zkv.net.eventlog import EventLog
+from zkv.net.eventlog import OP_EVENTS, EventLog
 from zkv.net.metrics import NodeMetrics
 from zkv.net.security import KeyFileError, NodeSecurity
 from zkv.storage.base import Store
 
 DRAIN_CAP = 1000  # ZeroMQ messages taken from one socket per loop turn
-MAX_BATCH = 256  # protocol messages in one ZeroMQ message (a peer's batch)
+MAX_BATCH = 256  # protocol messages in one ZeroMQ message (a peer's or a client's batch)
 # A peer batch's first frame: this byte and the sender's node id. No CBOR array (every
 # message is one) starts with it, so no single message is mistaken for it.
 PEER_MARK = b"\0"
@@ -233,6 +234,8 @@ class NodeProcess:
         s = self.settings
         if not s.curve:
             return None
+        if s.secret_key is None or s.authorized_keys is None:  # the config requires them
+            raise StartupError("CurveZMQ needs secret_key and authorized_keys")
         try:
             return NodeSecurity(self.ctx, s.secret_key, s.authorized_keys)
         except KeyFileError as exc:
@@ -264,7 +267,7 @@ class NodeProcess:
     def _open_store(self) -> Store:
         try:
             return open_store(self.settings)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to open is a startup error
             raise StartupError(f"cannot open the store in {store_path(self.data_dir)}: "
                                f"{exc}") from None
 
@@ -401,14 +404,16 @@ class NodeProcess:
             # Without CurveZMQ a claim is all there is to go by; with it, only the cluster
             # key speaks as a peer (see docs/security.md).
             sender = claimed if peer_key is None or key == peer_key else None
-            if claimed is None and len(payloads) != 1:
-                self._reject(identity, f"expected one frame, got {len(payloads)}")
+            if not payloads:
+                self._reject(identity, "an empty message")
                 continue
             if len(payloads) > MAX_BATCH:
                 self._reject(identity, f"a batch of {len(payloads)} frames; "
                                        f"at most {MAX_BATCH} are read")
                 continue
-            for payload in payloads:  # a peer sends one turn's messages as one batch
+            # A peer sends one turn's messages as one batch, a pipelining client its
+            # queued requests.
+            for payload in payloads:
                 try:
                     message = decode(payload)
                 except DecodeError as exc:
@@ -480,7 +485,7 @@ class NodeProcess:
     def _step(self, event: Input, now: float, actions: list[Action]) -> None:
         try:
             actions.extend(self.node.step(event, now))
-        except Exception as exc:  # a bug in the core: report it loudly, keep serving
+        except Exception as exc:  # noqa: BLE001 - a bug in the core: report it, keep serving
             self.step_errors += 1
             self._turn_failed = True
             self._log("step_error", {"event": type(event).__name__,
@@ -501,14 +506,17 @@ class NodeProcess:
         if not actions and not step_failed:
             return
         previous = self.node
+        assert self.store is not None  # None only once closed
         commit_start = time.monotonic()
         end = end_turn(previous, self.store, actions, commit_start, step_failed=step_failed,
                        send_early=self._send_early, factory=Node)
         if self.metrics is not None:
             self.metrics.end_turn(time.monotonic() - commit_start)
         ts = time.time()
+        log_ops = self.settings.log_ops
         for event in end.events:
-            self._log(event.kind, event.fields, ts)
+            if log_ops or event.kind not in OP_EVENTS:
+                self._log(event.kind, event.fields, ts)
             if self.metrics is not None:
                 self.metrics.observe_event(event.kind, event.fields)
         self.withheld_messages += end.withheld
@@ -522,17 +530,16 @@ class NodeProcess:
             return
         self.node = end.node
         peers: dict[str, list[bytes]] = {}
-        clients: dict[bytes, list[bytes]] = {}
+        clients: dict[Hashable, list[bytes]] = {}
         for action in end.outputs:
-            kind = type(action)
-            if kind is Send:
+            if type(action) is Send:
                 peers.setdefault(action.address, []).append(encode(action.message))
-            elif kind is Reply:
+            elif type(action) is Reply:
                 client = action.client
                 if isinstance(client, str):
                     client = client.encode()
                 clients.setdefault(client, []).append(encode(action.message))
-            elif kind is Publish:
+            elif type(action) is Publish:
                 try:
                     self.pub.send(encode(action.message), zmq.NOBLOCK)
                 except zmq.ZMQError:
@@ -588,6 +595,7 @@ class NodeProcess:
     def _sample(self) -> None:
         if self.metrics is None:
             return
+        assert self.store is not None  # None only once closed
         members: dict[str, int] = {}
         for member in self.node.membership.members.values():
             members[member.status] = members.get(member.status, 0) + 1
@@ -621,6 +629,7 @@ class NodeProcess:
         self.stop_requested = True
 
     def _finish(self, code: int = 0) -> int:
+        assert self.store is not None  # None only once closed
         self.store.commit()
         self._log("stopped", {"pid": os.getpid(), "exit": code})
         self._write_node_file("decommissioned" if code == EXIT_DECOMMISSIONED else "stopped")
@@ -651,9 +660,10 @@ def _user_id(frame: zmq.Frame) -> str | None:
     """The User-Id the ZAP handler gave the connection a frame came on (with CurveZMQ,
     the sender's public key as Z85 text)."""
     try:
-        return frame.get("User-Id")
+        user_id = frame.get("User-Id")
     except zmq.ZMQError:
         return None
+    return user_id if isinstance(user_id, str) else None
 
 
 def _node_id(raw: bytes) -> str | None:
@@ -699,8 +709,8 @@ def serve(settings: NodeSettings) -> int:
         return process.run()
     finally:
         if in_main:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
             signal.set_wakeup_fd(old_wakeup if old_wakeup is not None else -1)
 
 

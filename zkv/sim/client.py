@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from zkv.core.client_policy import OUTCOMES, Call, Outcome, Pause, Router, SendTo
+from zkv.core.client_policy import OUTCOMES, Call, Outcome, Pause, Router, SendTo, Wait
 from zkv.core.messages import ClientReply, ClientRequest, ErrorReply, Message, RingInfo, RingQuery
 from zkv.sim.network import CLIENT, Packet
 from zkv.sim.scheduler import Timer
@@ -97,7 +97,8 @@ class SimClient:
         self.stale_replies = 0
         self._next_req = 0
         self._outstanding: _Outstanding | None = None
-        self.on_result: Callable[[ClientResult], None] | None = None  # the cluster's recorder
+        # The cluster's recorder (what it returns is not used).
+        self.on_result: Callable[[ClientResult], object] | None = None
         cluster.network.attach(self.address, self.address, self._on_packet)
 
     @property
@@ -117,7 +118,7 @@ class SimClient:
             raise KeyError(f"no node {node_id!r} in the cluster")
         self._next_req += 1
         request = ClientRequest(self._next_req, op, as_bytes(key) or b"", as_bytes(value),
-                                consistency, max(0, int(round(timeout * 1000))),
+                                consistency, max(0, round(timeout * 1000)),
                                 as_bytes(expected))
         pending = PendingResult()
         if on_done is not None:
@@ -172,7 +173,7 @@ class RoutedClient(SimClient):
         self._call: Call | None = None
         self._wakeup: Timer | None = None
 
-    def call(self, node_id: str | None, op: str, key: str | bytes,  # type: ignore[override]
+    def call(self, node_id: str | None, op: str, key: str | bytes,
              value: str | bytes | None = None, consistency: str = "quorum",
              timeout: float = 2.0, on_done: Callable[[ClientResult], None] | None = None,
              expected: str | bytes | None = None) -> PendingResult:
@@ -184,7 +185,7 @@ class RoutedClient(SimClient):
         now = cluster.scheduler.now
         self._next_req += 1
         request = ClientRequest(self._next_req, op, as_bytes(key) or b"", as_bytes(value),
-                                consistency, max(1, int(round(timeout * 1000))),
+                                consistency, max(1, round(timeout * 1000)),
                                 as_bytes(expected))
         pending = PendingResult()
         if on_done is not None:
@@ -247,6 +248,7 @@ class RoutedClient(SimClient):
                 self._finish(step.status, step.value, step.detail)
                 return
             else:
+                assert type(step) is Wait  # the one kind of step left
                 self._wakeup = scheduler.call_at(step.until, self._drive)
                 return
 

@@ -35,7 +35,7 @@ ADMIN_CLIENT = "admin://operator"  # where operators' commands come from (replie
 
 
 def default_node_factory() -> NodeFactory:
-    from zkv.core.node import Node  # noqa: PLC0415 - imported when first needed
+    from zkv.core.node import Node  # imported when first needed
 
     return Node
 

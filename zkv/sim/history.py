@@ -111,7 +111,7 @@ class History:
     def for_checker(self) -> list:
         """The ops as ``zkv.check.Op`` when that module provides it, else as local ``Op``."""
         try:
-            from zkv.check import Op as CheckOp  # noqa: PLC0415 - written alongside the sim
+            from zkv.check import Op as CheckOp  # written alongside the sim
         except ImportError:
             return list(self.ops)
         return [CheckOp(**{name: getattr(op, name) for name in OP_FIELDS}) for op in self.ops]

@@ -11,7 +11,7 @@ the whole history linearizable (``zkv.check``). Same seed, same run.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from zkv.core.messages import DecodeError
@@ -41,8 +41,8 @@ class RunSpec:
     scenario: str = "random"  # the name the report gives
     nodes: int = 10
     duration: float = 30.0  # seconds of workload and faults
-    workload: WorkloadSpec = WorkloadSpec()
-    nemesis: NemesisSpec = NemesisSpec()
+    workload: WorkloadSpec = field(default_factory=WorkloadSpec)
+    nemesis: NemesisSpec = field(default_factory=NemesisSpec)
     # Every link, all run long (the nemesis adds bursts of loss and duplication).
     drop: float = 0.0
     duplicate: float = 0.0
@@ -127,7 +127,10 @@ def _formed(cluster: SimCluster) -> bool:
     """Every node is a member, holds the same settled map and coordinates."""
     nodes = [cluster.node(i) for i in cluster.running()]
     maps = {getattr(n, "cluster_map", None) for n in nodes}
-    return (len(maps) == 1 and None not in maps and next(iter(maps)).target is None
+    if len(maps) != 1:
+        return False
+    (cmap,) = maps
+    return (cmap is not None and cmap.target is None
             and all(getattr(n, "coordinating", True) for n in nodes))
 
 
@@ -157,7 +160,7 @@ def check_linearizability_of(history: History, max_steps: int | None = None) -> 
     gave up on some key within ``max_steps``: unproven, which is not a pass) or
     "not checked"."""
     try:
-        from zkv.check import check_history  # noqa: PLC0415 - optional at import time
+        from zkv.check import check_history  # optional at import time
     except ImportError as exc:
         return "not checked", f"skipped: zkv.check.check_history is not available ({exc})"
     kwargs = {} if max_steps is None else {"max_steps": max_steps}

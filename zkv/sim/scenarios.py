@@ -39,13 +39,13 @@ RUNS: dict[str, tuple[RunSpec, str]] = {
                       workload=WorkloadSpec(clients=3, keys=3)),
               "A small fast run: 5 nodes, 3 clients, 10 s."),
     "suite": (RunSpec("suite", duration=10.0),
-              "The randomized run of the default test suite "
-              "(tests/sim/test_random_faults.py)."),
+              ("The randomized run of the default test suite "
+               "(tests/sim/test_random_faults.py).")),
     "mixed": (RunSpec("mixed", nodes=5, duration=8.0,
                       workload=WorkloadSpec(clients=4, keys=3, conditional_ratio=0.5,
                                             counter_clients=3)),
-              "Plain and conditional ops on shared keys plus a CAS counter, every fault.\n\n"
-              "The run of tests/sim/test_conditional.py."),
+              ("Plain and conditional ops on shared keys plus a CAS counter, every fault.\n\n"
+               "The run of tests/sim/test_conditional.py.")),
     "crashes": (RunSpec("crashes", nemesis=NemesisSpec(("crash",), interval=(0.3, 1.0))),
                 "Frequent crashes and restarts only (disks survive)."),
     "partitions": (RunSpec("partitions", nemesis=NemesisSpec(("partition", "isolate"))),
@@ -56,13 +56,13 @@ RUNS: dict[str, tuple[RunSpec, str]] = {
     "split-brain": (RunSpec("split-brain", duration=40.0, nemesis=NemesisSpec(
                         ("partition",), interval=(1.0, 2.0),
                         duration=(1.2 * _T_REMOVE, 2.0 * _T_REMOVE))),
-                    "Partitions outlasting t_remove under auto removal: the majority removes "
-                    "the others.\n\n"
-                    "A key with two replicas cut off is then served from the survivor, the "
-                    "documented degraded case (docs/consistency.md, \"Removal policy\")."),
+                    ("Partitions outlasting t_remove under auto removal: the majority removes "
+                     "the others.\n\n"
+                     "A key with two replicas cut off is then served from the survivor, the "
+                     "documented degraded case (docs/consistency.md, \"Removal policy\").")),
     "skewed-clocks": (RunSpec("skewed-clocks", clock_skew=0.5),
-                      "Each node's wall clock off by up to 0.5 s (versions follow the hybrid "
-                      "clock)."),
+                      ("Each node's wall clock off by up to 0.5 s (versions follow the hybrid "
+                       "clock).")),
     "joins": (_membership("joins", ("join", "crash", "loss")),
               "Nodes join (one or two at once) under load, crashes and message loss."),
     "decommissions": (_membership("decommissions", ("decommission", "join", "crash", "loss")),
@@ -82,19 +82,19 @@ RUNS: dict[str, tuple[RunSpec, str]] = {
                                     duration=(1.2 * FAST_TIMERS["t_remove"],
                                               2.0 * FAST_TIMERS["t_remove"])),
                 config_overrides={**FAST_TIMERS, "removal": "manual"}),
-        "Partitions outlasting t_remove under the manual removal policy: nobody is "
-        "removed, so no read is stale."),
+        ("Partitions outlasting t_remove under the manual removal policy: nobody is "
+         "removed, so no read is stale.")),
     "clients": (RunSpec("clients", nodes=5, duration=10.0,
                         workload=WorkloadSpec(clients=5, keys=4, conditional_ratio=0.3,
                                               routed_clients=4),
                         nemesis=NemesisSpec(("crash", "isolate", "partition", "loss", "stall"),
                                             interval=(0.5, 1.5)),
                         config_overrides=dict(FAST_TIMERS)),
-                "The library's client policy (routing, hedged reads, retries) under crashes, "
-                "partitions, loss and stalled coordinators."),
+                ("The library's client policy (routing, hedged reads, retries) under crashes, "
+                 "partitions, loss and stalled coordinators.")),
     "full-disks": (_membership("full-disks", ("full_disk", "crash", "loss")),
-                   "Nodes' disks fill up under load (writes refused, the turn's acks "
-                   "withheld, the node restarts or halts), with crashes and loss."),
+                   ("Nodes' disks fill up under load (writes refused, the turn's acks "
+                    "withheld, the node restarts or halts), with crashes and loss.")),
 }
 
 

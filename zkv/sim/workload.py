@@ -14,6 +14,7 @@ count against the increments acknowledged (and those whose outcome is unknown).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -124,7 +125,7 @@ class Workload:
                     value = None  # a cas that deletes
         self.issued += 1
         client.call(node_id, op, key, value, self.spec.consistency, self.timeout,
-                    on_done=lambda result, c=client: self._done(c, result), expected=expected)
+                    on_done=functools.partial(self._done, client), expected=expected)
 
     def _new_value(self, client: SimClient) -> bytes:
         n = self._puts.get(client.process, 0)
@@ -159,7 +160,7 @@ class Workload:
             return
         self.issued += 1
         client.call(node_id, "get", COUNTER_KEY, None, self.spec.consistency, self.timeout,
-                    on_done=lambda result, c=client: self._increment(c, result))
+                    on_done=functools.partial(self._increment, client))
 
     def _increment(self, client: SimClient, read: ClientResult) -> None:
         node_id = self._node()
@@ -170,7 +171,7 @@ class Workload:
         self.issued += 1
         client.call(node_id, "cas", COUNTER_KEY, b"%d" % (count + 1), self.spec.consistency,
                     self.timeout, expected=read.value,
-                    on_done=lambda result, c=client: self._counted(c, result))
+                    on_done=functools.partial(self._counted, client))
 
     def _counted(self, client: SimClient, result: ClientResult) -> None:
         if result.status == "ok":

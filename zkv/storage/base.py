@@ -20,7 +20,10 @@ class StoreFull(Exception):
 
 
 class Store(Protocol):
-    corrupt_reads: int  # records that failed their checksum, counted at read time
+    @property
+    def corrupt_reads(self) -> int:
+        """Records that failed their checksum, counted at read time (read-only to users:
+        a plain attribute in the stores, a view of the inner store's in DigestedStore)."""
 
     def get(self, key: bytes) -> Record | None:
         """The stored record, or None when absent or corrupt (corrupt ones are counted)."""

@@ -40,9 +40,10 @@ import resource
 import struct
 from collections import deque
 from collections.abc import Iterator
+from functools import lru_cache
 from hashlib import blake2b
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, Self
 from zlib import crc32
 
 import cbor2
@@ -79,6 +80,7 @@ class CorruptMeta(Exception):
     from other replicas, so the node should stop rather than guess."""
 
 
+@lru_cache(maxsize=4096)  # a replica write reads, then writes, the same key
 def storage_key(key: bytes) -> bytes:
     """The LMDB key under which ``key``'s record is stored."""
     prefix = token(key).to_bytes(_TOKEN, "big")
@@ -242,10 +244,8 @@ class LmdbStore:
         token ``last``; also the last storage key read and whether the end was reached."""
         out: list[tuple[bytes, Record]] = []
         count = size = 0
-        txn = self._txn
-        own = txn is None
-        if own:
-            txn = self._env.begin(buffers=True)
+        own = self._txn is None
+        txn = self._env.begin(buffers=True) if self._txn is None else self._txn
         try:
             cursor = txn.cursor(db=self._records)
             if after is not None:
@@ -307,10 +307,12 @@ class LmdbStore:
             return None
         payload = _unframe(skey, raw)
         try:
-            wall, counter, node = cbor2.loads(bytes(payload)) if payload is not None else None
+            if payload is None:
+                raise ValueError("bad frame")
+            wall, counter, node = cbor2.loads(bytes(payload))
             if type(wall) is int and type(counter) is int and type(node) is str:
                 return Version(wall, counter, node)
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - any decoding failure means corrupt
             pass
         self._count_corrupt(key)
         return None
@@ -374,8 +376,7 @@ class LmdbStore:
         write since the last commit, when the map or the disk is full."""
         if self._txn is None:
             return
-        while True:
-            txn = self._txn
+        while (txn := self._txn) is not None:
             self._txn = None  # a commit ends the transaction whether it succeeds or not
             try:
                 txn.commit()
@@ -452,7 +453,7 @@ class LmdbStore:
         self._discard()
         self._env.close()
 
-    def __enter__(self) -> LmdbStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -472,7 +473,7 @@ def _decode_stored(skey: bytes, raw: bytes | memoryview) -> tuple[bytes, Record]
         if not (isinstance(key, bytes) and storage_key(key) == skey):
             return None
         return key, Record.decode(fields[1:])
-    except Exception:  # a payload that passed its CRC yet does not decode
+    except Exception:  # noqa: BLE001 - a payload that passed its CRC yet does not decode
         return None
 
 

@@ -331,20 +331,20 @@ class Supervisor:
         self._dirty = True
 
     def _stop_all(self) -> None:
-        running = [n for n in self.nodes if n.popen is not None]
-        for node in running:
+        running = [(n, n.popen) for n in self.nodes if n.popen is not None]
+        for node, _ in running:
             node.restart = False
             self._signal(node, signal.SIGTERM)
             node.status = "stopping"
         self._write_state()
         deadline = time.monotonic() + STOP_TIMEOUT
-        while any(n.popen.poll() is None for n in running) and time.monotonic() < deadline:
+        while any(p.poll() is None for _, p in running) and time.monotonic() < deadline:
             time.sleep(LOOP_INTERVAL)
-        for node in running:
-            if node.popen.poll() is None:
+        for node, popen in running:
+            if popen.poll() is None:
                 self._say(f"{node.node_id} did not stop within {STOP_TIMEOUT:g}s; SIGKILL")
-                node.popen.kill()
-            rc = node.popen.wait()
+                popen.kill()
+            rc = popen.wait()
             node.last_exit = (f"killed by {signal.Signals(-rc).name}" if rc < 0
                               else f"exited with code {rc}")
             node.popen = None
@@ -357,6 +357,8 @@ class Supervisor:
             node.waiters.clear()
 
     def _signal(self, node: ManagedNode, signum: int) -> None:
+        if node.popen is None:
+            return
         try:
             node.popen.send_signal(signum)
         except ProcessLookupError:

@@ -78,8 +78,8 @@ def terminate_all(procs: list[psutil.Process], grace: float) -> None:
     wait_gone(procs, 5.0)
 
 
-def parent_death_signal() -> Callable[[], None] | None:
-    """A pre-exec hook that makes a child get SIGTERM when the supervisor dies (Linux only).
+def parent_death_signal(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A pre-exec hook that makes a child get ``sig`` when the supervisor dies (Linux only).
 
     libc is looked up here, in the parent: the hook runs between fork and exec,
     where loading a library could deadlock.
@@ -93,7 +93,7 @@ def parent_death_signal() -> Callable[[], None] | None:
     pr_set_pdeathsig = 1
 
     def hook() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+        prctl(pr_set_pdeathsig, sig, 0, 0, 0)
 
     return hook
 
