@@ -7,7 +7,7 @@ intersects every operation done under either view.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from enum import Enum
 
 
@@ -46,10 +46,18 @@ class QuorumTracker:
             targets.extend(n for n in s if n not in targets)
         self.targets = tuple(targets)
 
-    def met(self, answered: Iterable[str]) -> bool:
-        got = set(answered)
-        return all(len(got.intersection(s)) >= k for s, k in zip(self.sets, self.need))
+    def met(self, answered: Collection[str]) -> bool:
+        """Whether ``answered`` (a set or dict of node ids) meets the level in every set;
+        asked on every reply, so the usual case (one set) counts without building sets."""
+        if len(self.sets) == 1:
+            count = 0
+            for node in self.sets[0]:
+                if node in answered:
+                    count += 1
+            return count >= self.need[0]
+        return all(sum(1 for n in s if n in answered) >= k
+                   for s, k in zip(self.sets, self.need))
 
-    def possible(self, candidates: Iterable[str]) -> bool:
+    def possible(self, candidates: Collection[str]) -> bool:
         """Could the level still be met if all of ``candidates`` answered?"""
         return self.met(candidates)
