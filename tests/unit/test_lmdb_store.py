@@ -242,6 +242,24 @@ def test_map_grows_from_a_tiny_start(tmp_path: Path) -> None:
         assert s.get(b"k0399") == live(value, wall=399)
 
 
+def test_reads_between_commits_share_a_transaction_yet_see_every_commit(
+        tmp_path: Path) -> None:
+    with LmdbStore(tmp_path / "db", map_size=64 * KiB, sync=False) as s:
+        s.put(b"k", live(b"one"))
+        s.commit()
+        assert s.get(b"k") == live(b"one") and s.get_promise(b"k") is None
+        reader = s._rtxn
+        assert reader is not None and s.get(b"other") is None and s._rtxn is reader
+        s.put(b"k", live(b"two", wall=2))  # the write transaction's view, not the reader's
+        assert s.get(b"k") == live(b"two", wall=2)
+        s.commit()
+        assert s.get(b"k") == live(b"two", wall=2) and s._rtxn is not reader
+        for i in range(2000):  # the map grows while this turn's reader is open
+            s.put(b"grow-%d" % i, live(b"x" * 200))
+        s.commit()
+        assert s.map_growths >= 1 and s.get(b"grow-1999") == live(b"x" * 200)
+
+
 def test_store_full_at_max_map_size_keeps_committed_data(tmp_path: Path) -> None:
     value = b"x" * (10 * KiB)
     with LmdbStore(tmp_path / "db", map_size=64 * KiB, max_map_size=512 * KiB) as s:

@@ -156,6 +156,8 @@ class LmdbStore:
         # LMDB raises the map to the data already on disk when that is larger.
         self._map_size: int = self._env.info()["map_size"]
         self._txn: lmdb.Transaction | None = None
+        # Reads between two commits share one read transaction (``_reader``).
+        self._rtxn: lmdb.Transaction | None = None
         # Writes of the open transaction, replayable after the map grows:
         # (database, storage key) -> stored value, or None for a delete.
         self._pending: dict[tuple[lmdb._Database, bytes], bytes | None] = {}
@@ -180,11 +182,8 @@ class LmdbStore:
         if not key:
             return None
         skey = storage_key(key)
-        txn = self._txn
-        if txn is not None:
-            return self._decode_get(key, skey, txn.get(skey, db=self._records))
-        with self._env.begin(db=self._records, buffers=True) as txn:
-            return self._decode_get(key, skey, txn.get(skey))
+        txn = self._txn if self._txn is not None else self._reader()
+        return self._decode_get(key, skey, txn.get(skey, db=self._records))
 
     def _decode_get(self, key: bytes, skey: bytes,
                     raw: bytes | memoryview | None) -> Record | None:
@@ -297,12 +296,8 @@ class LmdbStore:
         """The key's promise; None when there is none, or when it fails its checksum
         (counted like a corrupt record)."""
         skey = storage_key(key)
-        txn = self._txn
-        if txn is not None:
-            raw = txn.get(skey, db=self._promises)
-        else:
-            with self._env.begin(db=self._promises) as txn:
-                raw = txn.get(skey)
+        txn = self._txn if self._txn is not None else self._reader()
+        raw = txn.get(skey, db=self._promises)
         if raw is None:
             return None
         payload = _unframe(skey, raw)
@@ -330,13 +325,9 @@ class LmdbStore:
     def get_meta(self, name: str) -> bytes | None:
         """The value stored under ``name``; raises CorruptMeta if it fails its checksum."""
         skey = name.encode()
-        txn = self._txn
-        if txn is not None:
-            raw = txn.get(skey, db=self._meta)
-            return None if raw is None else self._decode_meta(name, skey, raw)
-        with self._env.begin(db=self._meta, buffers=True) as txn:
-            raw = txn.get(skey)
-            return None if raw is None else self._decode_meta(name, skey, raw)
+        txn = self._txn if self._txn is not None else self._reader()
+        raw = txn.get(skey, db=self._meta)
+        return None if raw is None else self._decode_meta(name, skey, raw)
 
     def _decode_meta(self, name: str, skey: bytes, raw: bytes | memoryview) -> bytes:
         payload = _unframe(skey, raw)
@@ -374,6 +365,7 @@ class LmdbStore:
         """Make every buffered write durable (one transaction; with ``sync=True``,
         returns only after the data is on disk). Raises StoreFull, discarding every
         write since the last commit, when the map or the disk is full."""
+        self._end_reads()
         if self._txn is None:
             return
         while (txn := self._txn) is not None:
@@ -397,7 +389,8 @@ class LmdbStore:
                 raise StoreFull(f"{self.path}: store is at its maximum size of "
                                 f"{self._max_map_size} bytes; uncommitted writes discarded")
             self._map_size = min(self._map_size * 2, self._max_map_size)
-            self._env.set_mapsize(self._map_size)  # needs no open transaction
+            self._end_reads()  # set_mapsize needs no transaction open in this process
+            self._env.set_mapsize(self._map_size)
             self.map_growths += 1
             txn = self._txn = self._env.begin(write=True, buffers=True)
             try:
@@ -435,6 +428,21 @@ class LmdbStore:
         return limit != resource.RLIM_INFINITY and (
             (self.path / "data.mdb").stat().st_size + need > limit)
 
+    def _reader(self) -> lmdb.Transaction:
+        """The read transaction of this turn: opening one per read cost more than the
+        read (a replica read looks up the record and the promise). ``commit`` ends it,
+        so no read misses a committed write; while a write transaction is open, reads
+        go to that one instead (they must see its writes)."""
+        txn = self._rtxn
+        if txn is None:
+            txn = self._rtxn = self._env.begin(buffers=True)
+        return txn
+
+    def _end_reads(self) -> None:
+        txn, self._rtxn = self._rtxn, None
+        if txn is not None:
+            txn.abort()
+
     def _abort_txn(self) -> None:
         txn, self._txn = self._txn, None
         if txn is not None:
@@ -442,6 +450,7 @@ class LmdbStore:
 
     def _discard(self) -> None:
         """Forget every write since the last commit."""
+        self._end_reads()
         self._abort_txn()
         self._pending.clear()
 
