@@ -8,7 +8,7 @@ drive the very same object.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from hashlib import blake2b
 from typing import Any
 
@@ -215,22 +215,30 @@ class Node:
         return address
 
     def step(self, event: Input, now: float) -> list[Action]:
+        return self.step_all((event,), now)
+
+    def step_all(self, events: Sequence[Input], now: float) -> list[Action]:
+        """The inputs of one instant (the messages a driver read in one go) in one step:
+        each handled in order, as ``step`` would, with one outbox and one end-of-step
+        pass for them all."""
         self._wakeup = None
         out = _StepOutbox(self)
-        if now - self._last_step > self.config.t_fail and not isinstance(event, Tick):
+        if (now - self._last_step > self.config.t_fail and events
+                and not isinstance(events[0], Tick)):
             self._woke(now - self._last_step, now, out)
         self._last_step = now
-        if isinstance(event, Deliver):
-            if not self._from_the_future(event, now, out):
-                self._on_peer(event.sender, event.message, now, out)
-        elif isinstance(event, ClientCall):
-            self._on_client(event.client, event.message, now, out)
-        elif isinstance(event, Tick):
-            self._on_tick(now, out)
-        elif isinstance(event, Shutdown):
-            self._on_shutdown(now, out)
-        while out.local:
-            self._on_peer(self.node_id, out.local.pop(0), now, out)
+        for event in events:
+            if isinstance(event, Deliver):
+                if not self._from_the_future(event, now, out):
+                    self._on_peer(event.sender, event.message, now, out)
+            elif isinstance(event, ClientCall):
+                self._on_client(event.client, event.message, now, out)
+            elif isinstance(event, Tick):
+                self._on_tick(now, out)
+            elif isinstance(event, Shutdown):
+                self._on_shutdown(now, out)
+            while out.local:
+                self._on_peer(self.node_id, out.local.pop(0), now, out)
         self._after_step(now, out)
         self._report_corruption(out)
         return out.actions

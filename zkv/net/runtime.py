@@ -377,6 +377,14 @@ class NodeProcess:
         return self._finish(exit_code)
 
     def _drain_router(self, actions: list[Action]) -> None:
+        """Read what waits on the request socket (up to DRAIN_CAP messages) and hand
+        it to the node in one step (``Node.step_all``)."""
+        events: list[Input] = []
+        self._read_router(events)
+        if events:
+            self._step_all(events, time.monotonic(), actions)
+
+    def _read_router(self, events: list[Input]) -> None:
         router = self.router
         peer_key = self.security.peer_user_id if self.security is not None else None
         key: str | None = None
@@ -430,15 +438,16 @@ class NodeProcess:
                     continue
                 else:
                     event = Deliver(sender, message)
-                self._step(event, time.monotonic(), actions)
+                events.append(event)
 
     def _drain_sub(self, actions: list[Action]) -> None:
         sub = self.sub
+        events: list[Input] = []
         for _ in range(DRAIN_CAP):
             try:
                 frames = sub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
             try:
                 if len(frames) != 1:
                     raise DecodeError(f"gossip must be one frame, got {len(frames)}")
@@ -449,7 +458,9 @@ class NodeProcess:
                 self.rejected_frames += 1
                 self._log("rejected_frame", {"channel": "gossip", "reason": str(exc)})
                 continue
-            self._step(Deliver(message.sender, message), time.monotonic(), actions)
+            events.append(Deliver(message.sender, message))
+        if events:
+            self._step_all(events, time.monotonic(), actions)
 
     def _drain_wakeups(self) -> None:
         try:
@@ -483,13 +494,17 @@ class NodeProcess:
             pass
 
     def _step(self, event: Input, now: float, actions: list[Action]) -> None:
+        self._step_all([event], now, actions)
+
+    def _step_all(self, events: list[Input], now: float, actions: list[Action]) -> None:
         try:
-            actions.extend(self.node.step(event, now))
+            actions.extend(self.node.step_all(events, now))
         except Exception as exc:  # noqa: BLE001 - a bug in the core: report it, keep serving
             self.step_errors += 1
             self._turn_failed = True
-            self._log("step_error", {"event": type(event).__name__,
-                                     "message": type(getattr(event, "message", None)).__name__,
+            kinds = sorted({f"{type(e).__name__}:{type(getattr(e, 'message', None)).__name__}"
+                            for e in events})
+            self._log("step_error", {"events": len(events), "kinds": kinds,
                                      "error": repr(exc)})
             traceback.print_exc(file=sys.stderr)
 
