@@ -120,8 +120,7 @@ MAX_POLL = 1.0  # seconds; the loop wakes at least this often
 SAMPLE_INTERVAL = 0.5  # seconds between metric samples (and dashboard snapshots)
 PUB_LINGER_MS = 500  # time to flush the last ("left") gossip at exit
 
-# Messages that acknowledge nothing and carry no record read from this node's
-# uncommitted writes, so they may leave before the turn's commit.
+# What may leave before the turn's commit is zkv.core.turn's to say (BEFORE_COMMIT).
 _CLIENT_MESSAGES = (ClientRequest, RingQuery, AdminRequest)
 # Messages only ever sent to clients: arriving at a node they are forged or misrouted.
 _ANSWERS_TO_CLIENTS = (ClientReply, RingInfo, ErrorReply, AdminReply)
