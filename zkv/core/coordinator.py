@@ -297,8 +297,8 @@ class Coordinator:
             op.above = _max_version(op.above, msg.conflict)
         if op.tracker.met(op.acks):
             self._finish(op, *op.outcome, now, out)
-        elif not op.tracker.possible(set(op.tracker.targets) - op.rejects):
-            self._refused(op, now, out)
+        elif op.rejects and not op.tracker.possible(set(op.tracker.targets) - op.rejects):
+            self._refused(op, now, out)  # (with no refusal, every target may still answer)
 
     def on_epoch_refused(self, sender: str, msg: EpochRefused, now: float,
                          out: Outbox) -> None:
