@@ -63,6 +63,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scale import _load_range as load_range  # bench/, the script's own dir
+from scale import run_guarded
 
 from zkv import bench as zb
 from zkv import supervisor as sup
@@ -858,16 +859,9 @@ def main() -> int:
     if args.data_dir is not None and args.data_dir.exists() and any(args.data_dir.iterdir()):
         p.error(f"--data-dir {args.data_dir} is not empty; the run needs a fresh cluster")
     path = args.json or ROOT / "bench" / "results" / "membership.jsonl"
-    # SIGTERM unwinds like Ctrl-C, so every process this run started is stopped.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    try:
-        result = run(args)
-    except (zb.BenchError, sup.ControlError) as exc:
-        print(f"membership: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("membership: interrupted", file=sys.stderr)
-        return 130
+    result = run_guarded("membership", run, args)
+    if isinstance(result, int):
+        return result
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         f.writelines(line + "\n" for line in json_lines(result))

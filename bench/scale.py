@@ -613,6 +613,22 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
+def run_guarded(name: str, run: Callable[[argparse.Namespace], dict],
+                args: argparse.Namespace) -> dict | int:
+    """``run(args)``, with SIGTERM unwinding like Ctrl-C so that every process the run
+    started is stopped; an exit code instead of the result when it failed or was
+    interrupted."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        return run(args)
+    except (zb.BenchError, sup.ControlError) as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--keys", type=int, default=1_000_000)
@@ -636,16 +652,9 @@ def main() -> int:
     if args.data_dir is not None and args.data_dir.exists() and any(args.data_dir.iterdir()):
         p.error(f"--data-dir {args.data_dir} is not empty; the run needs a fresh cluster")
     path = args.json or ROOT / "bench" / "results" / f"scale-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    # SIGTERM unwinds like Ctrl-C, so every process this run started is stopped.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    try:
-        result = run(args)
-    except (zb.BenchError, sup.ControlError) as exc:
-        print(f"scale: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("scale: interrupted", file=sys.stderr)
-        return 130
+    result = run_guarded("scale", run, args)
+    if isinstance(result, int):
+        return result
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(report(result))

@@ -110,12 +110,24 @@ class SimClient:
              on_done: Callable[[ClientResult], None] | None = None,
              expected: str | bytes | None = None) -> PendingResult:
         """Send one request to ``node_id``; the result arrives via the returned future."""
-        if self._outstanding is not None:
-            raise RuntimeError(f"{self.address} already has a request outstanding")
         cluster = self.cluster
         address = cluster.address_of(node_id)
         if address is None:
             raise KeyError(f"no node {node_id!r} in the cluster")
+        request, pending = self._begin(op, key, value, consistency, timeout, on_done, expected)
+        now = cluster.scheduler.now
+        deadline = cluster.scheduler.call_later(timeout + self.margin, self._on_deadline,
+                                                request.req_id)
+        self._outstanding = _Outstanding(request, node_id, now, deadline, pending)
+        cluster.network.send(self.address, self.address, address, request, CLIENT)
+        return pending
+
+    def _begin(self, op: str, key: str | bytes, value: str | bytes | None, consistency: str,
+               timeout: float, on_done: Callable[[ClientResult], None] | None,
+               expected: str | bytes | None) -> tuple[ClientRequest, PendingResult]:
+        """The next request of this client and the future of its result."""
+        if self._outstanding is not None:
+            raise RuntimeError(f"{self.address} already has a request outstanding")
         self._next_req += 1
         request = ClientRequest(self._next_req, op, as_bytes(key) or b"", as_bytes(value),
                                 consistency, max(0, round(timeout * 1000)),
@@ -123,12 +135,7 @@ class SimClient:
         pending = PendingResult()
         if on_done is not None:
             pending.callbacks.append(on_done)
-        now = cluster.scheduler.now
-        deadline = cluster.scheduler.call_later(timeout + self.margin, self._on_deadline,
-                                                request.req_id)
-        self._outstanding = _Outstanding(request, node_id, now, deadline, pending)
-        cluster.network.send(self.address, self.address, address, request, CLIENT)
-        return pending
+        return request, pending
 
     def _on_packet(self, packet: Packet, message: Message) -> None:
         outstanding = self._outstanding
@@ -179,17 +186,9 @@ class RoutedClient(SimClient):
              expected: str | bytes | None = None) -> PendingResult:
         """Run one operation under the library's policy; ``node_id`` is ignored (the
         policy picks the coordinators)."""
-        if self._outstanding is not None:
-            raise RuntimeError(f"{self.address} already has a request outstanding")
+        request, pending = self._begin(op, key, value, consistency, timeout, on_done, expected)
         cluster = self.cluster
         now = cluster.scheduler.now
-        self._next_req += 1
-        request = ClientRequest(self._next_req, op, as_bytes(key) or b"", as_bytes(value),
-                                consistency, max(1, round(timeout * 1000)),
-                                as_bytes(expected))
-        pending = PendingResult()
-        if on_done is not None:
-            pending.callbacks.append(on_done)
         # The policy's own deadline ends the call; this timer only wakes the driver.
         self._outstanding = _Outstanding(request, "", now, cluster.scheduler.call_later(
             timeout, self._drive), pending)
