@@ -3,7 +3,8 @@
 Scenario tests first, then the randomized ``mixed`` runs: plain and conditional
 operations on the same keys and a CAS counter, under every fault, checked for
 linearizability and lost writes. ZKV_MIXED_SEEDS=N runs more seeds; a failure
-replays with ``zkv sim mixed --seed N``.
+replays with ``zkv sim mixed --seed N``. The ``fast-puts`` runs (ZKV_FAST_PUT_SEEDS)
+are the same with every put skipping its read phase.
 """
 
 import os
@@ -14,6 +15,7 @@ from tests.sim.conftest import formed
 from zkv.sim.scenarios import format_report, run_scenario
 
 SEEDS = int(os.environ.get("ZKV_MIXED_SEEDS", "200"))
+FAST_SEEDS = int(os.environ.get("ZKV_FAST_PUT_SEEDS", "40"))
 
 
 def test_concurrent_creates_of_one_key_let_exactly_one_win():
@@ -81,6 +83,19 @@ def test_mixed_plain_and_conditional_ops_stay_linearizable(seed):
     assert report.ok, format_report(report)
     assert report.op_counts["cas"].get("ok", 0) > 0, "no cas succeeded"
     assert report.counter is not None and report.counter.acked > 0, "the counter never rose"
+
+
+@pytest.mark.parametrize("seed", range(FAST_SEEDS))
+def test_puts_without_their_read_phase_stay_linearizable(seed):
+    """Every put on every node skips its read (``fast_puts_everywhere``): only the
+    replicas' refusal of writes below what they hold orders them."""
+    report = run_scenario("fast-puts", seed)
+    assert report.error is None, format_report(report)
+    assert not report.lost_writes, format_report(report)
+    assert report.linearizable, format_report(report)
+    assert report.counter_ok, format_report(report)
+    assert report.ok, format_report(report)
+    assert report.op_counts["put"].get("ok", 0) > 0, "no put succeeded"
 
 
 def test_a_replica_fenced_by_a_dangling_promise_is_repaired_by_a_paxos_round():

@@ -1,7 +1,7 @@
-"""Which replicas the coordinator asks, and when it asks the rest."""
+"""Which replicas the coordinator asks, when it asks the rest, and when a put skips its read."""
 
 from zkv.core.coordinator import Coordinator, Placement
-from zkv.core.messages import ClientRequest, ReadReply, ReadRequest, WriteRequest
+from zkv.core.messages import ClientRequest, ReadReply, ReadRequest, WriteReply, WriteRequest
 from zkv.model.record import Record
 from zkv.model.versions import HybridClock, Version
 
@@ -83,3 +83,62 @@ def test_a_coordinator_outside_the_replica_set_asks_a_quorum_of_others():
     assert len(recipients(out, ReadRequest)) == 2
     start(coord, out, level="one", req_id=2)
     assert len(recipients(out, ReadRequest)) == 1
+
+
+def primary_that_read_the_key(version: int = 5) -> tuple[Coordinator, RecordingOutbox]:
+    """Coordinator "a", the key's primary, after a quorum get found it at ``version``."""
+    coord, out = Coordinator("a", HybridClock("a"), 0), RecordingOutbox()
+    op_id = start(coord, out)
+    for target in recipients(out, ReadRequest):
+        coord.on_read_reply(target, ReadReply(op_id, b"k", record(version), None), 0.001, out)
+    assert out.replies.pop().status == "ok"
+    return coord, out
+
+
+def answer_writes(coord: Coordinator, out: RecordingOutbox, answers: dict[str, Version | None],
+                  now: float = 0.01) -> list[WriteRequest]:
+    """Answer the write just sent: a version refuses it (naming that version), None acks."""
+    writes = out.take(WriteRequest)
+    for target, msg in writes:
+        if target in answers:
+            conflict = answers[target]
+            coord.on_write_reply(target, WriteReply(msg.op_id, b"k", conflict is None, conflict),
+                                 now, out)
+    return [msg for _, msg in writes]
+
+
+def test_the_primary_writes_a_put_at_once_when_it_knows_the_key():
+    coord, out = primary_that_read_the_key(version=5)
+    start(coord, out, op="put", req_id=2, now=0.002)
+    writes = out.take(WriteRequest)
+    assert sorted(to for to, _ in writes) == ["a", "b", "c"]  # no read phase
+    assert all(msg.record.version > Version(5, 0, "x") for _, msg in writes)
+    for target, msg in writes[:2]:
+        coord.on_write_reply(target, WriteReply(msg.op_id, b"k", True, None), 0.003, out)
+    assert out.replies.pop().status == "ok" and coord.fast_writes == 1
+
+
+def test_a_put_reads_first_off_the_primary_unknown_keys_and_after_a_member_change():
+    coord, out = primary_that_read_the_key()
+    start(coord, out, op="put", sets=(("b", "a", "c"),), req_id=2)  # "a" is not the primary
+    assert recipients(out, ReadRequest) and coord.fast_writes == 0
+    coord.forget_versions()
+    start(coord, out, op="put", req_id=3)
+    assert recipients(out, ReadRequest) and coord.fast_writes == 0
+    coord.fast_puts = False
+    coord._remember(b"k", Version(5, 0, "x"))
+    start(coord, out, op="put", req_id=4)
+    assert recipients(out, ReadRequest) and coord.fast_writes == 0
+
+
+def test_a_refused_fast_put_answers_unknown_even_when_every_replica_refused():
+    """A replica that refused may have stored the put before (its acknowledgement
+    lost) and then taken a newer state built on it: writing it again is unsafe."""
+    coord, out = primary_that_read_the_key(version=5)
+    newer = Version(10**13, 0, "z")  # another node wrote the key since
+    start(coord, out, op="put", req_id=2)
+    answer_writes(coord, out, {"a": newer, "b": newer, "c": newer})
+    assert out.replies.pop().status == "unknown" and coord.fast_refused == 1
+    assert out.sent == []  # not written again
+    start(coord, out, op="put", req_id=3)  # the key's version is forgotten: read first
+    assert recipients(out, ReadRequest)

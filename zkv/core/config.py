@@ -49,6 +49,9 @@ class NodeConfig:
     # A peer message carrying a version whose wall time is further ahead of this
     # node's clock than this (seconds) is refused: see ``Node.step`` and docs/security.md.
     max_version_ahead: float = 60.0
+    # A key's primary writes a put without reading first when it remembers the key's
+    # version (``Coordinator._fast_put``); off: every put reads a quorum first.
+    fast_puts: bool = True
     # Where this node serves metrics and the dashboard, gossiped: None for the default
     # (port + 2), 0 for nowhere (``MemberState.http_port``).
     http_port: int | None = None

@@ -5,7 +5,10 @@ Two paths share one register per key (the replica rules are in ``zkv.core.replic
 - **Plain get and put** are ABD quorum operations. A put reads a quorum (records
   and open promises), then writes a version above everything it saw; a get reads
   a quorum and, when the replicas disagree, writes the newest record back to a
-  quorum before it answers.
+  quorum before it answers. A key's primary skips a put's read when it remembers
+  the version the key's last operation there ended with (``_fast_put``): the
+  replicas' refusal rule, not the read, is what orders a write after every
+  completed one; the read only makes refusals rare.
 - **Conditional operations** (delete, create, update, cas) are CASPaxos changes
   (Rystsov 2018) with the record's version as the ballot: prepare ``b`` on a
   quorum, evaluate the condition once on the newest record the quorum reported,
@@ -18,7 +21,7 @@ Why the two paths may mix on one key. Versions and ballots are one total order,
 and a replica acknowledges a write only by storing it (never below its stored
 version or its promise), so every acknowledged write is on a quorum. A prepare
 at ``b`` fences everything below ``b`` on its quorum, and a put's version lies
-above every promise its read quorum reported, so:
+above every promise its read quorum reported (a fast put's is refused below one), so:
 (1) a write acknowledged before a prepare started lies on a quorum that
 intersects the prepare's, and the proposer sees it (or something newer);
 (2) a write below ``b`` that was not seen can no longer reach a quorum, so it is
@@ -29,17 +32,18 @@ So the order of versions of acknowledged or visible states is a linearization:
 each change was evaluated on the state just below its version. The checker
 (``zkv.check``) tests this on mixed histories in the simulator (200 seeds in the
 suite) and under ``zkv chaos``. The price: two puts racing on one key can
-refuse each other; the loser retries above the winner when no replica took it,
-and answers ``unknown`` otherwise.
+refuse each other, and the loser answers ``unknown`` (see ``_refused``).
 
 Unknown outcomes. A refused prepare changed nothing and is retried with a higher
 ballot after a jittered back-off (the loser learns the winner's ballot from the
-refusal). A refused accept is retried only when every replica refused it; if it
-may have landed somewhere, the retry only looks: when its own record is still
-the newest state it finishes it, else it answers ``unknown``: retrying the
-change could apply it twice. A put whose write may have landed somewhere and
-cannot reach its quorum answers ``unknown`` likewise. ``unavailable`` is kept
-for requests that certainly changed nothing, which clients may retry elsewhere.
+refusal). A refused accept may have landed, even when every replica refused it
+(a replica may have stored it, lost the acknowledgement and taken a newer state
+built on it before it refused a resend), so the next round only looks: when its
+own record is still the newest state it finishes it, else it answers
+``unknown``: retrying the change could apply it twice. A put whose write cannot
+reach its quorum answers ``unknown`` for the same reason. ``unavailable`` is
+kept for requests that certainly changed nothing, which clients may retry
+elsewhere.
 
 One node runs one Paxos round per key at a time; ops for a key that arrive
 meanwhile wait, and the next round decides all of them at once (folding): each
@@ -113,7 +117,7 @@ QUEUED, FOLLOWING = Phase.QUEUED, Phase.FOLLOWING
 # or a put's write retried at a higher version. An operation ends (``_finish``) in
 # any phase; FOLLOWING ends only so, when its leader's round is decided.
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {
-    NEW: frozenset({READ, PREPARE, QUEUED}),
+    NEW: frozenset({READ, WRITE, PREPARE, QUEUED}),  # WRITE: a fast put
     READ: frozenset({READ, REPAIR, WRITE}),
     REPAIR: frozenset({REPAIR, BACKOFF}),
     WRITE: frozenset({WRITE}),
@@ -125,6 +129,7 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
 }
 
 MAX_FOLD = 64  # operations one round decides at most
+KNOWN_KEYS = 16384  # keys whose last version a coordinator remembers, for fast puts
 MIN_SPECULATION = 0.002  # seconds: a narrow read waits at least this before asking all
 
 
@@ -164,6 +169,7 @@ class Operation:
     followers: list[Operation] = field(default_factory=list)  # ops folded into its round
     leader: Operation | None = None  # the op whose round decides this one
     epoch: int = 0  # of the map its replica sets came from
+    fast: bool = False  # a put written without a read phase (``Coordinator._fast_put``)
 
 
 class Coordinator:
@@ -184,6 +190,13 @@ class Coordinator:
         self._rounds: dict[bytes, Operation] = {}
         self._waiting: dict[bytes, list[Operation]] = {}
         self.epoch = 0  # the node's map epoch
+        # Fast puts (see ``_fast_put``): the newest version this node saw an op on
+        # each key end with, while nothing suggests another node wrote it since.
+        self.fast_puts = True
+        self.fast_everywhere = False  # a test's setting: every put, on every node, is fast
+        self._known: dict[bytes, Version | None] = {}
+        self.fast_writes = 0  # puts that skipped the read phase
+        self.fast_refused = 0  # ... that a competing write made unknown
         self.placement: Callable[[bytes], Placement] = lambda key: Placement(0, [], set())
 
     # ----------------------------------------------------------------- entry
@@ -202,6 +215,8 @@ class Coordinator:
         op = Operation(self._next, client, request, tracker, now, now + timeout,
                        epoch=placement.epoch)
         self.ops[op.op_id] = op
+        if request.op == "put" and self._fast_put(op, placement, now, out):
+            return
         if request.op in ("get", "put"):
             asked = self._narrow_targets(tracker, placement.reachable)
             op.narrow = bool(asked)
@@ -209,6 +224,44 @@ class Coordinator:
             self._send_phase(op, now, out, asked)  # [] asks every replica
         else:
             self._prepare(op, now, out)
+
+    def _fast_put(self, op: Operation, placement: Placement, now: float,
+                  out: Outbox) -> bool:
+        """Write a put at once, without the read phase, when this node is the key's
+        primary and remembers the version the key's last op here ended with.
+
+        Safe without the read for the same reason a write phase is: a replica
+        acknowledges a record only at or above what it stores and promised, so an
+        acknowledging quorum, which meets the quorum of every write or read that
+        ended before this put began, put it above all of them. What the read buys
+        is a version that no replica refuses; the remembered one is that, unless
+        another node wrote the key since (clients send a key's ops to its primary,
+        and the memory is dropped when the map or a member's status changes). A
+        put refused that way answers ``unknown``, as any refused write phase does
+        (``_refused``), so the memory must be right nearly always."""
+        key = op.request.key
+        if not self.fast_puts:
+            return False
+        if not self.fast_everywhere and (key not in self._known or len(placement.sets) != 1
+                                         or placement.sets[0][0] != self.node_id):
+            return False
+        self.fast_writes += 1
+        op.fast = True
+        version = self.clock.next(self._wall_ms(now), self._known.get(key))
+        self._enter(op, WRITE, Record(version, False, op.request.value or b""), now, out)
+        return True
+
+    def _remember(self, key: bytes, version: Version | None) -> None:
+        known = self._known
+        known.pop(key, None)
+        known[key] = version
+        if len(known) > KNOWN_KEYS:
+            del known[next(iter(known))]
+
+    def forget_versions(self) -> None:
+        """The map or a member's status changed: other nodes may write keys whose
+        primary this node is, so no remembered version is trusted for fast puts."""
+        self._known.clear()
 
     def repair(self, key: bytes, above: Version | None, placement: Placement, now: float,
                timeout: float, out: Outbox) -> None:
@@ -392,6 +445,8 @@ class Coordinator:
 
     def _after_read(self, op: Operation, now: float, out: Outbox) -> None:
         newest = _newest(op.reads.values())
+        if op.request.consistency != "one":
+            self._remember(op.request.key, newest.version if newest else None)
         if op.request.op == "get":
             present = newest is not None and not newest.tombstone
             self._read_outcome(op, newest, ("ok", newest.value) if present and newest else
@@ -517,23 +572,25 @@ class Coordinator:
         self._enter(op, ACCEPT, record, now, out)
 
     def _refused(self, op: Operation, now: float, out: Outbox) -> None:
-        """A write phase can no longer reach its quorum: retry, or say what is known."""
-        silent = set(op.tracker.targets) - op.acks - op.rejects
-        landed = bool(op.acks or silent)  # a silent replica may have stored it
+        """A write phase can no longer reach its quorum: say what is known, or let
+        another round settle it."""
         if op.phase == WRITE:
-            if landed:
-                self._finish(op, "unknown", None, now, out,
-                             detail="a conditional write intervened; the outcome is unknown")
-            else:
-                assert op.record is not None
-                version = self.clock.next(self._wall_ms(now),
-                                          _max_version(op.record.version, op.above))
-                self._enter(op, WRITE, Record(version, False, op.record.value), now, out)
+            # Even a refusal by every replica does not prove that the put never landed:
+            # a replica may have stored it, lost the acknowledgement, and taken a newer
+            # state that read it (a delete, say) before it refused a resend or a
+            # duplicate. Writing it again above would make it appear twice, after that
+            # state (the checker found it so: the ``mixed`` run, seed 355, with every
+            # put fast).
+            if op.fast:
+                self.fast_refused += 1
+            self._finish(op, "unknown", None, now, out,
+                         detail="a competing write intervened; the outcome is unknown")
         else:
             # An accept, or a write-back fenced by a promise: another round settles
             # it. Writing back or re-stamping a state changes no outcome; only a
-            # change of this op's own that may have landed must never be redone.
-            if op.phase == ACCEPT and op.change and landed and op.record is not None:
+            # change of this op's own must never be redone: it may have landed, even
+            # if every replica refused (see the WRITE case above).
+            if op.phase == ACCEPT and op.change and op.record is not None:
                 op.recovering = True
                 op.mine.add(op.record.change)
             self._back_off(op, now)
@@ -600,6 +657,11 @@ class Coordinator:
     def _finish(self, op: Operation, status: str, value: bytes | None, now: float, out: Outbox,
                 detail: str = "") -> None:
         self.ops.pop(op.op_id, None)
+        if status == "unknown" or status == "unavailable":
+            self._known.pop(op.request.key, None)
+        elif op.record is not None and op.phase in (WRITE, ACCEPT, REPAIR) \
+                and op.request.consistency != "one":
+            self._remember(op.request.key, op.record.version)
         if op.followers:
             # The round decided (the op got its evaluated answer): so did every op
             # folded into it. Otherwise each says what it can: "unknown" if its own

@@ -30,7 +30,7 @@ from zkv.core.config import NodeConfig
 from zkv.core.coordinator import Coordinator, Placement
 from zkv.core.digests import DigestedStore
 from zkv.core.lifecycle import Lifecycle, advance
-from zkv.core.membership import LEFT, REMOVED, Membership
+from zkv.core.membership import LEFT, REMOVED, Membership, StatusChange
 from zkv.core.messages import (
     CONDITIONAL_OPS,
     AdminReply,
@@ -131,6 +131,8 @@ class Node:
         self.ring = Ring(cmap.ring if cmap else (), config.replicas, config.vnodes)
         self.coordinator = Coordinator(self.node_id, self.clock, op_base, config.wall_offset)
         self.coordinator.placement = self._placement
+        self.coordinator.fast_puts = config.fast_puts
+        self.coordinator.fast_everywhere = bool(config.extra.get("fast_puts_everywhere"))
         self.coordinator.epoch = self.changes.epoch
         self.stabilizer = Stabilizer(self.node_id, store, config.handoff_batch, op_base,
                                      config.wall_offset)
@@ -511,7 +513,7 @@ class Node:
     def _on_gossip(self, msg: Gossip, now: float, out: _StepOutbox) -> None:
         changes = self.membership.merge(msg.members, now)
         for change in changes:
-            out.event("member_status", node=change.node_id, old=change.old, new=change.new)
+            self._member_changed(change, out)
         if msg.sender != self.node_id:
             self.changes.on_gossip(msg.sender, msg.epoch, msg.streamed, msg.instance, out)
             self._confirm(msg.sender, msg.epoch, out)
@@ -542,6 +544,7 @@ class Node:
     def _adopted(self, old: ClusterMap | None, cmap: ClusterMap, now: float,
                  out: _StepOutbox) -> None:
         self.coordinator.epoch = cmap.epoch
+        self.coordinator.forget_versions()
         for m in cmap.members:
             if m.node_id != self.node_id and self.membership.status(m.node_id) is None:
                 self.membership.merge([MemberState(m.node_id, m.address, 0, 0, "alive")], now)
@@ -607,7 +610,7 @@ class Node:
         if now >= self._next_check:
             self._next_check = now + cfg.gossip_interval
             for change in self.membership.check(now, self._majority()):
-                out.event("member_status", node=change.node_id, old=change.old, new=change.new)
+                self._member_changed(change, out)
             self._watch_majority(now, out)
             self._confirm(None, 0, out)  # a cluster of one confirms itself
             if self.lifecycle not in (Lifecycle.STOPPING, Lifecycle.DECOMMISSIONED):
@@ -633,10 +636,15 @@ class Node:
         before the queued event: the failure detector ages everyone it has not
         heard from; and the map is in doubt (``_doubt``)."""
         out.event("stall", seconds=round(stalled, 3))
+        self.coordinator.forget_versions()
         if self.joined and self.lifecycle in (Lifecycle.SERVING, Lifecycle.ISOLATED,
                                               Lifecycle.CONFIRMING):
             self._doubt(out, "map_in_doubt")
         self._on_tick(now, out)
+
+    def _member_changed(self, change: StatusChange, out: _StepOutbox) -> None:
+        self.coordinator.forget_versions()  # others may write this node's keys now
+        out.event("member_status", node=change.node_id, old=change.old, new=change.new)
 
     def _confirm(self, sender: str | None, epoch: int, out: _StepOutbox) -> None:
         """Count ``sender``'s gossip toward confirming this node's map (see ``_doubt``)."""

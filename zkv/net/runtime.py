@@ -293,6 +293,8 @@ class NodeProcess:
             "withheld_messages": self.withheld_messages,
             "ops_in_flight": len(node.coordinator.ops),
             "membership_refused": node.changes.refused,
+            "fast_puts": node.coordinator.fast_writes,
+            "fast_put_refused": node.coordinator.fast_refused,
         }
 
     def _dealer(self, address: str) -> zmq.Socket:

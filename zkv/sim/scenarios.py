@@ -46,6 +46,15 @@ RUNS: dict[str, tuple[RunSpec, str]] = {
                                             counter_clients=3)),
               ("Plain and conditional ops on shared keys plus a CAS counter, every fault.\n\n"
                "The run of tests/sim/test_conditional.py.")),
+    "fast-puts": (RunSpec("fast-puts", nodes=5, duration=8.0,
+                          workload=WorkloadSpec(clients=4, keys=3, conditional_ratio=0.5,
+                                                counter_clients=3),
+                          config_overrides={"extra": {"fast_puts_everywhere": True}}),
+                  ("The mixed run with every put written at once, without its read phase, "
+                   "by whichever node coordinates it.\n\n"
+                   "Far more refused and racing fast puts than the primary-only fast path "
+                   "meets: its safety rests on the replicas' refusal rule alone "
+                   "(tests/sim/test_conditional.py).")),
     "crashes": (RunSpec("crashes", nemesis=NemesisSpec(("crash",), interval=(0.3, 1.0))),
                 "Frequent crashes and restarts only (disks survive)."),
     "partitions": (RunSpec("partitions", nemesis=NemesisSpec(("partition", "isolate"))),
