@@ -113,9 +113,10 @@ PREPARE, ACCEPT, BACKOFF = Phase.PREPARE, Phase.ACCEPT, Phase.BACKOFF
 QUEUED, FOLLOWING = Phase.QUEUED, Phase.FOLLOWING
 
 # Every phase change an operation may make (``_move`` checks each). A phase entered
-# again (READ, REPAIR, WRITE) is the same phase under a new op id: on a newer map,
-# or a put's write retried at a higher version. An operation ends (``_finish``) in
-# any phase; FOLLOWING ends only so, when its leader's round is decided.
+# again (READ, REPAIR, WRITE) is the same phase under a new op id, on a newer map
+# (a refused put is never written again: see ``_refused``). An operation ends
+# (``_finish``) in any phase; FOLLOWING ends only so, when its leader's round is
+# decided.
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     NEW: frozenset({READ, WRITE, PREPARE, QUEUED}),  # WRITE: a fast put
     READ: frozenset({READ, REPAIR, WRITE}),
