@@ -14,8 +14,8 @@ import pytest
 from tests.sim.conftest import formed
 from zkv.sim.scenarios import format_report, run_scenario
 
-SEEDS = int(os.environ.get("ZKV_MIXED_SEEDS", "200"))
-FAST_SEEDS = int(os.environ.get("ZKV_FAST_PUT_SEEDS", "40"))
+SEEDS = int(os.environ.get("ZKV_MIXED_SEEDS", "160"))
+FAST_SEEDS = int(os.environ.get("ZKV_FAST_PUT_SEEDS", "30"))
 
 
 def test_concurrent_creates_of_one_key_let_exactly_one_win():

@@ -30,7 +30,7 @@ quorum holds, writing it back first when needed, which the fence refuses);
 (3) a write above ``b`` that lands first makes the accept at ``b`` fail there.
 So the order of versions of acknowledged or visible states is a linearization:
 each change was evaluated on the state just below its version. The checker
-(``zkv.check``) tests this on mixed histories in the simulator (200 seeds in the
+(``zkv.check``) tests this on mixed histories in the simulator (160 seeds in the
 suite) and under ``zkv chaos``. The price: two puts racing on one key can
 refuse each other, and the loser answers ``unknown`` (see ``_refused``).
 
