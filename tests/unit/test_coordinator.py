@@ -96,15 +96,13 @@ def primary_that_read_the_key(version: int = 5) -> tuple[Coordinator, RecordingO
 
 
 def answer_writes(coord: Coordinator, out: RecordingOutbox, answers: dict[str, Version | None],
-                  now: float = 0.01) -> list[WriteRequest]:
+                  now: float = 0.01) -> None:
     """Answer the write just sent: a version refuses it (naming that version), None acks."""
-    writes = out.take(WriteRequest)
-    for target, msg in writes:
+    for target, msg in out.take(WriteRequest):
         if target in answers:
             conflict = answers[target]
             coord.on_write_reply(target, WriteReply(msg.op_id, b"k", conflict is None, conflict),
                                  now, out)
-    return [msg for _, msg in writes]
 
 
 def test_the_primary_writes_a_put_at_once_when_it_knows_the_key():

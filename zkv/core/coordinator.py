@@ -446,9 +446,9 @@ class Coordinator:
 
     def _after_read(self, op: Operation, now: float, out: Outbox) -> None:
         newest = _newest(op.reads.values())
-        if op.request.consistency != "one":
-            self._remember(op.request.key, newest.version if newest else None)
         if op.request.op == "get":
+            if op.request.consistency != "one":  # (a put remembers its own write)
+                self._remember(op.request.key, newest.version if newest else None)
             present = newest is not None and not newest.tombstone
             self._read_outcome(op, newest, ("ok", newest.value) if present and newest else
                                ("not_found", None), now, out)
