@@ -81,6 +81,8 @@ from zkv.core.client_policy import (
 from zkv.core.config import MAX_KEY, MAX_VALUE
 from zkv.core.messages import (
     ADMIN_ACTIONS,
+    JOIN_BYTES,
+    MAX_BATCH,
     OPS,
     AdminReply,
     AdminRequest,
@@ -90,8 +92,10 @@ from zkv.core.messages import (
     ErrorReply,
     RingInfo,
     RingQuery,
-    decode,
+    decode_batch,
     encode,
+    in_batches,
+    join,
 )
 from zkv.core.quorum import LEVELS
 from zkv.errors import InvalidRequest, Unavailable, error_for
@@ -589,17 +593,19 @@ class Client:
         return self._send_many(address, [frame])
 
     def _send_many(self, address: str, frames: list[bytes]) -> bool:
-        """``_send`` for several requests at once: one ZeroMQ message of many frames."""
+        """``_send`` for several requests at once: one frame (``join``) for each batch
+        of them, and one ZeroMQ message for all."""
         sock = self._socket(address)
+        joined = [join(batch) for batch in in_batches(frames, SUBMIT_BATCH, JOIN_BYTES)]
         try:
-            sock.send_multipart(frames, zmq.NOBLOCK)
+            sock.send_multipart(joined, zmq.NOBLOCK)
             return True
         except zmq.Again:
             pass
         young = self._socket_born[sock] + CONNECT_GRACE - time.monotonic()
         if young > 0 and sock.poll(math.ceil(young * 1000), zmq.POLLOUT):
             try:
-                sock.send_multipart(frames, zmq.NOBLOCK)
+                sock.send_multipart(joined, zmq.NOBLOCK)
                 return True
             except zmq.Again:
                 pass
@@ -641,17 +647,19 @@ class Client:
                 except zmq.Again:
                     break
                 try:
-                    message = decode(frame)
+                    batch = decode_batch(frame, MAX_BATCH)
                 except DecodeError:
                     continue
-                if type(message) is RingInfo:
-                    if message.req_id == self._router.query:
-                        ring_info = message
-                    continue
-                if type(message) is ClientReply and message.req_id in self._pending:
-                    self._settle(self._pending.pop(message.req_id), message)
-                    continue
-                messages.append(message)
+                for message in batch:
+                    if type(message) is RingInfo:
+                        if message.req_id == self._router.query:
+                            ring_info = message
+                        continue
+                    if type(message) is ClientReply and message.req_id in self._pending:
+                        self._settle(self._pending.pop(message.req_id), message)
+                        continue
+                    if not isinstance(message, DecodeError):
+                        messages.append(message)
         if ring_info is not None:  # after the loop: learning may close sockets in ``ready``
             self._learn_ring(ring_info)
         return messages

@@ -36,6 +36,7 @@ import zmq
 
 from zkv.client import Client
 from zkv.config import node_address, store_path
+from zkv.core.messages import MAX_BATCH, DecodeError, Message, decode_batch
 from zkv.model.record import Record
 from zkv.net.eventlog import read_events
 from zkv.probe import probe_ring
@@ -79,6 +80,14 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str,
 
 
 # --------------------------------------------------------------------------- commands
+
+
+def frame_messages(frame: bytes) -> list[Message]:
+    """The messages of a frame a node sent: one, or a batch (its turn's replies to
+    one client)."""
+    messages = decode_batch(frame, MAX_BATCH)
+    assert not any(isinstance(m, DecodeError) for m in messages), messages
+    return messages  # type: ignore[return-value]
 
 
 def node_flags(settings: Mapping[str, Any]) -> list[str]:

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from zkv.core.messages import Prepare, ReadRequest, WriteRequest, decode
+from zkv.core.messages import MAX_BATCH, Prepare, ReadRequest, WriteRequest, decode_batch
 from zkv.net import runtime
 
 HOOK_LOG = "sync-hook.jsonl"
@@ -61,18 +61,20 @@ class SyncRecordingNode(runtime.NodeProcess):
     def _uncommitted(self) -> bool:
         return self.store is not None and self.store._txn is not None
 
-    def _to_client(self, client: bytes, batch: list[bytes]) -> None:
-        self._turn["replies"] += len(batch)
+    def _to_client(self, client: bytes, frame: bytes) -> None:
+        replies = len(decode_batch(frame, MAX_BATCH))
+        self._turn["replies"] += replies
         if self._uncommitted():
-            self._turn["early"] += len(batch)
-        super()._to_client(client, batch)
+            self._turn["early"] += replies
+        super()._to_client(client, frame)
 
-    def _to_peer(self, address: str, batch: list[bytes]) -> None:
-        acks = sum(1 for frame in batch if not isinstance(decode(frame), _MAY_LEAVE_EARLY))
+    def _to_peer(self, address: str, frame: bytes) -> None:
+        acks = sum(1 for message in decode_batch(frame, MAX_BATCH)
+                   if not isinstance(message, _MAY_LEAVE_EARLY))
         self._turn["acks"] += acks
         if acks and self._uncommitted():
             self._turn["early"] += acks
-        super()._to_peer(address, batch)
+        super()._to_peer(address, frame)
 
     def _apply(self, actions: list[Any]) -> None:
         super()._apply(actions)

@@ -103,3 +103,52 @@ def test_random_cbor_structures_never_raise_anything_but_decode_error(body):
             m.decode(cbor2.dumps([kind, *body] if isinstance(body, list) else [kind, body]))
         except m.DecodeError:
             pass
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def test_a_joined_batch_decodes_to_its_messages_in_order():
+    frames = [m.encode(message) for message in SAMPLES]
+    assert m.decode_batch(m.join(frames), len(SAMPLES)) == SAMPLES
+    many = [m.encode(m.HandoffAck(i)) for i in range(300)]  # a two-byte array header
+    assert m.decode_batch(m.join(many), 300) == [m.HandoffAck(i) for i in range(300)]
+
+
+def test_a_single_message_is_its_own_batch_and_decode_refuses_a_batch():
+    frame = m.encode(SAMPLES[0])
+    assert m.join([frame]) == frame
+    assert m.decode_batch(frame, 1) == [SAMPLES[0]]
+    with pytest.raises(m.DecodeError, match="a batch where one message belongs"):
+        m.decode(m.join([frame, frame]))
+
+
+def test_a_bad_message_in_a_batch_spoils_only_itself():
+    good = m.encode(m.HandoffAck(7))
+    got = m.decode_batch(m.join([good, cbor2.dumps([999]), cbor2.dumps(5),
+                                 m.join([good, good]), good]), 10)
+    assert got[0] == got[4] == m.HandoffAck(7)
+    assert [str(e) for e in got[1:4]] == [
+        "unknown message kind 999", "a batch's message must be a non-empty CBOR array",
+        "a batch inside a batch"]
+
+
+@pytest.mark.parametrize("body,reason", [
+    ([0], "1 to 3 messages, not 0"),
+    ([0, *[[11, 1]] * 4], "1 to 3 messages, not 4"),
+])
+def test_an_empty_or_oversized_batch_is_refused_whole(body, reason):
+    with pytest.raises(m.DecodeError, match=reason):
+        m.decode_batch(cbor2.dumps(body), 3)
+
+
+def test_false_is_not_the_batch_kind():
+    with pytest.raises(m.DecodeError, match="unknown message kind False"):
+        m.decode_batch(cbor2.dumps([False, 1]), 3)
+
+
+def test_frames_are_grouped_by_count_and_size_in_order():
+    frames = [b"a" * n for n in (3, 3, 3, 10, 1, 1, 1)]
+    groups = list(m.in_batches(frames, 3, 8))
+    assert groups == [[b"aaa", b"aaa"], [b"aaa"], [b"a" * 10], [b"a", b"a", b"a"]]
+    assert [f for g in groups for f in g] == frames

@@ -134,14 +134,24 @@ KNOWN_KEYS = 16384  # keys whose last version a coordinator remembers, for fast 
 MIN_SPECULATION = 0.002  # seconds: a narrow read waits at least this before asking all
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Placement:
     """Where an operation on a key runs: the map epoch, the replica sets (one, or
-    two during a transition) and the replicas not known to be down."""
+    two during a transition) and the replicas not known to be down. The node keeps
+    one per ring segment until the map or a member's status changes, so it also
+    keeps the quorum trackers built on it (they never change)."""
 
     epoch: int
     sets: list[tuple[str, ...]]
     reachable: set[str]
+    _trackers: dict[str, QuorumTracker] = field(default_factory=dict, repr=False,
+                                                compare=False)
+
+    def tracker(self, level: str) -> QuorumTracker:
+        found = self._trackers.get(level)
+        if found is None:
+            found = self._trackers[level] = QuorumTracker(self.sets, level)
+        return found
 
 
 @dataclass(slots=True)
@@ -205,7 +215,7 @@ class Coordinator:
     def start(self, client: Hashable, request: ClientRequest, placement: Placement,
               now: float, timeout: float, out: Outbox) -> None:
         """Begin ``request`` on ``placement``."""
-        tracker = QuorumTracker(placement.sets, request.consistency)
+        tracker = placement.tracker(request.consistency)
         reachable = placement.reachable
         if not tracker.targets or not tracker.possible(reachable):
             self._answer_now(client, request, "unavailable",
@@ -268,7 +278,7 @@ class Coordinator:
                timeout: float, out: Outbox) -> None:
         """A Paxos round that only makes ``key``'s newest state chosen, above ``above``
         (a promise that fenced a newer record here): no client waits for it."""
-        tracker = QuorumTracker(placement.sets, "quorum")
+        tracker = placement.tracker("quorum")
         if not tracker.targets or not tracker.possible(placement.reachable):
             return
         self._next += 1
@@ -380,7 +390,7 @@ class Coordinator:
         if self.epoch <= op.epoch:
             return False
         placement = self.placement(op.request.key)
-        op.tracker = QuorumTracker(placement.sets, op.request.consistency)
+        op.tracker = placement.tracker(op.request.consistency)
         op.epoch = placement.epoch
         return True
 

@@ -84,6 +84,9 @@ class Membership:
         self.t_fail = t_fail
         self.t_remove = t_remove
         self.members: dict[str, Member] = {me.node_id: Member(me, ALIVE, now)}
+        # Bumped by every status change and every new member: what caches of who is
+        # alive (the node's placements) compare to know they are still right.
+        self.generation = 0
 
     # ------------------------------------------------------------------ views
 
@@ -149,6 +152,7 @@ class Membership:
             old_status = known.status if known else None
             if old_status != new_status:
                 changes.append(StatusChange(state.node_id, old_status, new_status))
+                self.generation += 1
             if known is None:
                 self.members[state.node_id] = Member(state, new_status, now)
             else:
@@ -186,4 +190,5 @@ class Membership:
             if new != m.status:
                 changes.append(StatusChange(node_id, m.status, new))
                 m.status = new
+                self.generation += 1
         return changes

@@ -1,14 +1,19 @@
 """Every message zkv sends, and the CBOR codec that checks each field.
 
-A frame is the CBOR array ``[kind, field, ...]``. ``decode`` either returns a
-fully validated message or raises ``DecodeError`` with a reason; it never lets
-another exception out, so a hostile frame costs a counter, not a node.
+A frame is the CBOR array ``[kind, field, ...]``, or a batch of them
+(``join``). ``decode`` either returns a fully validated message or raises
+``DecodeError`` with a reason; it never lets another exception out, so a
+hostile frame costs a counter, not a node.
+
+Messages are values, never changed once made, but not frozen dataclasses: those
+cost three to four times as much to build (see ``zkv.core.actions``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Any, ClassVar
 
 import cbor2
@@ -18,6 +23,10 @@ from zkv.model.record import Record
 from zkv.model.versions import Version
 
 MAX_FRAME = 64 * 1024 * 1024
+MAX_BATCH = 256  # messages in one batch (``join``), and frames in one ZeroMQ message
+# A batch frame is closed at this size; a larger message travels alone. (Frame caps:
+# ``zkv.net.runtime.frame_limits``.)
+JOIN_BYTES = 1024 * 1024
 
 OPS = ("get", "put", "delete", "create", "update", "cas")
 CONDITIONAL_OPS = ("delete", "create", "update", "cas")  # decided by per-key Paxos
@@ -37,7 +46,7 @@ class Message:
     __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ClientRequest(Message):
     """A client's operation, sent to any node (ideally a replica of the key).
 
@@ -54,7 +63,7 @@ class ClientRequest(Message):
     expected: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ClientReply(Message):
     """status: ok | not_found | exists | condition_failed | unavailable | unknown | invalid.
 
@@ -69,13 +78,13 @@ class ClientReply(Message):
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class RingQuery(Message):
     KIND: ClassVar[int] = 3
     req_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class RingInfo(Message):
     """What a client needs to route a key to its replicas itself."""
 
@@ -88,7 +97,7 @@ class RingInfo(Message):
     settled: bool = True  # False while a ring change is under way
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ReadRequest(Message):
     """``epoch`` (here and in every replica request): the coordinator's cluster
     map epoch; a replica that has seen a newer one refuses with ``EpochRefused``."""
@@ -99,7 +108,7 @@ class ReadRequest(Message):
     epoch: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ReadReply(Message):
     """The replica's record and its open Paxos promise (a write goes above it)."""
 
@@ -110,7 +119,7 @@ class ReadReply(Message):
     promise: Version | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class WriteRequest(Message):
     """Store ``record`` (a Paxos accept at ballot ``record.version``)."""
 
@@ -121,7 +130,7 @@ class WriteRequest(Message):
     epoch: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class WriteReply(Message):
     """``accepted`` False: refused by the promise ``conflict``."""
 
@@ -132,7 +141,7 @@ class WriteReply(Message):
     conflict: Version | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Prepare(Message):
     """Paxos phase 1: promise to refuse anything below ``ballot`` for ``key``."""
 
@@ -143,7 +152,7 @@ class Prepare(Message):
     epoch: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class PrepareReply(Message):
     """``promised`` with the replica's record; else ``conflict`` is the ballot or
     version that the refused ballot did not exceed."""
@@ -156,7 +165,7 @@ class PrepareReply(Message):
     conflict: Version | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class EpochRefused(Message):
     """A replica request built on an older epoch than the replica has seen; carries
     the replica's map (``cluster_map`` encoding) so the coordinator retries on it."""
@@ -168,7 +177,7 @@ class EpochRefused(Message):
     cluster_map: list | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Handoff(Message):
     """Records pushed to a replica (stabilization, anti-entropy); merged by version."""
 
@@ -177,13 +186,13 @@ class Handoff(Message):
     records: list  # [(key, Record), ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class HandoffAck(Message):
     KIND: ClassVar[int] = 21
     batch_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class SyncDigest(Message):
     """Anti-entropy: one hash per ring segment both nodes replicate, over the
     records written at or before ``horizon`` (wall-clock ms)."""
@@ -194,7 +203,7 @@ class SyncDigest(Message):
     digests: list  # [[segment_token, digest_bytes], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class SyncKeys(Message):
     """Anti-entropy: the (key, version) list of a segment whose digests differ
     (records written at or before ``horizon``)."""
@@ -206,14 +215,14 @@ class SyncKeys(Message):
     entries: list  # [[key, Version], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class SyncPull(Message):
     KIND: ClassVar[int] = 24
     round_id: int
     keys: list  # [key, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class MemberState:
     """One row of the gossip table. ``http_port``: where the member serves /metrics and
     the dashboard, at its address's host: None for the default (its request port + 2),
@@ -228,7 +237,7 @@ class MemberState:
     http_port: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Gossip(Message):
     """``epoch``: the sender's cluster map epoch; ``streamed``: the transition epoch
     whose gained ranges the sender has all streamed (0: none); ``instance``: the
@@ -242,7 +251,7 @@ class Gossip(Message):
     instance: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class JoinRequest(Message):
     """``instance``: drawn when the node's data directory was made (see ``cluster_map``)."""
 
@@ -251,7 +260,7 @@ class JoinRequest(Message):
     instance: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class MapPrepare(Message):
     """Phase 1 of the instance deciding epoch ``slot``; ``base`` is epoch slot-1's map."""
 
@@ -261,7 +270,7 @@ class MapPrepare(Message):
     base: list
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class MapPromise(Message):
     """``accepted``: the acceptor's accepted ballot and ``value`` (ok) or its promise
     (refused); ``epoch``: the acceptor's current map epoch."""
@@ -275,7 +284,7 @@ class MapPromise(Message):
     epoch: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class MapAccept(Message):
     KIND: ClassVar[int] = 34
     slot: int
@@ -283,7 +292,7 @@ class MapAccept(Message):
     value: list
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class MapAccepted(Message):
     KIND: ClassVar[int] = 35
     slot: int
@@ -292,7 +301,7 @@ class MapAccepted(Message):
     epoch: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class MapLearn(Message):
     """A decided map, to a node that is behind (or asked with ``MapQuery``)."""
 
@@ -300,13 +309,13 @@ class MapLearn(Message):
     value: list
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class MapQuery(Message):
     KIND: ClassVar[int] = 37
     epoch: int  # the asker's
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class StreamPull(Message):
     """A gainer asks a ring replica for its records in tokens ``first``..``last``
     (the page starting there); the replica first fences epochs below ``epoch``."""
@@ -318,7 +327,7 @@ class StreamPull(Message):
     last: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class StreamChunk(Message):
     """One page; ``next`` is the token to ask from for the following page, or None
     when the range is done."""
@@ -329,7 +338,7 @@ class StreamChunk(Message):
     next: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class AdminRequest(Message):
     """An operator's membership command: ``decommission`` or ``remove`` a node, or
     ``status``. Answered with an ``AdminReply``."""
@@ -340,7 +349,7 @@ class AdminRequest(Message):
     node_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class AdminReply(Message):
     """status: ok | pending | refused | unavailable; ``info``: a JSON-able dict."""
 
@@ -351,7 +360,7 @@ class AdminReply(Message):
     info: dict
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ErrorReply(Message):
     """Answer to a frame that could not be understood."""
 
@@ -528,6 +537,26 @@ _BY_KIND: dict[int, type[Message]] = {cls.KIND: cls for cls in _SCHEMA}
 _FIELD_NAMES: dict[type[Message], tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls)) for cls in _SCHEMA  # type: ignore[arg-type]
 }  # (every message class is a dataclass; the base class cannot say so)
+# Field types CBOR takes as they are (Version is a tuple, which CBOR writes as an array);
+# the others hold records or members that ``_wire`` turns into lists first.
+_AS_IS = frozenset({"bool", "bytes", "bytes | None", "dict", "int", "int | None", "str",
+                    "Version", "Version | None"})
+
+
+def _field_getter(names: tuple[str, ...]) -> Callable[[Any], tuple]:
+    if len(names) == 1:
+        name = names[0]
+        return lambda message: (getattr(message, name),)
+    return attrgetter(*names)  # one C call for all the fields
+
+
+# Per class: the getter of its fields, and the positions of the fields that need ``_wire``.
+_ENCODERS: dict[type[Message], tuple[Callable[[Any], tuple], tuple[int, ...]]] = {
+    cls: (_field_getter(_FIELD_NAMES[cls]),
+          tuple(i for i, f in enumerate(fields(cls))  # type: ignore[arg-type]
+                if f.type not in _AS_IS))
+    for cls in _SCHEMA
+}
 
 
 # --------------------------------------------------------------------------- codec
@@ -548,13 +577,87 @@ def _wire(v: Any) -> Any:
 
 def encode(message: Message) -> bytes:
     cls = type(message)
-    body = [cls.KIND]
-    body.extend(_wire(getattr(message, name)) for name in _FIELD_NAMES[cls])
+    get, wired = _ENCODERS[cls]
+    body = [cls.KIND, *get(message)]
+    for i in wired:
+        body[i + 1] = _wire(body[i + 1])
     return cbor2.dumps(body)
 
 
 def decode(frame: bytes) -> Message:
     """A validated message, or DecodeError saying what is wrong with the frame."""
+    body = _load(frame)
+    if _is_batch(body):
+        raise DecodeError("a batch where one message belongs")
+    return _message(body)
+
+
+def join(frames: list[bytes]) -> bytes:
+    """One frame carrying the messages ``frames`` encode (each from ``encode``):
+    the CBOR array ``[BATCH, message, ...]``, made by concatenation, as an array's
+    items follow its header. One frame instead of many saves ZeroMQ's per-frame
+    work, which costs more than the encoding; a single message stays as it is."""
+    if len(frames) == 1:
+        return frames[0]
+    n = len(frames) + 1
+    if n < 24:
+        head = bytes((0x80 | n,))
+    elif n < 256:
+        head = bytes((0x98, n))
+    elif n < 65536:
+        head = b"\x99" + n.to_bytes(2, "big")
+    else:
+        head = b"\x9a" + n.to_bytes(4, "big")
+    return b"".join((head, _BATCH_ITEM, *frames))
+
+
+def in_batches(frames: list[bytes], count: int, size: int) -> Iterator[list[bytes]]:
+    """``frames`` in order, in groups to ``join``: at most ``count`` frames, and at
+    most ``size`` bytes unless one frame alone is larger."""
+    group: list[bytes] = []
+    total = 0
+    for frame in frames:
+        if group and (len(group) >= count or total + len(frame) > size):
+            yield group
+            group, total = [], 0
+        group.append(frame)
+        total += len(frame)
+    if group:
+        yield group
+
+
+def decode_batch(frame: bytes, limit: int) -> list[Message | DecodeError]:
+    """The messages of a frame (a ``join``ed batch, or one message), each validated
+    on its own: a malformed one is returned as its DecodeError, in its place.
+    Raises DecodeError for a frame that is not one message or a batch of 1 to
+    ``limit`` of them."""
+    body = _load(frame)
+    if not _is_batch(body):
+        return [_message(body)]
+    if not 1 < len(body) <= limit + 1:
+        raise DecodeError(f"a batch holds 1 to {limit} messages, not {len(body) - 1}")
+    out: list[Message | DecodeError] = []
+    for item in body[1:]:
+        try:
+            if type(item) is not list or not item:
+                raise DecodeError("a batch's message must be a non-empty CBOR array")
+            if _is_batch(item):
+                raise DecodeError("a batch inside a batch")
+            out.append(_message(item))
+        except DecodeError as exc:
+            out.append(exc)
+    return out
+
+
+BATCH = 0  # the kind that heads a batch of messages in one frame (``join``)
+_BATCH_ITEM = cbor2.dumps(BATCH)
+
+
+def _is_batch(body: list) -> bool:
+    return type(body[0]) is int and body[0] == BATCH
+
+
+def _load(frame: bytes) -> list:
     if len(frame) > MAX_FRAME:
         raise DecodeError(f"frame of {len(frame)} bytes exceeds the {MAX_FRAME}-byte limit")
     try:
@@ -563,18 +666,23 @@ def decode(frame: bytes) -> Message:
         raise DecodeError(f"not CBOR: {exc}") from None
     if not isinstance(body, list) or not body:
         raise DecodeError("frame must be a non-empty CBOR array")
+    return body
+
+
+def _message(body: list) -> Message:
     kind = body[0]
     cls = _BY_KIND.get(kind) if isinstance(kind, int) and not isinstance(kind, bool) else None
     if cls is None:
         raise DecodeError(f"unknown message kind {kind!r}")
     checks = _SCHEMA[cls]
-    names = _FIELD_NAMES[cls]
     if len(body) != len(checks) + 1:
         raise DecodeError(f"{cls.__name__} needs {len(checks)} fields, got {len(body) - 1}")
-    values = []
-    for check, v, name in zip(checks, body[1:], names):
-        try:
-            values.append(check(v))
-        except DecodeError as exc:
-            raise DecodeError(f"{cls.__name__}.{name} {exc}") from None
-    return cls(*values)
+    try:
+        return cls(*[check(v) for check, v in zip(checks, body[1:])])
+    except DecodeError:
+        for check, v, name in zip(checks, body[1:], _FIELD_NAMES[cls]):
+            try:
+                check(v)
+            except DecodeError as exc:
+                raise DecodeError(f"{cls.__name__}.{name} {exc}") from None
+        raise

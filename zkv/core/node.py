@@ -68,6 +68,7 @@ from zkv.core.messages import (
 from zkv.core.ring import Ring
 from zkv.core.ring_changes import RingChanges
 from zkv.core.stabilizer import Stabilizer
+from zkv.model.tokens import token
 from zkv.model.versions import HybridClock, latest_wall_ms
 from zkv.storage.base import Store, StoreFull
 
@@ -152,6 +153,11 @@ class Node:
         # Peers to run anti-entropy with soon: after a restart, every one (what was
         # written while this node was down).
         self._catch_up = sorted(n for n in self.ring.nodes if n != self.node_id)
+        # ``_placement``'s per-segment placements, for this map and member generation.
+        self._placements: dict[Hashable, Placement] = {}
+        self._placed_map: ClusterMap | None = None
+        self._placed_generation = -1
+        self._placed_majority: bool | None = None
         self.rejected_frames = 0
         self._next_gossip = now
         self._next_check = now + config.gossip_interval
@@ -312,12 +318,33 @@ class Node:
         self.coordinator.start(client, msg, self._placement(msg.key), now, timeout, out)
 
     def _placement(self, key: bytes) -> Placement:
-        """The epoch, replica sets and reachable replicas an operation on ``key`` uses."""
+        """The epoch, replica sets and reachable replicas an operation on ``key`` uses:
+        the same for every key of a ring segment (of both rings, in a transition), so
+        kept per segment until the map or a member's status changes."""
         cmap = self.changes.map
-        sets = cmap.replica_sets(key) if cmap is not None else []
-        reachable = {n for s in sets for n in s
-                     if n == self.node_id or self.membership.alive(n)}
-        return Placement(self.changes.epoch, sets, reachable)
+        if cmap is None:
+            return Placement(self.changes.epoch, [], set())
+        self._check_placed(cmap)
+        ring, target = cmap.rings
+        tok = token(key)
+        segment = ring.segment_at(tok) if target is None else \
+            (ring.segment_at(tok), target.segment_at(tok))
+        placement = self._placements.get(segment)
+        if placement is None:
+            sets = cmap.replica_sets(key)
+            reachable = {n for s in sets for n in s
+                         if n == self.node_id or self.membership.alive(n)}
+            placement = self._placements[segment] = Placement(cmap.epoch, sets, reachable)
+        return placement
+
+    def _check_placed(self, cmap: ClusterMap) -> None:
+        """Forget the placements (and the majority) worked out for another map or
+        before a member's status changed."""
+        generation = self.membership.generation
+        if cmap is not self._placed_map or generation != self._placed_generation:
+            self._placements.clear()
+            self._placed_majority = None
+            self._placed_map, self._placed_generation = cmap, generation
 
     def _invalid(self, msg: ClientRequest) -> str:
         if not msg.key:
@@ -390,6 +417,17 @@ class Node:
     # ----------------------------------------------------------------- peers
 
     def _on_peer(self, sender: str, msg: Message, now: float, out: _StepOutbox) -> None:
+        # The data path's four messages first, by exact type (the chain below is long).
+        if type(msg) is WriteReply:
+            self.coordinator.on_write_reply(sender, msg, now, out)
+            return
+        if type(msg) is ReadReply:
+            self.coordinator.on_read_reply(sender, msg, now, out)
+            return
+        if type(msg) is WriteRequest:
+            if self._admit(sender, msg, now, out):
+                self._replica_write(sender, msg, now, out)
+            return
         if isinstance(msg, REPLICA_REQUESTS) and not self._admit(sender, msg, now, out):
             return
         if isinstance(msg, ReadRequest):
@@ -668,7 +706,10 @@ class Node:
         cmap = self.changes.map
         if cmap is None:
             return False
-        return self.membership.majority_alive(cmap.voters)
+        self._check_placed(cmap)  # asked for every request: kept like the placements
+        if self._placed_majority is None:
+            self._placed_majority = self.membership.majority_alive(cmap.voters)
+        return self._placed_majority
 
     def _repair_fenced(self, now: float, out: _StepOutbox) -> None:
         """Settle keys whose newer records a promise kept out (see ``replica.merge``)

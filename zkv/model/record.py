@@ -7,12 +7,15 @@ from dataclasses import dataclass
 from zkv.model.versions import Version
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Record:
     """``origin``: for a state that a Paxos round re-stamped at its own ballot (to
     make it chosen), the version of the change that produced it, so that change's
     coordinator can still recognise its own write. Stored and sent as a sixth
-    field only when set, so records without it keep their five fields."""
+    field only when set, so records without it keep their five fields.
+
+    A value, never changed once made; not frozen only because that makes every
+    record (several per operation) several times dearer to build."""
 
     version: Version
     tombstone: bool

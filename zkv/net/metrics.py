@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -41,26 +41,26 @@ class NodeMetrics:
 
     def __init__(self, counters: Callable[[], dict[str, int]]) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("zkv_requests", "Client operations coordinated by this node, "
-                                "by outcome", ["op", "status"], registry=self.registry)
-        self.latency = Histogram("zkv_request_latency_seconds", "Time from a client request "
-                                 "reaching this coordinator to its answer", ["op"],
-                                 buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.replica_latency = TurnHistogram(
+        # The request path's metrics are plain numbers the loop adds to, exported at
+        # scrape time: ``prometheus_client``'s take a lock per observation, several
+        # per client operation under load.
+        self.requests = PlainCounter("zkv_requests", "Client operations coordinated by this "
+                                     "node, by outcome", ("op", "status"))
+        self.latency = PlainHistogram("zkv_request_latency_seconds", "Time from a client "
+                                      "request reaching this coordinator to its answer")
+        self.replica_latency = PlainHistogram(
             "zkv_replica_latency_seconds", "Time the group commit took in a loop turn that "
             "answered replica reads or writes (one observation each): how long a replica "
             "holds its answer until the turn's writes are durable", ("read", "write"))
-        self.quorum_failures = Counter("zkv_quorum_failures", "Client operations that did "
-                                       "not reach their consistency level in time", ["op"],
-                                       registry=self.registry)
+        self.quorum_failures = PlainCounter("zkv_quorum_failures", "Client operations that "
+                                            "did not reach their consistency level in time",
+                                            ("op",))
         self.events = Counter("zkv_events", "Protocol events: ring changes, stabilization and "
                               "anti-entropy steps, repairs, corrupt records, store full...",
                               ["kind"], registry=self.registry)
         self.records_moved = Counter("zkv_records_moved", "Records sent or merged by "
                                      "stabilization, anti-entropy and stray hand-off",
                                      ["how"], registry=self.registry)
-        self._request_children: dict[tuple[str, str], Any] = {}
-        self._latency_children: dict[str, Any] = {}
         self._event_children: dict[str, Any] = {}
         self._replica_reads = self._replica_writes = 0  # in the current turn
         self.keys_stored = 0
@@ -90,16 +90,10 @@ class NodeMetrics:
             return
         op = fields.get("op", "?")
         status = fields.get("status", "?")
-        child = self._request_children.get((op, status))
-        if child is None:
-            child = self._request_children[(op, status)] = self.requests.labels(op, status)
-        child.inc()
-        hist = self._latency_children.get(op)
-        if hist is None:
-            hist = self._latency_children[op] = self.latency.labels(op)
-        hist.observe(fields.get("latency") or 0.0)
+        self.requests.inc((op, status))
+        self.latency.observe(op, fields.get("latency") or 0.0)
         if status == "unavailable" or status == "unknown":
-            self.quorum_failures.labels(op).inc()
+            self.quorum_failures.inc((op,))
 
     def _count_event(self, kind: str, fields: dict[str, Any]) -> None:
         child = self._event_children.get(kind)
@@ -152,27 +146,49 @@ class NodeMetrics:
             self._server = None
 
 
-class TurnHistogram:
-    """A labelled latency histogram that takes many equal observations at once: a loop
-    turn adds the same commit time for each of its replica reads and writes with one
-    bucket lookup (``prometheus_client.Histogram`` takes a lock per observation,
-    which under load came to several per client operation)."""
+class PlainHistogram:
+    """A latency histogram by operation kept as plain lists, without
+    ``prometheus_client``'s lock per observation; it can also take many equal
+    observations at once (a loop turn adds the same commit time for each of its
+    replica reads and writes with one bucket lookup). Kinds not named up front
+    appear with their first observation."""
 
-    def __init__(self, name: str, documentation: str, labels: tuple[str, ...]) -> None:
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> None:
         self.name, self.documentation = name, documentation
         self.counts = {label: [0] * (len(LATENCY_BUCKETS) + 1) for label in labels}
         self.sums = dict.fromkeys(labels, 0.0)
 
     def observe(self, label: str, seconds: float, count: int = 1) -> None:
-        self.counts[label][bisect_left(LATENCY_BUCKETS, seconds)] += count
+        counts = self.counts.get(label)
+        if counts is None:
+            counts = self.counts[label] = [0] * (len(LATENCY_BUCKETS) + 1)
+            self.sums[label] = 0.0
+        counts[bisect_left(LATENCY_BUCKETS, seconds)] += count
         self.sums[label] += seconds * count
 
     def family(self) -> HistogramMetricFamily:
         family = HistogramMetricFamily(self.name, self.documentation, labels=["op"])
         bounds = [floatToGoString(b) for b in LATENCY_BUCKETS] + ["+Inf"]
-        for label, counts in self.counts.items():
-            family.add_metric([label], list(zip(bounds, accumulate(counts), strict=True)),
+        for label, counts in list(self.counts.items()):
+            family.add_metric([label], list(zip(bounds, accumulate(list(counts)), strict=True)),
                               self.sums[label])
+        return family
+
+
+class PlainCounter:
+    """A labelled counter kept as plain integers (see ``PlainHistogram``)."""
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...]) -> None:
+        self.name, self.documentation, self.labels = name, documentation, labels
+        self.values: dict[tuple[str, ...], int] = {}
+
+    def inc(self, labels: tuple[str, ...]) -> None:
+        self.values[labels] = self.values.get(labels, 0) + 1
+
+    def family(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(self.name, self.documentation, labels=list(self.labels))
+        for labels, value in list(self.values.items()):
+            family.add_metric(list(labels), value)
         return family
 
 
@@ -204,6 +220,9 @@ class _Sampled(Collector):
         yield CounterMetricFamily("zkv_fast_put_refused", "Fast puts refused because another "
                                   "node had written the key since (answered unknown)",
                                   value=c["fast_put_refused"])
+        yield m.requests.family()
+        yield m.latency.family()
+        yield m.quorum_failures.family()
         yield m.replica_latency.family()
         yield GaugeMetricFamily("zkv_keys_stored", "Records (values and tombstones) this "
                                 "replica holds", value=m.keys_stored)

@@ -3,10 +3,12 @@
 Sockets (ports from ``zkv.config``):
 
 - ROUTER bound on ``port``: requests from clients and messages from peers. A
-  client sends one message per ZeroMQ message; a peer sends one turn's messages
-  to this node as one multipart batch, a frame each after a first frame that
-  names the sender (``PEER_MARK`` + node id), and replies to a client leave the
-  same way (a client reading frame by frame sees no difference). Peers and
+  peer sends one turn's messages to this node as one batch (``messages.join``:
+  one frame of many messages) after a first frame that names the sender
+  (``PEER_MARK`` + node id); replies to a client leave the same way, without
+  the mark, and a pipelining client sends its queued requests so too. Frames
+  of single messages, and several frames in one ZeroMQ message, are read as
+  well. Peers and
   clients alike connect under routing identities ZeroMQ makes up: a chosen
   identity would be a name anyone could take, and with ``ROUTER_HANDOVER`` a
   connection under a taken name is left open but never read again (a zombie),
@@ -87,6 +89,8 @@ from zkv.core.actions import (
 )
 from zkv.core.config import NodeConfig
 from zkv.core.messages import (
+    JOIN_BYTES,
+    MAX_BATCH,
     MAX_FRAME,
     AdminReply,
     AdminRequest,
@@ -95,10 +99,14 @@ from zkv.core.messages import (
     DecodeError,
     ErrorReply,
     Gossip,
+    Message,
     RingInfo,
     RingQuery,
     decode,
+    decode_batch,
     encode,
+    in_batches,
+    join,
 )
 from zkv.core.node import Node
 from zkv.core.stabilizer import BATCH_BYTES
@@ -111,7 +119,6 @@ from zkv.net.security import KeyFileError, NodeSecurity
 from zkv.storage.base import Store
 
 DRAIN_CAP = 1000  # ZeroMQ messages taken from one socket per loop turn
-MAX_BATCH = 256  # protocol messages in one ZeroMQ message (a peer's or a client's batch)
 # A peer batch's first frame: this byte and the sender's node id. No CBOR array (every
 # message is one) starts with it, so no single message is mistaken for it.
 PEER_MARK = b"\0"
@@ -424,22 +431,33 @@ class NodeProcess:
             # queued requests.
             for payload in payloads:
                 try:
-                    message = decode(payload)
+                    messages = decode_batch(payload, MAX_BATCH)
                 except DecodeError as exc:
                     self._reject(identity, str(exc))
                     continue
-                if isinstance(message, _CLIENT_MESSAGES):
-                    event: Input = ClientCall(identity, message)
-                elif isinstance(message, _ANSWERS_TO_CLIENTS):
-                    self._reject(identity, f"{type(message).__name__} is an answer to a "
-                                           "client; no node accepts one")
-                    continue
-                elif sender is None:
-                    self._refuse_peer_message(identity, claimed, key, message)
-                    continue
-                else:
-                    event = Deliver(sender, message)
-                events.append(event)
+                self._take(identity, sender, claimed, key, messages, events)
+
+    def _take(self, identity: bytes, sender: str | None, claimed: str | None,
+              key: str | None, messages: list[Message | DecodeError],
+              events: list[Input]) -> None:
+        """Turn one frame's messages into the node's inputs, refusing what the sender
+        may not send."""
+        for message in messages:
+            if isinstance(message, DecodeError):
+                self._reject(identity, str(message))
+                continue
+            if isinstance(message, _CLIENT_MESSAGES):
+                event: Input = ClientCall(identity, message)
+            elif isinstance(message, _ANSWERS_TO_CLIENTS):
+                self._reject(identity, f"{type(message).__name__} is an answer to a "
+                                       "client; no node accepts one")
+                continue
+            elif sender is None:
+                self._refuse_peer_message(identity, claimed, key, message)
+                continue
+            else:
+                event = Deliver(sender, message)
+            events.append(event)
 
     def _drain_sub(self, actions: list[Action]) -> None:
         sub = self.sub
@@ -569,24 +587,24 @@ class NodeProcess:
             batches.setdefault(action.address, []).append(encode(action.message))
         self._send_batches(batches)
 
-    def _send_batches(self, batches: dict, send: Callable[[Any, list[bytes]], None] | None = None
+    def _send_batches(self, batches: dict, send: Callable[[Any, bytes], None] | None = None
                       ) -> None:
-        """Each destination's payloads as multipart messages of at most MAX_BATCH; to peers
-        (by address) unless ``send`` says otherwise. A full queue drops the batch."""
+        """Each destination's payloads joined into frames of at most MAX_BATCH messages
+        and JOIN_BYTES (``in_batches``), one ZeroMQ message each; to peers (by
+        address) unless ``send`` says otherwise. A full queue drops the batch."""
         send = send or self._to_peer
         for destination, payloads in batches.items():
-            for start in range(0, len(payloads), MAX_BATCH):
-                batch = payloads[start:start + MAX_BATCH]
+            for batch in in_batches(payloads, MAX_BATCH, JOIN_BYTES):
                 try:
-                    send(destination, batch)
+                    send(destination, join(batch))
                 except zmq.ZMQError:
                     self.dropped_messages += len(batch)
 
-    def _to_peer(self, address: str, batch: list[bytes]) -> None:
-        self._dealer(address).send_multipart([self.mark, *batch], zmq.NOBLOCK)
+    def _to_peer(self, address: str, frame: bytes) -> None:
+        self._dealer(address).send_multipart([self.mark, frame], zmq.NOBLOCK)
 
-    def _to_client(self, client: bytes, batch: list[bytes]) -> None:
-        self.router.send_multipart([client, *batch], zmq.NOBLOCK)
+    def _to_client(self, client: bytes, frame: bytes) -> None:
+        self.router.send_multipart([client, frame], zmq.NOBLOCK)
 
     def _reconcile(self) -> None:
         """Follow the members' gossip and keep one DEALER per member."""
