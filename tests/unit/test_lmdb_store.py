@@ -281,6 +281,27 @@ def test_store_full_at_max_map_size_keeps_committed_data(tmp_path: Path) -> None
         assert [k for k, _ in s.items()] == [b"early", b"late"]
 
 
+def test_a_promise_dropped_by_a_discarded_turn_is_still_found(tmp_path: Path) -> None:
+    """Replica reads skip the promise lookup while no promise is stored; a drop that a
+    full store discards must not leave them skipping it."""
+    ballot = Version(5, 0, "n1")
+    with LmdbStore(tmp_path / "db", map_size=64 * KiB, max_map_size=512 * KiB) as s:
+        assert s.get_promise(b"k") is None
+        s.put_promise(b"k", ballot)
+        s.put_promise(b"j", ballot)
+        s.commit()
+        s.drop_promise(b"j")
+        assert s.get_promise(b"j") is None and s.get_promise(b"k") == ballot
+        s.drop_promise(b"k")  # the last one: lookups stop
+        assert s.get_promise(b"k") is None
+        with pytest.raises(StoreFull, match="maximum size"):
+            for i in range(100):  # the turn fails; its drops are undone
+                s.put(b"k%03d" % i, live(b"x" * 10 * KiB))
+        assert s.get_promise(b"k") == ballot and s.get_promise(b"j") == ballot
+    with LmdbStore(tmp_path / "db") as s:  # and a store opened with promises looks them up
+        assert s.get_promise(b"k") == ballot
+
+
 def test_full_disk_raises_store_full(tmp_path: Path) -> None:
     # A file size limit makes the disk look full (EFBIG) to this child process only.
     script = textwrap.dedent(f"""

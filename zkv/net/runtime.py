@@ -594,7 +594,9 @@ class NodeProcess:
         address) unless ``send`` says otherwise. A full queue drops the batch."""
         send = send or self._to_peer
         for destination, payloads in batches.items():
-            for batch in in_batches(payloads, MAX_BATCH, JOIN_BYTES):
+            groups = (payloads,) if len(payloads) == 1 else \
+                in_batches(payloads, MAX_BATCH, JOIN_BYTES)
+            for batch in groups:
                 try:
                     send(destination, join(batch))
                 except zmq.ZMQError:

@@ -161,6 +161,10 @@ class LmdbStore:
         # Writes of the open transaction, replayable after the map grows:
         # (database, storage key) -> stored value, or None for a delete.
         self._pending: dict[tuple[lmdb._Database, bytes], bytes | None] = {}
+        # Whether any promise may be stored: nearly always none (only conditional writes
+        # make them, and a write at or above one drops it), so replica reads and writes
+        # skip the lookup. Set by every promise written, cleared when none is left.
+        self._promised = self._entries(self._promises) > 0
         self._closed = False
 
     def _check_info(self) -> None:
@@ -284,17 +288,22 @@ class LmdbStore:
         self.corrupt_keys.append(key)
 
     def __len__(self) -> int:
+        return self._entries(self._records)
+
+    def _entries(self, db: lmdb._Database) -> int:
         txn = self._txn
         if txn is not None:
-            return txn.stat(self._records)["entries"]
+            return txn.stat(db)["entries"]
         with self._env.begin() as txn:
-            return txn.stat(self._records)["entries"]
+            return txn.stat(db)["entries"]
 
     # -- promises ---------------------------------------------------------------
 
     def get_promise(self, key: bytes) -> Version | None:
         """The key's promise; None when there is none, or when it fails its checksum
         (counted like a corrupt record)."""
+        if not self._promised:
+            return None
         skey = storage_key(key)
         txn = self._txn if self._txn is not None else self._reader()
         raw = txn.get(skey, db=self._promises)
@@ -315,10 +324,12 @@ class LmdbStore:
     def put_promise(self, key: bytes, ballot: Version) -> None:
         """Buffer a promise, like ``put``."""
         skey = storage_key(key)
+        self._promised = True
         self._write(self._promises, skey, _frame(skey, cbor2.dumps(list(ballot))))
 
     def drop_promise(self, key: bytes) -> None:
         self._write(self._promises, storage_key(key), None)
+        self._promised = self._entries(self._promises) > 0
 
     # -- meta -------------------------------------------------------------------
 
@@ -453,6 +464,7 @@ class LmdbStore:
         self._end_reads()
         self._abort_txn()
         self._pending.clear()
+        self._promised = True  # a discarded drop may have been the last: look again
 
     def close(self) -> None:
         """Discard uncommitted writes (never acknowledged) and close the environment."""
