@@ -13,7 +13,7 @@ from zkv.core.client_policy import TIMEOUT, Call, Outcome, Pause, Router, SendTo
 from zkv.core.messages import ClientReply, RingInfo
 from zkv.sim.scenarios import format_report, run_scenario
 
-SEEDS = int(os.environ.get("ZKV_CLIENT_SEEDS", "20"))
+SEEDS = int(os.environ.get("ZKV_CLIENT_SEEDS", "10"))
 NODES = [("n1", "tcp://a"), ("n2", "tcp://b"), ("n3", "tcp://c"), ("n4", "tcp://d")]
 
 

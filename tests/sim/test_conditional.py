@@ -15,8 +15,8 @@ from tests.sim.conftest import formed
 from zkv.sim.report import RunReport
 from zkv.sim.scenarios import format_report, run_scenario
 
-SEEDS = int(os.environ.get("ZKV_MIXED_SEEDS", "160"))
-FAST_SEEDS = int(os.environ.get("ZKV_FAST_PUT_SEEDS", "30"))
+SEEDS = int(os.environ.get("ZKV_MIXED_SEEDS", "50"))
+FAST_SEEDS = int(os.environ.get("ZKV_FAST_PUT_SEEDS", "20"))
 
 
 def test_concurrent_creates_of_one_key_let_exactly_one_win():

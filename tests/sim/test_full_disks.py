@@ -10,7 +10,7 @@ import pytest
 
 from zkv.sim.scenarios import format_report, run_scenario
 
-SEEDS = int(os.environ.get("ZKV_FULL_DISK_SEEDS", "40"))
+SEEDS = int(os.environ.get("ZKV_FULL_DISK_SEEDS", "20"))
 
 
 def test_full_disks_lose_no_acknowledged_write_and_stay_linearizable():

@@ -13,7 +13,7 @@ from zkv.core.ring import Ring
 from zkv.model.record import Record
 from zkv.sim.scenarios import FAST_TIMERS, format_report, run_scenario
 
-SEEDS = int(os.environ.get("ZKV_MEMBERSHIP_SEEDS", "26"))
+SEEDS = int(os.environ.get("ZKV_MEMBERSHIP_SEEDS", "6"))
 SCENARIOS = ("joins", "decommissions", "removals", "wipes", "stalls", "membership",
              "split-brain-manual")
 

@@ -10,7 +10,7 @@ import pytest
 
 from zkv.sim.scenarios import format_report, run_scenario
 
-SEEDS = int(os.environ.get("ZKV_SIM_SEEDS", "75"))
+SEEDS = int(os.environ.get("ZKV_SIM_SEEDS", "20"))
 
 pytestmark = pytest.mark.slow  # the seed sweep: bin/test runs it, -m "not slow" skips it
 

@@ -153,8 +153,9 @@ class FrameLimits:
 
 def frame_limits(config: NodeConfig) -> FrameLimits:
     """Caps from the node's limits: the largest frame a well-behaved sender ever sends
-    each socket. ZeroMQ applies them per frame; a peer's batch is one frame per
-    protocol message, so the batch size does not enter.
+    each socket. ZeroMQ applies them per frame; a peer's batch is one frame
+    (``join``) of at most ``JOIN_BYTES`` unless one message alone is larger, so the
+    batch size adds nothing beyond the largest message.
 
     The ROUTER takes both clients and peers. A client's frame is one request: the
     key and, for a cas, two values. A peer's is one message: the largest bounded by
