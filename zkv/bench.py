@@ -65,6 +65,10 @@ class BenchOptions:
     seeds: list[str] = field(default_factory=list)
     seed: int = 1
     preload: bool = True  # load every key first (get, mixed, delete)
+    # Node processes on this machine whose CPU the run counts (``node_pids``): CPU per
+    # operation tells a change in a node's work apart from the disk's and the machine's
+    # noise, which move ops/s and latency on a small shared machine.
+    node_pids: list[int] = field(default_factory=list)
 
 
 class BenchError(Exception):
@@ -417,6 +421,24 @@ def _summary(values: list[float], errors: int, elapsed: float) -> dict[str, Any]
     }
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU seconds of the live processes among ``pids``."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def local_node_pids(data_dir: Path) -> list[int]:
+    """The node processes a local cluster's ``cluster.json`` names (none without one)."""
+    from zkv.cluster_dir import read_cluster
+
+    info = read_cluster(data_dir) or {}
+    return [n["pid"] for n in info.get("nodes", []) if isinstance(n.get("pid"), int)]
+
+
 def machine() -> dict[str, Any]:
     model = platform.processor() or ""
     try:
@@ -462,6 +484,7 @@ def run(options: BenchOptions, progress: Callable[[int, float], None] | None = N
         except threading.BrokenBarrierError:
             pass
         start = time.monotonic()
+        nodes_cpu0 = _cpu_seconds(options.node_pids)
         while len(collected) < processes:
             with contextlib.suppress(queue.Empty):
                 collected.append(results.get(timeout=0.25))
@@ -471,6 +494,7 @@ def run(options: BenchOptions, progress: Callable[[int, float], None] | None = N
                 break
             if time.monotonic() - start > options.duration + options.timeout + 60:
                 break
+        nodes_cpu = _cpu_seconds(options.node_pids) - nodes_cpu0
     finally:
         for p in workers:
             p.join(timeout=5)
@@ -505,8 +529,12 @@ def run(options: BenchOptions, progress: Callable[[int, float], None] | None = N
     if len(by_kind) > 1:
         distribution["all"] = latency_distribution(everything)
     cpu = sum(r["cpu"] for r in collected)
+    nodes = None
+    if options.node_pids:
+        nodes = {"processes": len(options.node_pids), "cpu_s": round(nodes_cpu, 3),
+                 "cpu_us_per_op": round(nodes_cpu / total["ops"] * 1e6) if total["ops"] else None}
     return {
-        "options": {k: v for k, v in asdict(options).items() if k != "seed"},
+        "options": {k: v for k, v in asdict(options).items() if k not in ("seed", "node_pids")},
         "elapsed_s": round(elapsed, 3),
         "total": total,
         "by_op": rows,
@@ -519,6 +547,7 @@ def run(options: BenchOptions, progress: Callable[[int, float], None] | None = N
                      "errors": timeline.get("error", [])},
         "generator": {"processes": processes, "cpu_s": round(cpu, 3),
                       "cores_used": round(cpu / elapsed, 2) if elapsed else 0.0},
+        "nodes": nodes,
         "machine": machine(),
     }
 
@@ -546,6 +575,10 @@ def format_table(result: dict[str, Any]) -> str:
     g = result["generator"]
     lines.append(f"generator: {g['processes']} processes, {g['cores_used']:.2f} cores busy "
                  f"(of {result['machine']['nproc']})")
+    n = result.get("nodes")
+    if n and n["cpu_us_per_op"] is not None:
+        lines.append(f"nodes: {n['processes']} processes, {n['cpu_s']:g} s of CPU, "
+                     f"{n['cpu_us_per_op']:,} µs per operation")
     if result["not_found"]:
         lines.append(f"not found: {result['not_found']}")
     for sample in result["error_samples"]:

@@ -36,6 +36,9 @@ def test_bench_on_its_own_cluster_reports_ops_and_no_errors(workload: str, pipel
     assert result["total"]["errors"] == 0, result["error_samples"]
     assert result["total"]["p50_ms"] > 0
     assert result["generator"]["processes"] >= 1
+    # The nodes' CPU is counted over the timed window: its own cluster's three processes.
+    assert result["nodes"]["processes"] == 3 and result["nodes"]["cpu_s"] > 0
+    assert result["nodes"]["cpu_us_per_op"] > 0
     # What a plot is drawn from: the tail up to the slowest op, every op in the timeline.
     for kind, row in result["by_op"].items():
         assert result["latency_distribution"][kind][-1][1] == pytest.approx(row["max_ms"],
