@@ -534,8 +534,8 @@ class NodeProcess:
         may be lost (then the node restarts from its store, or the process halts).
 
         Messages to one peer (or replies to one client) from one turn leave as one
-        multipart batch: one ZeroMQ message instead of many, which is most of what
-        the sockets and the kernel cost per message under load.
+        frame (``join``): one ZeroMQ frame instead of many, which is most of what
+        the sockets and the kernel cost per message under load (some 7 µs a frame).
         """
         step_failed, self._turn_failed = self._turn_failed, False
         if not actions and not step_failed:
