@@ -432,11 +432,15 @@ def _cpu_seconds(pids: list[int]) -> float:
 
 
 def local_node_pids(data_dir: Path) -> list[int]:
-    """The node processes a local cluster's ``cluster.json`` names (none without one)."""
+    """The live node processes a local cluster's ``cluster.json`` names (none without
+    one); a recorded pid is checked against its start time, so a reused one is not
+    counted."""
     from zkv.cluster_dir import read_cluster
+    from zkv.supervisor import live_process
 
     info = read_cluster(data_dir) or {}
-    return [n["pid"] for n in info.get("nodes", []) if isinstance(n.get("pid"), int)]
+    procs = (live_process(n.get("pid"), n.get("pid_create_time")) for n in info.get("nodes", []))
+    return [proc.pid for proc in procs if proc is not None]
 
 
 def machine() -> dict[str, Any]:
