@@ -596,8 +596,7 @@ class Client:
         """``_send`` for several requests at once: one frame (``join``) for each batch
         of them, and one ZeroMQ message for all."""
         sock = self._socket(address)
-        joined = frames if len(frames) == 1 else \
-            [join(batch) for batch in in_batches(frames, SUBMIT_BATCH, JOIN_BYTES)]
+        joined = [join(batch) for batch in in_batches(frames, SUBMIT_BATCH, JOIN_BYTES)]
         try:
             sock.send_multipart(joined, zmq.NOBLOCK)
             return True

@@ -614,6 +614,9 @@ def join(frames: list[bytes]) -> bytes:
 def in_batches(frames: list[bytes], count: int, size: int) -> Iterator[list[bytes]]:
     """``frames`` in order, in groups to ``join``: at most ``count`` frames, and at
     most ``size`` bytes unless one frame alone is larger."""
+    if len(frames) == 1:  # the common case under light load: no grouping to do
+        yield frames
+        return
     group: list[bytes] = []
     total = 0
     for frame in frames:

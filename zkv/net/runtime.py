@@ -595,9 +595,7 @@ class NodeProcess:
         address) unless ``send`` says otherwise. A full queue drops the batch."""
         send = send or self._to_peer
         for destination, payloads in batches.items():
-            groups = (payloads,) if len(payloads) == 1 else \
-                in_batches(payloads, MAX_BATCH, JOIN_BYTES)
-            for batch in groups:
+            for batch in in_batches(payloads, MAX_BATCH, JOIN_BYTES):
                 try:
                     send(destination, join(batch))
                 except zmq.ZMQError:
