@@ -57,3 +57,20 @@ def test_without_etcd_the_comparison_is_skipped_with_a_reason(tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
     assert "skipped: no etcd binary" in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_zkv_alone_serves_the_raw_wire_generator_without_errors(tmp_path: Path) -> None:
+    """The default generator speaks zkv's wire (ZMTP) on plain sockets: every put and
+    every get of the loaded keys answered, through the nodes' ordinary ROUTER."""
+    done = compare("--systems", "zkv", "--clients", "2", "--duration", "1", "--warmup", "0.3",
+                   "--keys", "200", "--out", str(tmp_path), "--tmp-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    [jsonl] = tmp_path.glob("compare-*.jsonl")
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert {r["workload"] for r in rows} == {"put", "get"}
+    for r in rows:
+        assert r["ops"] > 0 and r["errors"] == 0, (r["workload"], r["error_samples"])
+        assert r["not_found"] == 0 and r["preload_failed"] == 0, r
+        assert r["settings"]["api"].startswith("ZMTP on a plain socket"), r["settings"]
