@@ -132,18 +132,18 @@ class ZkvAdapter:
             raise RuntimeError(f"no ring from {seed}: {info!r}")
 
     def _call(self, address: str, request: Any) -> Any:
-        from zkv.core.messages import decode_batch, encode
+        from zkv.core.messages import MAX_BATCH, ErrorReply, decode_batch, encode
 
         conn = self.conns.get(address)
         if conn is None:
             conn = self.conns[address] = ZmtpDealer(address, self.timeout)
         try:
             conn.send(encode(request))
-            while True:  # a reply to an earlier request that timed out is skipped
-                [reply] = decode_batch(conn.recv(), 1)
-                if getattr(reply, "req_id", None) == request.req_id or \
-                        type(reply).__name__ == "ErrorReply":
-                    return reply
+            while True:  # replies to earlier requests that timed out are skipped
+                for reply in decode_batch(conn.recv(), MAX_BATCH):
+                    if type(reply) is ErrorReply or \
+                            getattr(reply, "req_id", None) == request.req_id:
+                        return reply
         except BaseException:
             self.conns.pop(address).close()
             raise

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
-from operator import attrgetter
 from typing import Any, ClassVar
 
 import cbor2
 
 from zkv.core.quorum import LEVELS
+from zkv.model.fields import fields_getter
 from zkv.model.record import Record
 from zkv.model.versions import Version
 
@@ -543,16 +543,9 @@ _AS_IS = frozenset({"bool", "bytes", "bytes | None", "dict", "int", "int | None"
                     "Version", "Version | None"})
 
 
-def _field_getter(names: tuple[str, ...]) -> Callable[[Any], tuple]:
-    if len(names) == 1:
-        name = names[0]
-        return lambda message: (getattr(message, name),)
-    return attrgetter(*names)  # one C call for all the fields
-
-
 # Per class: the getter of its fields, and the positions of the fields that need ``_wire``.
 _ENCODERS: dict[type[Message], tuple[Callable[[Any], tuple], tuple[int, ...]]] = {
-    cls: (_field_getter(_FIELD_NAMES[cls]),
+    cls: (fields_getter(_FIELD_NAMES[cls]),
           tuple(i for i, f in enumerate(fields(cls))  # type: ignore[arg-type]
                 if f.type not in _AS_IS))
     for cls in _SCHEMA

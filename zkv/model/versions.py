@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
-from operator import attrgetter
 from typing import NamedTuple
+
+from zkv.model.fields import fields_getter
 
 
 class Version(NamedTuple):
@@ -46,7 +47,7 @@ def latest_wall_ms(value: object) -> int:
     a member state) whose fields are searched in turn, except those annotated as
     plain ints, strings or bytes; anything else holds no version. Generic on
     purpose: a version added to a message later is checked without anyone
-    remembering to list it here. About 1.5 µs for a replica write.
+    remembering to list it here. About 2 µs for a replica write.
     """
     kind = type(value)
     if kind is Version:
@@ -56,7 +57,7 @@ def latest_wall_ms(value: object) -> int:
     else:
         fields = _SEARCHED.get(kind)
         if fields is None:
-            fields = _SEARCHED[kind] = _getter(_fields_to_search(kind))
+            fields = _SEARCHED[kind] = fields_getter(_fields_to_search(kind))
         items = fields(value)
     best = 0
     for item in items:
@@ -69,15 +70,6 @@ def latest_wall_ms(value: object) -> int:
             wall = latest_wall_ms(item)
         best = max(best, wall)
     return best
-
-
-def _getter(names: tuple[str, ...]) -> Callable[[object], tuple]:
-    if len(names) > 1:
-        return attrgetter(*names)
-    if names:
-        name = names[0]
-        return lambda value: (getattr(value, name),)
-    return lambda value: ()
 
 
 def _fields_to_search(kind: type) -> tuple[str, ...]:
