@@ -102,27 +102,38 @@ def key_name(i: int) -> str:
 # Each adapter runs inside one client process: put(key, value) and get(key) -> bytes | None.
 
 
-class ZkvAdapter:
-    """zkv's client library (``spec["client"] == "library"``), or with ``raw`` (the
-    default) zkv's wire on plain sockets, as etcd's adapter speaks HTTP: ZMTP 3.0 with
-    the NULL mechanism as a DEALER, one request at a time to the key's primary (the
-    library's ``Router`` picks it from the ring a node reports). The library goes
-    through ZeroMQ's I/O thread, which on a shared 2-core machine costs the generator
-    about three times the CPU per request that the raw socket does (a thread hand-off
-    each way), CPU the servers then lack. No retries: an error counts as one."""
+class ZkvLibraryAdapter:
+    """zkv through its client library (``--zkv-client library``). Every request crosses
+    ZeroMQ's I/O thread both ways, which on a shared 2-core machine costs the generator
+    about three times the CPU per request of ``ZkvRawAdapter``, CPU the servers lack."""
 
     def __init__(self, spec: dict, index: int, timeout: float) -> None:
-        self.raw = spec.get("client", "raw") == "raw"
-        self.timeout = timeout
-        if not self.raw:
-            from zkv.client import Client
+        from zkv.client import Client
 
-            self.client = Client(spec["seeds"], timeout=timeout, consistency="quorum")
-            self.client.ring()  # learn the ring first: requests go straight to replicas
-            return
+        self.client = Client(spec["seeds"], timeout=timeout, consistency="quorum")
+        self.client.ring()  # learn the ring first: requests go straight to replicas
+
+    def put(self, key: str, value: bytes) -> None:
+        self.client.put(key, value)
+
+    def get(self, key: str) -> bytes | None:
+        return self.client.get(key)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class ZkvRawAdapter:
+    """zkv's wire on plain sockets (the default), as etcd's adapter speaks HTTP: ZMTP 3.0
+    with the NULL mechanism as a DEALER, one request at a time to the key's primary (the
+    library's ``Router`` picks it from the ring a node reports). No retries: an error
+    counts as one."""
+
+    def __init__(self, spec: dict, index: int, timeout: float) -> None:
         from zkv.core.client_policy import Router
         from zkv.core.messages import RingInfo, RingQuery
 
+        self.timeout = timeout
         self.conns: dict[str, ZmtpDealer] = {}
         self.router = Router(list(spec["seeds"]))
         self.ids = itertools.count(1)
@@ -164,21 +175,21 @@ class ZkvAdapter:
         raise RuntimeError(f"{op}: {status or type(reply).__name__} {reply!r}"[:200])
 
     def put(self, key: str, value: bytes) -> None:
-        if self.raw:
-            self._op("put", key, value)
-        else:
-            self.client.put(key, value)
+        self._op("put", key, value)
 
     def get(self, key: str) -> bytes | None:
-        return self._op("get", key, None) if self.raw else self.client.get(key)
+        return self._op("get", key, None)
 
     def close(self) -> None:
-        if not self.raw:
-            self.client.close()
-            return
         for conn in self.conns.values():
             conn.close()
         self.conns.clear()
+
+
+def zkv_adapter(spec: dict, index: int, timeout: float) -> Any:
+    """The adapter ``spec["client"]`` names: ``raw`` (the default) or ``library``."""
+    kind = ZkvRawAdapter if spec.get("client", "raw") == "raw" else ZkvLibraryAdapter
+    return kind(spec, index, timeout)
 
 
 class ZmtpDealer:
@@ -392,7 +403,7 @@ class RedisAdapter:
         self.sock.close()
 
 
-ADAPTERS = {"zkv": ZkvAdapter, "etcd": EtcdAdapter, "redis": RedisAdapter}
+ADAPTERS = {"zkv": zkv_adapter, "etcd": EtcdAdapter, "redis": RedisAdapter}
 
 
 # --------------------------------------------------------------------------- client processes
@@ -487,17 +498,6 @@ def _busy(times: Any) -> float:
     return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
-def _cpu_of(procs: list[psutil.Process]) -> float:
-    total = 0.0
-    for p in procs:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            pass
-    return total
-
-
 def run_cell(system: str, server: Any, options: CellOptions) -> dict:
     """Drive ``server`` with ``options.clients`` client processes; returns the JSON row."""
     ctx = mp.get_context("fork")
@@ -525,14 +525,14 @@ def run_cell(system: str, server: Any, options: CellOptions) -> dict:
         time.sleep(options.warmup)
         load0 = os.getloadavg()
         t0 = time.monotonic()
-        srv0, machine0 = _cpu_of(server_procs), psutil.cpu_times()
+        srv0, machine0 = zb.cpu_seconds(server_procs), psutil.cpu_times()
         deadline = t0 + options.duration + options.timeout + 30
         sampled = False
         srv1 = machine1 = None
         t1 = t0
         while len(collected) < options.clients and time.monotonic() < deadline:
             if not sampled and time.monotonic() >= t0 + options.duration:
-                srv1, machine1, t1 = _cpu_of(server_procs), psutil.cpu_times(), time.monotonic()
+                srv1, machine1, t1 = zb.cpu_seconds(server_procs), psutil.cpu_times(), time.monotonic()
                 sampled = True
             try:
                 collected.append(results.get(timeout=0.05))
@@ -540,7 +540,7 @@ def run_cell(system: str, server: Any, options: CellOptions) -> dict:
                 if not any(p.is_alive() for p in procs) and results.empty():
                     break
         if not sampled:
-            srv1, machine1, t1 = _cpu_of(server_procs), psutil.cpu_times(), time.monotonic()
+            srv1, machine1, t1 = zb.cpu_seconds(server_procs), psutil.cpu_times(), time.monotonic()
         load1 = os.getloadavg()
     finally:
         if len(collected) < options.clients:  # interrupted or failed: stop them now
@@ -730,7 +730,7 @@ class Redis(Server):
 
 @dataclass
 class Zkv(Server):
-    client: str = "raw"  # the generator's way to the nodes: raw or library (ZkvAdapter)
+    client: str = "raw"  # the generator's way to the nodes: raw or library (zkv_adapter)
 
     def start(self, nodes: int) -> None:
         self.version = "zkv " + _git_describe()
@@ -744,14 +744,7 @@ class Zkv(Server):
         return {"seeds": list(self.cluster.seeds), "client": self.client}
 
     def processes(self) -> list[psutil.Process]:
-        info = sup.read_cluster(self.workdir) or {"nodes": []}
-        out = []
-        for record in [*info["nodes"], {"pid": info.get("supervisor_pid"),
-                                        "pid_create_time": info.get("supervisor_create_time")}]:
-            p = sup.live_process(record.get("pid"), record.get("pid_create_time"))
-            if p is not None:
-                out.append(p)
-        return out
+        return zb.local_cluster_processes(self.workdir, supervisor=True)
 
     def stop(self) -> None:
         if (self.workdir / sup.CLUSTER_FILE).exists():

@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -421,26 +421,30 @@ def _summary(values: list[float], errors: int, elapsed: float) -> dict[str, Any]
     }
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    """User and system CPU seconds of the live processes among ``pids``."""
+def cpu_seconds(procs: Iterable[psutil.Process]) -> float:
+    """User and system CPU seconds of those of ``procs`` still alive."""
     total = 0.0
-    for pid in pids:
+    for proc in procs:
         with contextlib.suppress(psutil.Error):
-            times = psutil.Process(pid).cpu_times()
+            times = proc.cpu_times()
             total += times.user + times.system
     return total
 
 
-def local_node_pids(data_dir: Path) -> list[int]:
+def local_cluster_processes(data_dir: Path, supervisor: bool = False) -> list[psutil.Process]:
     """The live node processes a local cluster's ``cluster.json`` names (none without
-    one); a recorded pid is checked against its start time, so a reused one is not
-    counted."""
+    one), and its supervisor if asked; a recorded pid is checked against its start
+    time, so a reused one is not counted."""
     from zkv.cluster_dir import read_cluster
     from zkv.supervisor import live_process
 
     info = read_cluster(data_dir) or {}
-    procs = (live_process(n.get("pid"), n.get("pid_create_time")) for n in info.get("nodes", []))
-    return [proc.pid for proc in procs if proc is not None]
+    records = list(info.get("nodes", []))
+    if supervisor:
+        records.append({"pid": info.get("supervisor_pid"),
+                        "pid_create_time": info.get("supervisor_create_time")})
+    procs = (live_process(r.get("pid"), r.get("pid_create_time")) for r in records)
+    return [proc for proc in procs if proc is not None]
 
 
 def machine() -> dict[str, Any]:
@@ -469,6 +473,10 @@ def run(options: BenchOptions, progress: Callable[[int, float], None] | None = N
     processes = options.processes or min(options.clients, os.cpu_count() or 1)
     processes = max(1, min(processes, options.clients))
     options.processes = processes
+    node_procs: list[psutil.Process] = []
+    for pid in options.node_pids:
+        with contextlib.suppress(psutil.Error):
+            node_procs.append(psutil.Process(pid))
     ctx = (mp.get_context("fork") if "fork" in mp.get_all_start_methods()
            else mp.get_context("spawn"))
     barrier = ctx.Barrier(processes + 1)
@@ -488,7 +496,7 @@ def run(options: BenchOptions, progress: Callable[[int, float], None] | None = N
         except threading.BrokenBarrierError:
             pass
         start = time.monotonic()
-        nodes_cpu0 = _cpu_seconds(options.node_pids)
+        nodes_cpu0 = cpu_seconds(node_procs)
         while len(collected) < processes:
             with contextlib.suppress(queue.Empty):
                 collected.append(results.get(timeout=0.25))
@@ -498,7 +506,7 @@ def run(options: BenchOptions, progress: Callable[[int, float], None] | None = N
                 break
             if time.monotonic() - start > options.duration + options.timeout + 60:
                 break
-        nodes_cpu = _cpu_seconds(options.node_pids) - nodes_cpu0
+        nodes_cpu = cpu_seconds(node_procs) - nodes_cpu0
     finally:
         for p in workers:
             p.join(timeout=5)

@@ -1367,11 +1367,12 @@ def bench(
                 die("--nodes starts an own cluster; do not combine it with --seeds", USAGE)
             cluster = zb.LocalCluster(nodes, data_dir, sync=sync)
             options.seeds = cluster.seeds
-            options.node_pids = zb.local_node_pids(cluster.data_dir)
+            options.node_pids = [p.pid for p in zb.local_cluster_processes(cluster.data_dir)]
         else:
             options.seeds = resolve_seeds(seeds, data_dir or DEFAULT_DATA_DIR)
             if not seeds:
-                options.node_pids = zb.local_node_pids(data_dir or DEFAULT_DATA_DIR)
+                options.node_pids = [p.pid for p in zb.local_cluster_processes(
+                    data_dir or DEFAULT_DATA_DIR)]
         result = _bench_with_progress(zb, options, progress and not as_json)
     except zb.BenchError as exc:
         die(str(exc), UNAVAILABLE)
