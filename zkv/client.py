@@ -36,8 +36,9 @@ Guarantees:
   retried on other nodes, and then again after short pauses, until the
   deadline: the cluster may recover within it.
 
-A Client is not thread-safe: give each thread its own (they share one ZeroMQ
-context, and a client holds one DEALER socket per node).
+A Client is not thread-safe: give each thread its own. It holds one link per node
+(``zkv.net.links``): a plain TCP connection speaking ZeroMQ's wire as a DEALER, or,
+for a CurveZMQ cluster, a ZeroMQ DEALER socket.
 
 Pipelining: ``submit(op, key, value)`` queues a request and returns a
 ``concurrent.futures.Future`` at once; the requests queued for one node leave
@@ -55,16 +56,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
 import os
-import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
 from typing import Self
-
-import zmq
 
 from zkv.core.client_policy import (
     CONNECT_WAIT,
@@ -83,6 +80,7 @@ from zkv.core.messages import (
     ADMIN_ACTIONS,
     JOIN_BYTES,
     MAX_BATCH,
+    MAX_FRAME,
     OPS,
     AdminReply,
     AdminRequest,
@@ -100,24 +98,10 @@ from zkv.core.messages import (
 from zkv.core.quorum import LEVELS
 from zkv.errors import InvalidRequest, Unavailable, error_for
 from zkv.keys import CurveKeys
+from zkv.net.links import client_links
 
-CONNECT_GRACE = 0.1  # how long a new socket may take to connect before its node is skipped
+CONNECT_GRACE = 0.1  # how long a new link may take to connect before its node is skipped
 SUBMIT_BATCH = 64  # submitted requests to one node that leave as one message at the latest
-
-_context: zmq.Context | None = None
-_context_pid = 0
-_context_lock = threading.Lock()
-
-
-def _shared_context() -> zmq.Context:
-    """One ZeroMQ context per process (and a fresh one in a forked child)."""
-    global _context, _context_pid
-    with _context_lock:
-        if _context is None or _context_pid != os.getpid():
-            _context = zmq.Context()
-            _context_pid = os.getpid()
-        return _context
-
 
 def _address(seed: str) -> str:
     seed = seed.strip()
@@ -154,9 +138,13 @@ class Client:
         max_value: int = MAX_VALUE,
         ring_refresh: float = RING_REFRESH,
         curve: CurveKeys | None = None,
+        transport: str | None = None,
     ) -> None:
         """``curve``: this client's key pair and the cluster public key, for a cluster
-        that runs CurveZMQ (see ``zkv.net.security``)."""
+        that runs CurveZMQ (see ``zkv.net.security``). ``transport``: ``zmtp`` (the
+        default without CurveZMQ: ZeroMQ's wire on plain sockets, see
+        ``zkv.net.zmtp``) or ``zeromq`` (ZeroMQ's sockets; the default, and the only
+        choice, with CurveZMQ)."""
         if isinstance(seeds, str):
             seeds = seeds.split(",")
         self.seeds = [_address(s) for s in seeds if s.strip()]
@@ -169,11 +157,10 @@ class Client:
         self.max_key = max_key
         self.max_value = max_value
         self.curve = curve
-        self._ctx = _shared_context()
-        self._poller = zmq.Poller()
-        self._sockets: dict[str, zmq.Socket] = {}
-        self._socket_address: dict[zmq.Socket, str] = {}
-        self._socket_born: dict[zmq.Socket, float] = {}  # when each socket began connecting
+        try:
+            self._links = client_links(transport, curve, MAX_FRAME)  # one per node
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
         self._router = Router(self.seeds, ring_refresh)  # routes, suspects, the ring
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}  # submitted requests by req_id
@@ -183,7 +170,7 @@ class Client:
         self._expired_at = 0.0  # when poll last looked for overdue requests
         self._closed = False
         for address in self.seeds:
-            self._socket(address)
+            self._links.open(address)
 
     @classmethod
     def from_cluster_dir(cls, data_dir: str | os.PathLike, **kwargs: object) -> Client:
@@ -422,11 +409,7 @@ class Client:
         for pending in self._pending.values():
             pending.future.set_exception(Unavailable("the client was closed"))
         self._pending.clear()
-        for sock in self._sockets.values():
-            sock.close(0)
-        self._sockets.clear()
-        self._socket_address.clear()
-        self._socket_born.clear()
+        self._links.close()
 
     def __enter__(self) -> Self:
         return self
@@ -550,7 +533,7 @@ class Client:
                 raise Unavailable("no node answered a ring query in time")
             if ((router.query is None or now - router.query_at >= RING_QUERY_RETRY)
                     and not self._ask_ring(now)):
-                self._wait_writable(router.everyone(()), min(CONNECT_WAIT, deadline - now))
+                self._links.wait_ready(router.everyone(()), min(CONNECT_WAIT, deadline - now))
                 continue
             for _ in self._receive(min(deadline, router.query_at + RING_QUERY_RETRY) - now):
                 pass
@@ -562,104 +545,61 @@ class Client:
             return
         keep = set(self._router.node_address.values()) | set(self.seeds)
         for address in keep:
-            self._socket(address)
-        for address in set(self._sockets) - keep:
-            sock = self._sockets.pop(address)
-            self._poller.unregister(sock)
-            del self._socket_address[sock]
-            del self._socket_born[sock]
-            sock.close(0)
+            self._links.open(address)
+        for address in self._links.addresses() - keep:
+            self._links.drop(address)
 
-    # ----------------------------------------------------------------- sockets
-
-    def _socket(self, address: str) -> zmq.Socket:
-        sock = self._sockets.get(address)
-        if sock is None:
-            sock = self._ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a node that is not there
-            if self.curve is not None:
-                self.curve.client(sock)
-            sock.connect(address)
-            self._sockets[address] = sock
-            self._socket_address[sock] = address
-            self._socket_born[sock] = time.monotonic()
-            self._poller.register(sock, zmq.POLLIN)
-        return sock
+    # ----------------------------------------------------------------- links
 
     def _send(self, address: str, frame: bytes) -> bool:
         """Queue ``frame`` to the node at ``address``; False if it is not connected. A
-        socket created moments ago gets a short wait for its first connection."""
+        link opened moments ago gets a short wait for its first connection."""
         return self._send_many(address, [frame])
 
     def _send_many(self, address: str, frames: list[bytes]) -> bool:
         """``_send`` for several requests at once: one frame (``join``) for each batch
         of them, and one ZeroMQ message for all."""
-        sock = self._socket(address)
+        links = self._links
         joined = [join(batch) for batch in in_batches(frames, SUBMIT_BATCH, JOIN_BYTES)]
-        try:
-            sock.send_multipart(joined, zmq.NOBLOCK)
+        if links.send(address, joined):
             return True
-        except zmq.Again:
-            pass
-        young = self._socket_born[sock] + CONNECT_GRACE - time.monotonic()
-        if young > 0 and sock.poll(math.ceil(young * 1000), zmq.POLLOUT):
-            try:
-                sock.send_multipart(joined, zmq.NOBLOCK)
-                return True
-            except zmq.Again:
-                pass
-        return False
+        young = links.born(address) + CONNECT_GRACE - time.monotonic()
+        return young > 0 and links.wait_ready([address], young) and links.send(address, joined)
 
     def _pause(self, addresses: list[str], seconds: float) -> None:
         """Wait ``seconds`` (taking any ring update that arrives), or, when no node in
         ``addresses`` is connected, only until one connects."""
-        poller = zmq.Poller()
-        for address in addresses:
-            poller.register(self._socket(address), zmq.POLLOUT)
-        if not poller.poll(0):
-            poller.poll(max(0, int(seconds * 1000)))
+        if not self._links.ready(addresses):
+            self._links.wait_ready(addresses, seconds)
             return
         end = time.monotonic() + seconds
         while (left := end - time.monotonic()) > 0:
             self._receive(left)
-
-    def _wait_writable(self, addresses: list[str], seconds: float) -> None:
-        poller = zmq.Poller()
-        for address in addresses:
-            poller.register(self._socket(address), zmq.POLLOUT)
-        poller.poll(max(0, int(seconds * 1000)))
 
     def _receive(self, seconds: float) -> list:
         """Messages that arrive within ``seconds`` (all already queued ones at least);
         submitted requests still queued leave first."""
         for address in list(self._queued):
             self._flush(address)
-        ready = self._poller.poll(max(0, math.ceil(seconds * 1000)))
         messages = []
         ring_info = None
-        for sock, _ in ready:
+        for address, frame in self._links.receive(seconds):
             if self._router.suspects:  # it answers again
-                self._router.heard_from(self._socket_address[sock])
-            while True:
-                try:
-                    frame = sock.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                try:
-                    batch = decode_batch(frame, MAX_BATCH)
-                except DecodeError:
+                self._router.heard_from(address)
+            try:
+                batch = decode_batch(frame, MAX_BATCH)
+            except DecodeError:
+                continue
+            for message in batch:
+                if type(message) is RingInfo:
+                    if message.req_id == self._router.query:
+                        ring_info = message
                     continue
-                for message in batch:
-                    if type(message) is RingInfo:
-                        if message.req_id == self._router.query:
-                            ring_info = message
-                        continue
-                    if type(message) is ClientReply and message.req_id in self._pending:
-                        self._settle(self._pending.pop(message.req_id), message)
-                        continue
-                    if not isinstance(message, DecodeError):
-                        messages.append(message)
-        if ring_info is not None:  # after the loop: learning may close sockets in ``ready``
+                if type(message) is ClientReply and message.req_id in self._pending:
+                    self._settle(self._pending.pop(message.req_id), message)
+                    continue
+                if not isinstance(message, DecodeError):
+                    messages.append(message)
+        if ring_info is not None:  # after the loop: learning may drop links
             self._learn_ring(ring_info)
         return messages

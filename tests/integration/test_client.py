@@ -23,40 +23,45 @@ from zkv.errors import InvalidRequest, KeyExists, KeyNotFound
 from .harness import Cluster, frame_messages
 
 
-def check_crud(kv: Client) -> None:
-    assert kv.get("fruit") is None
-    kv.put("fruit", b"apple")
-    assert kv.get("fruit") == b"apple"
-    kv.put(b"fruit", "pear")  # bytes and str keys name the same key; str values are UTF-8
-    assert kv.get("fruit") == b"pear"
+def check_crud(kv: Client, prefix: str = "") -> None:
+    """``prefix``: for another run on the same cluster."""
+    fruit, veg, nothing, empty = (prefix + k for k in ("fruit", "veg", "nothing-here", "empty"))
+    assert kv.get(fruit) is None
+    kv.put(fruit, b"apple")
+    assert kv.get(fruit) == b"apple"
+    kv.put(fruit.encode(), "pear")  # bytes and str keys name the same key; str values are UTF-8
+    assert kv.get(fruit) == b"pear"
 
     with pytest.raises(KeyExists):
-        kv.create("fruit", b"plum")
-    assert kv.get("fruit") == b"pear"
-    kv.create("veg", b"leek")
-    assert kv.get("veg") == b"leek"
+        kv.create(fruit, b"plum")
+    assert kv.get(fruit) == b"pear"
+    kv.create(veg, b"leek")
+    assert kv.get(veg) == b"leek"
 
-    kv.update("veg", b"kale")
-    assert kv.get("veg") == b"kale"
+    kv.update(veg, b"kale")
+    assert kv.get(veg) == b"kale"
     with pytest.raises(KeyNotFound):
-        kv.update("nothing-here", b"x")
-    assert kv.get("nothing-here") is None
+        kv.update(nothing, b"x")
+    assert kv.get(nothing) is None
 
-    kv.delete("veg")
-    assert kv.get("veg") is None
+    kv.delete(veg)
+    assert kv.get(veg) is None
     with pytest.raises(KeyNotFound):
-        kv.delete("veg")
+        kv.delete(veg)
     with pytest.raises(KeyNotFound):
-        kv.update("veg", b"x")
-    kv.create("veg", b"again")  # a deleted key can be created anew
-    assert kv.get("veg") == b"again"
+        kv.update(veg, b"x")
+    kv.create(veg, b"again")  # a deleted key can be created anew
+    assert kv.get(veg) == b"again"
 
-    kv.put("empty", b"")
-    assert kv.get("empty") == b""
+    kv.put(empty, b"")
+    assert kv.get(empty) == b""
 
 
-def test_crud_on_three_nodes(cluster3: Cluster) -> None:
-    check_crud(cluster3.client())
+@pytest.mark.parametrize("transport", ["zmtp", "zeromq"])
+def test_crud_on_three_nodes(cluster3: Cluster, transport: str) -> None:
+    """Both client transports: ZeroMQ's wire on plain sockets (the default without
+    CurveZMQ) and ZeroMQ's own sockets."""
+    check_crud(cluster3.client(transport=transport), prefix=transport)
 
 
 def test_crud_on_five_nodes(cluster_factory) -> None:
