@@ -19,8 +19,9 @@ How each system is spoken to:
 
 - zkv: its wire on a plain socket per node (``--zkv-client raw``, the default: ZMTP
   3.0 as a DEALER, each request to the key's primary), or ``zkv.client.Client``
-  (``--zkv-client library``, blocking calls, which costs the generator about three
-  times the CPU per request); quorum writes and reads;
+  (``--zkv-client library``, blocking calls, which costs the generator about 1.6
+  times the CPU per request; ``zeromq``: the library over ZeroMQ's sockets, as a
+  CurveZMQ client runs); quorum writes and reads;
 - etcd: the gRPC gateway's HTTP/JSON API (``/v3/kv/put``, ``/v3/kv/range``,
   base64 keys and values) over one keep-alive HTTP/1.1 connection per
   client (a prepared request on a plain socket, ``--etcd-http raw``, or the
@@ -103,14 +104,17 @@ def key_name(i: int) -> str:
 
 
 class ZkvLibraryAdapter:
-    """zkv through its client library (``--zkv-client library``). Every request crosses
-    ZeroMQ's I/O thread both ways, which on a shared 2-core machine costs the generator
-    about three times the CPU per request of ``ZkvRawAdapter``, CPU the servers lack."""
+    """zkv through its client library (``--zkv-client library``, or ``zeromq`` for the
+    library over ZeroMQ's sockets, as a CurveZMQ client runs). Its routing, retries and
+    checks cost the generator about 1.6 times the CPU per request of ``ZkvRawAdapter``
+    (and over ZeroMQ's sockets 1.8 times), CPU the servers lack on shared cores."""
 
     def __init__(self, spec: dict, index: int, timeout: float) -> None:
         from zkv.client import Client
 
-        self.client = Client(spec["seeds"], timeout=timeout, consistency="quorum")
+        transport = "zeromq" if spec.get("client") == "zeromq" else "zmtp"
+        self.client = Client(spec["seeds"], timeout=timeout, consistency="quorum",
+                             transport=transport)
         self.client.ring()  # learn the ring first: requests go straight to replicas
 
     def put(self, key: str, value: bytes) -> None:
@@ -187,27 +191,26 @@ class ZkvRawAdapter:
 
 
 def zkv_adapter(spec: dict, index: int, timeout: float) -> Any:
-    """The adapter ``spec["client"]`` names: ``raw`` (the default) or ``library``."""
+    """The adapter ``spec["client"]`` names: ``raw`` (the default), ``library`` or
+    ``zeromq``."""
     kind = ZkvRawAdapter if spec.get("client", "raw") == "raw" else ZkvLibraryAdapter
     return kind(spec, index, timeout)
 
 
 class ZmtpDealer:
-    """A ZeroMQ DEALER peer on a plain TCP socket (ZMTP 3.0, NULL mechanism, no
-    encryption): the greeting, the READY handshake, then one-frame messages. Enough
-    for a node's ROUTER, which sees an ordinary DEALER; not a general ZMTP stack."""
-
-    GREETING = (b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\0")
-                + b"\x00" + bytes(31))
+    """A blocking ZeroMQ DEALER on a plain TCP socket: ``zkv.net.zmtp``'s handshake and
+    framing, one request and its reply at a time, for the least CPU a generator can
+    spend (the library's links are non-blocking, reconnect, and poll many nodes)."""
 
     def __init__(self, address: str, timeout: float) -> None:
+        from zkv.net.zmtp import GREETING, READY
+
         host, port = address.removeprefix("tcp://").rsplit(":", 1)
         self.sock = socket.create_connection((host, int(port)), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
-        ready = b"\x05READY" + b"\x0bSocket-Type" + struct.pack(">I", 6) + b"DEALER"
-        self.sock.sendall(self.GREETING + b"\x04" + bytes((len(ready),)) + ready)
-        greeting = self._take(64)
+        self.sock.sendall(GREETING + READY)
+        greeting = self._take(len(GREETING))
         if greeting[0] != 0xFF or greeting[9] != 0x7F or greeting[10] < 3:
             raise ConnectionError(f"{address} does not speak ZMTP 3: {greeting[:12]!r}")
         flags, body = self._frame()
@@ -215,9 +218,9 @@ class ZmtpDealer:
             raise ConnectionError(f"{address} sent no READY: {body[:20]!r}")
 
     def send(self, payload: bytes) -> None:
-        n = len(payload)
-        head = bytes((0x00, n)) if n < 256 else b"\x02" + struct.pack(">Q", n)
-        self.sock.sendall(head + payload)
+        from zkv.net.zmtp import encode_message
+
+        self.sock.sendall(encode_message([payload]))
 
     def recv(self) -> bytes:
         """The next message's single frame (commands are skipped)."""
@@ -736,8 +739,9 @@ class Zkv(Server):
         self.version = "zkv " + _git_describe()
         self.cluster = zb.LocalCluster(nodes, data_dir=self.workdir, sync=True,
                                        timeout=START_TIMEOUT)
-        api = ("ZMTP on a plain socket to the key's primary, blocking" if self.client == "raw"
-               else "zkv.client.Client, blocking")
+        api = {"raw": "ZMTP on a plain socket to the key's primary, blocking",
+               "library": "zkv.client.Client, blocking",
+               "zeromq": "zkv.client.Client over ZeroMQ sockets, blocking"}[self.client]
         self.settings = {"api": api, "consistency": "quorum", "sync": True}
 
     def spec(self) -> dict:
@@ -871,10 +875,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--etcd-http", choices=("raw", "http.client"), default="raw",
                    help="etcd's HTTP client in the generator: raw (a prepared request on a "
                         "keep-alive socket, the default) or the standard http.client")
-    p.add_argument("--zkv-client", choices=("raw", "library"), default="raw",
+    p.add_argument("--zkv-client", choices=("raw", "library", "zeromq"), default="raw",
                    help="how the generator speaks to zkv: raw (its wire, ZMTP, on a plain "
-                        "socket, as etcd gets raw HTTP; the default) or the zkv.client library "
-                        "(through ZeroMQ's I/O thread: about three times the generator's CPU)")
+                        "socket, as etcd gets raw HTTP; the default), the zkv.client library "
+                        "(about 1.6 times the generator's CPU), or the library over ZeroMQ's "
+                        "sockets (zeromq, as CurveZMQ clients run)")
     p.add_argument("--redis-server", default=shutil.which("redis-server") or "")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--tmp-dir", type=Path, default=None,

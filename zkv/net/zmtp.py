@@ -65,7 +65,7 @@ def encode_message(frames: list[bytes]) -> bytes:
 class _Link:
     """One connection to one node, from TCP connect through the handshake to frames."""
 
-    __slots__ = ("address", "host", "port", "born", "sock", "watch", "connecting", "ready",
+    __slots__ = ("address", "host", "port", "born", "sock", "fd", "watch", "connecting", "ready",
                  "retry_at", "out", "inbuf", "greeted", "error")
 
     def __init__(self, address: str, now: float) -> None:
@@ -75,6 +75,7 @@ class _Link:
         self.port = int(port)
         self.born = now
         self.sock: socket.socket | None = None
+        self.fd = -1
         self.watch = select.poll()  # this socket alone, for a look before each send
         self.connecting = False  # TCP connect in progress
         self.ready = False  # handshake done: messages may go
@@ -100,8 +101,9 @@ class _Link:
             self._failed(f"cannot connect: {errno.errorcode.get(code, code)}", now)
             return
         self.sock = sock
+        self.fd = sock.fileno()
         self.watch = select.poll()
-        self.watch.register(sock.fileno(), select.POLLIN)
+        self.watch.register(self.fd, select.POLLIN)
         self.connecting = code != 0
         self.out[:] = _OPENING
         self.inbuf.clear()
@@ -231,7 +233,8 @@ class ZmtpLinks:
     def __init__(self, max_frame: int) -> None:
         self.max_frame = max_frame
         self._links: dict[str, _Link] = {}
-        self._by_fd: dict[int, _Link] = {}
+        self._poller = select.poll()
+        self._watched: dict[int, tuple[_Link, int]] = {}  # fd -> its link, the events polled
         self._held: list[tuple[str, bytes]] = []  # frames read while sending or waiting
 
     def open(self, address: str) -> None:
@@ -257,6 +260,9 @@ class ZmtpLinks:
         for link in self._links.values():
             link.close()
         self._links.clear()
+        for fd in self._watched:
+            self._poller.unregister(fd)
+        self._watched.clear()
 
     def send(self, address: str, frames: list[bytes]) -> bool:
         """Queue one message of ``frames`` to ``address`` and write it at once if the
@@ -267,7 +273,7 @@ class ZmtpLinks:
         # Look first, as ZeroMQ's I/O thread would have: a node that went away has
         # closed the connection, and a request written into it would be lost.
         if not link.ready or link.watch.poll(0):
-            self._progress([link], 0.0)
+            self._progress(0.0)
             if not link.ready:
                 return False
         if len(link.out) >= SEND_BUFFER:
@@ -281,7 +287,7 @@ class ZmtpLinks:
         links = [self._link(a) for a in addresses]
         if any(link.ready for link in links):
             return True
-        self._progress(links, 0.0)
+        self._progress(0.0)
         return any(link.ready for link in links)
 
     def wait_ready(self, addresses: list[str], seconds: float) -> bool:
@@ -294,15 +300,14 @@ class ZmtpLinks:
             left = end - time.monotonic()
             if left <= 0:
                 return False
-            self._progress(links, left)
+            self._progress(left)
 
     def receive(self, seconds: float) -> list[tuple[str, bytes]]:
         """The frames that arrive within ``seconds``, with the address of their node:
         all that are already there at least, and at the first that arrive otherwise."""
-        links = list(self._links.values())
         end = time.monotonic() + seconds
         while not self._held:
-            self._progress(links, max(0.0, end - time.monotonic()))
+            self._progress(max(0.0, end - time.monotonic()))
             if time.monotonic() >= end:
                 break
         got, self._held = self._held, []
@@ -312,28 +317,40 @@ class ZmtpLinks:
         self.open(address)
         return self._links[address]
 
-    def _progress(self, links: list[_Link], seconds: float) -> None:
-        """One poll of ``links`` (reconnecting those due) for at most ``seconds``: writes
-        what is queued, reads what arrived (held for ``receive``), moves handshakes on."""
-        now = time.monotonic()
-        poller = select.poll()
-        by_fd = self._by_fd
-        by_fd.clear()
+    def _watch(self, now: float) -> float:
+        """Keep the poller on each live socket, for what its link waits for (a closed
+        socket's number goes first: a new socket may reuse it); reconnect the links
+        that are due. Returns when the next reconnection is due."""
+        poller, watched = self._poller, self._watched
+        for fd, (link, _) in list(watched.items()):
+            if link.sock is None or link.fd != fd or self._links.get(link.address) is not link:
+                poller.unregister(fd)
+                del watched[fd]
         retry = math.inf
-        for link in links:
+        for link in self._links.values():
             if link.sock is None:
                 if now >= link.retry_at:
                     link.connect(now)
                 if link.sock is None:
                     retry = min(retry, link.retry_at)
                     continue
-            fd = link.sock.fileno()
-            by_fd[fd] = link
-            poller.register(fd, link.events())
+            mask = link.events()
+            seen = watched.get(link.fd)
+            if seen is None or seen[0] is not link or seen[1] != mask:
+                poller.register(link.fd, mask)
+                watched[link.fd] = (link, mask)
+        return retry
+
+    def _progress(self, seconds: float) -> None:
+        """One poll of every link (reconnecting those due) for at most ``seconds``: writes
+        what is queued, reads what arrived (held for ``receive``), moves handshakes on."""
+        now = time.monotonic()
+        retry = self._watch(now)
         wait = min(seconds, max(0.0, retry - now))
+        watched = self._watched
         got = self._held
-        for fd, mask in poller.poll(math.ceil(wait * 1000)):
-            link = by_fd[fd]
+        for fd, mask in self._poller.poll(math.ceil(wait * 1000)):
+            link = watched[fd][0]
             now = time.monotonic()
             if mask & select.POLLOUT or (link.connecting and mask & (select.POLLERR
                                                                       | select.POLLHUP)):
