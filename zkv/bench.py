@@ -65,6 +65,7 @@ class BenchOptions:
     seeds: list[str] = field(default_factory=list)
     seed: int = 1
     preload: bool = True  # load every key first (get, mixed, delete)
+    transport: str | None = None  # the clients' links (``zkv.net.links``); None: the default
     # Node processes on this machine whose CPU the run counts (``node_pids``): CPU per
     # operation tells a change in a node's work apart from the disk's and the machine's
     # noise, which move ops/s and latency on a small shared machine.
@@ -273,7 +274,7 @@ def cleanup(options: BenchOptions, depth: int = 64) -> tuple[int, int]:
     deleted = failed = 0
     with Client(options.seeds, timeout=options.timeout,
                 consistency=options.consistency if options.consistency != "one"
-                else "quorum") as client:
+                else "quorum", transport=options.transport) as client:
         pending = _pipelined(client, (("delete", name, None) for name in names), depth)
     for future in pending:
         exc = future.exception()
@@ -315,7 +316,8 @@ def _worker(wid: int, client_ids: list[int], options: BenchOptions, barrier: Any
 
     try:
         clients = [Client(options.seeds, timeout=options.timeout,
-                          consistency=options.consistency) for _ in client_ids]
+                          consistency=options.consistency, transport=options.transport)
+                   for _ in client_ids]
         for client in clients:
             client.ring()  # learn the ring before the clock starts: requests go to replicas
         preload_failed = 0

@@ -1293,6 +1293,11 @@ def chaos(
 # --------------------------------------------------------------------------- bench
 
 
+class Transport(str, Enum):
+    zmtp = "zmtp"
+    zeromq = "zeromq"
+
+
 class Workload(str, Enum):
     put = "put"
     get = "get"
@@ -1321,6 +1326,10 @@ def bench(
                                   help="Generator processes [min(clients, CPUs)]."),
     timeout: float = typer.Option(2.0, "--timeout", "-t", min=0.001,
                                   help="Per-operation timeout, seconds."),
+    transport: Transport | None = typer.Option(
+        None, "--transport",
+        help="The clients' links: zmtp (ZeroMQ's wire on plain sockets, the default "
+             "without CurveZMQ) or zeromq (ZeroMQ's sockets)."),
     seeds: str | None = SeedsOption,
     data_dir: Path | None = typer.Option(
         None, "--data-dir", "-d",
@@ -1359,7 +1368,8 @@ def bench(
     options = zb.BenchOptions(
         workload=workload.value, clients=clients, duration=duration, keys=keys,
         value_size=value_size, consistency=consistency.value, pipeline=pipeline,
-        timeout=timeout, processes=processes)
+        timeout=timeout, processes=processes,
+        transport=transport.value if transport is not None else None)
     cluster = None
     try:
         if nodes is not None:

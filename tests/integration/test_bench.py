@@ -31,7 +31,10 @@ def test_bench_on_its_own_cluster_reports_ops_and_no_errors(workload: str, pipel
     plot = tmp_path / "bench.png"
     result = bench("--duration", "2", "--workload", workload, "--clients", "2",
                    "--pipeline", pipeline, "--keys", "200",
-                   *(("--plot", str(plot)) if workload == "mixed" else ()))
+                   *(("--plot", str(plot)) if workload == "mixed" else ()),
+                   # the clients over ZeroMQ's sockets once (the default is ZMTP on sockets)
+                   *(("--transport", "zeromq") if workload == "create" else ()))
+    assert result["options"]["transport"] == ("zeromq" if workload == "create" else None)
     assert result["total"]["ops"] > 0
     assert result["total"]["errors"] == 0, result["error_samples"]
     assert result["total"]["p50_ms"] > 0
