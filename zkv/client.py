@@ -560,7 +560,8 @@ class Client:
         """``_send`` for several requests at once: one frame (``join``) for each batch
         of them, and one ZeroMQ message for all."""
         links = self._links
-        joined = [join(batch) for batch in in_batches(frames, SUBMIT_BATCH, JOIN_BYTES)]
+        joined = frames if len(frames) == 1 else [  # a node reads a lone message as is
+            join(batch) for batch in in_batches(frames, SUBMIT_BATCH, JOIN_BYTES)]
         if links.send(address, joined):
             return True
         young = links.born(address) + CONNECT_GRACE - time.monotonic()

@@ -51,6 +51,8 @@ class ProtocolError(Exception):
 
 def encode_message(frames: list[bytes]) -> bytes:
     """One ZeroMQ message of ``frames`` (each a frame, MORE on all but the last)."""
+    if len(frames) == 1 and len(frames[0]) <= _SHORT_MAX:  # a request: the common case
+        return bytes((0, len(frames[0]))) + frames[0]
     out = []
     last = len(frames) - 1
     for i, frame in enumerate(frames):
@@ -235,11 +237,15 @@ class ZmtpLinks:
         self._links: dict[str, _Link] = {}
         self._poller = select.poll()
         self._watched: dict[int, tuple[_Link, int]] = {}  # fd -> its link, the events polled
+        # Whether a link may need the poller changed or a reconnection: not while every
+        # link is connected with nothing queued, the common case, which skips ``_watch``.
+        self._unsettled = True
         self._held: list[tuple[str, bytes]] = []  # frames read while sending or waiting
 
     def open(self, address: str) -> None:
         """Start connecting to ``address`` (nothing if a link to it exists)."""
         if address not in self._links:
+            self._unsettled = True
             now = time.monotonic()
             link = self._links[address] = _Link(address, now)
             link.connect(now)
@@ -255,6 +261,7 @@ class ZmtpLinks:
         link = self._links.pop(address, None)
         if link is not None:
             link.close()
+            self._unsettled = True
 
     def close(self) -> None:
         for link in self._links.values():
@@ -280,6 +287,8 @@ class ZmtpLinks:
             return False
         link.out += encode_message(frames)
         link.flush(time.monotonic())
+        if link.out or link.sock is None:
+            self._unsettled = True
         return link.sock is not None
 
     def ready(self, addresses: list[str]) -> bool:
@@ -339,13 +348,15 @@ class ZmtpLinks:
             if seen is None or seen[0] is not link or seen[1] != mask:
                 poller.register(link.fd, mask)
                 watched[link.fd] = (link, mask)
+        self._unsettled = retry < math.inf or any(
+            mask != select.POLLIN for _, mask in watched.values())
         return retry
 
     def _progress(self, seconds: float) -> None:
         """One poll of every link (reconnecting those due) for at most ``seconds``: writes
         what is queued, reads what arrived (held for ``receive``), moves handshakes on."""
         now = time.monotonic()
-        retry = self._watch(now)
+        retry = self._watch(now) if self._unsettled else math.inf
         wait = min(seconds, max(0.0, retry - now))
         watched = self._watched
         got = self._held
@@ -362,3 +373,5 @@ class ZmtpLinks:
                 if link.out and link.sock is not None:
                     link.flush(now)  # a PONG, or what waited for the handshake
                 got.extend((link.address, frame) for frame in frames)
+            if link.sock is None or link.out or link.connecting or not link.ready:
+                self._unsettled = True
