@@ -74,6 +74,20 @@ def test_messages_both_ways_short_long_and_multipart(ctx: zmq.Context) -> None:
         links.close()
 
 
+def test_a_host_name_is_resolved_to_ipv4_as_zeromq_does(ctx: zmq.Context) -> None:
+    port = free_port()
+    node = router(ctx, port)  # on 127.0.0.1 only: "localhost" must not become ::1
+    links = ZmtpLinks(max_frame=1024)
+    address = f"tcp://localhost:{port}"
+    try:
+        links.open(address)
+        assert links.wait_ready([address], DEADLINE), links._links[address].error
+        assert links.send(address, [b"by name"])
+        assert node.poll(int(DEADLINE * 1000)) and node.recv_multipart()[1:] == [b"by name"]
+    finally:
+        links.close()
+
+
 def test_a_link_waits_for_its_node_and_reconnects_after_a_restart(ctx: zmq.Context) -> None:
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"

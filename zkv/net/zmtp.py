@@ -27,6 +27,7 @@ import struct
 import time
 
 RECONNECT_IVL = 0.1  # seconds before a failed connection is tried again (ZeroMQ's default)
+RESOLVE_EVERY = 5.0  # seconds a host name's address is reused (the calling thread resolves)
 SEND_BUFFER = 16 * 1024 * 1024  # bytes a link queues unsent before it refuses more (HWM)
 READ_CHUNK = 256 * 1024
 
@@ -68,7 +69,7 @@ class _Link:
     """One connection to one node, from TCP connect through the handshake to frames."""
 
     __slots__ = ("address", "host", "port", "born", "sock", "fd", "watch", "connecting", "ready",
-                 "retry_at", "out", "inbuf", "greeted", "error")
+                 "retry_at", "out", "inbuf", "greeted", "error", "resolved", "resolved_at")
 
     def __init__(self, address: str, now: float) -> None:
         self.address = address
@@ -86,11 +87,21 @@ class _Link:
         self.inbuf = bytearray()
         self.greeted = False  # the other end's greeting read
         self.error = ""  # why the last connection ended, for tests and messages
+        self.resolved: tuple | None = None  # getaddrinfo's first answer
+        self.resolved_at = 0.0
 
     def connect(self, now: float) -> None:
         try:
-            family, kind, proto, _, where = socket.getaddrinfo(
-                self.host, self.port, type=socket.SOCK_STREAM)[0]
+            if self.resolved is None or now - self.resolved_at >= RESOLVE_EVERY:
+                # Not on every reconnection: a node that is down is tried ten times a
+                # second, and a slow name server would stall every call of the client.
+                # IPv4 unless the address is an IPv6 one, as ZeroMQ without ZMQ_IPV6
+                # (which nodes do not set): "localhost" is then 127.0.0.1, not ::1.
+                family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+                self.resolved = socket.getaddrinfo(
+                    self.host, self.port, family, socket.SOCK_STREAM)[0]
+                self.resolved_at = now
+            family, kind, proto, _, where = self.resolved
             sock = socket.socket(family, kind, proto)
         except OSError as exc:
             self._failed(f"cannot connect: {exc}", now)
