@@ -68,6 +68,7 @@ from zkv.core.client_policy import (
     MAX_ROUND_PAUSE,
     RING_QUERY_RETRY,
     RING_REFRESH,
+    TIMEOUT,
     Call,
     Outcome,
     Pause,
@@ -496,7 +497,10 @@ class Client:
                 self._maybe_refresh_ring(now)
                 self._pause(call.order, step.seconds)
             elif type(step) is Outcome:
-                error = error_for(op, shown_key(kb), step.status, step.detail)
+                detail = step.detail
+                if step.status == TIMEOUT and (trouble := self._links.trouble(call.order)):
+                    detail = f"{detail}; {trouble}"
+                error = error_for(op, shown_key(kb), step.status, detail)
                 if error is not None:
                     raise error
                 return step.status, step.value

@@ -161,6 +161,9 @@ def test_a_curve_node_or_a_stranger_is_refused_with_a_reason() -> None:
         assert not links.wait_ready([curve_address, http_address], 0.5)
         assert "CURVE mechanism" in links._links[curve_address].error
         assert "does not speak ZMTP 3" in links._links[http_address].error
+        # what a call that timed out adds to its message
+        assert links.trouble([curve_address]).startswith(f"{curve_address}: ")
+        assert "CurveZMQ cluster needs the client's key" in links.trouble([curve_address])
     finally:
         links.close()
         curve_server.close()
@@ -230,3 +233,17 @@ def test_a_send_looks_first_so_a_closed_connection_refuses_and_replies_wait(
         assert "closed the connection" in link.error
     finally:
         links.close()
+
+
+def test_a_call_that_times_out_says_why_its_links_failed() -> None:
+    from zkv.client import Client
+    from zkv.errors import Unavailable
+
+    curve = b"\xff" + bytes(8) + b"\x7f\x03\x01" + b"CURVE".ljust(20, b"\0") + bytes(32)
+    server, address = listener(curve)
+    try:
+        with Client([address], timeout=0.5) as kv, pytest.raises(
+                Unavailable, match="wants the CURVE mechanism"):
+            kv.get("k")
+    finally:
+        server.close()

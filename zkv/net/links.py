@@ -48,6 +48,7 @@ class Links(Protocol):
     def ready(self, addresses: list[str]) -> bool: ...
     def wait_ready(self, addresses: list[str], seconds: float) -> bool: ...
     def receive(self, seconds: float) -> list[tuple[str, bytes]]: ...
+    def trouble(self, addresses: list[str]) -> str: ...
 
 
 def client_links(transport: str | None, curve: CurveKeys | None, max_frame: int) -> Links:
@@ -136,6 +137,10 @@ class ZmqLinks:
         for address in addresses:
             poller.register(self._socket(address), zmq.POLLOUT)
         return bool(poller.poll(max(0, math.ceil(seconds * 1000))))
+
+    def trouble(self, addresses: list[str]) -> str:
+        """Nothing: libzmq keeps why a connection failed to itself."""
+        return ""
 
     def receive(self, seconds: float) -> list[tuple[str, bytes]]:
         got: list[tuple[str, bytes]] = []

@@ -333,6 +333,15 @@ class ZmtpLinks:
         got, self._held = self._held, []
         return got
 
+    def trouble(self, addresses: list[str]) -> str:
+        """Why the first of ``addresses`` that is not connected last failed ("" if none
+        says): for an error message, such as a CurveZMQ node's demand for keys."""
+        for address in addresses:
+            link = self._links.get(address)
+            if link is not None and not link.ready and link.error:
+                return f"{address}: {link.error}"
+        return ""
+
     def _link(self, address: str) -> _Link:
         self.open(address)
         return self._links[address]
