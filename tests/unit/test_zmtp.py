@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import zmq
@@ -15,6 +16,7 @@ from zkv.net.links import client_links
 from zkv.net.zmtp import ZmtpLinks, encode_message
 
 DEADLINE = 10.0
+CURVE_GREETING = b"\xff" + bytes(8) + b"\x7f\x03\x01" + b"CURVE".ljust(20, b"\0") + bytes(32)
 
 
 def free_port() -> int:
@@ -39,6 +41,30 @@ def router(ctx: zmq.Context, port: int, **options: int) -> zmq.Socket:
     return sock
 
 
+@contextmanager
+def connected(ctx: zmq.Context, max_frame: int = 1024, host: str = "127.0.0.1",
+              **options: int) -> Iterator[tuple[zmq.Socket, ZmtpLinks, str]]:
+    """A ROUTER on a free port, and links with one connected link to it at ``host``."""
+    port = free_port()
+    address = f"tcp://{host}:{port}"
+    node = router(ctx, port, **options)
+    links = ZmtpLinks(max_frame=max_frame)
+    try:
+        links.open(address)
+        assert links.wait_ready([address], DEADLINE), links._links[address].error
+        yield node, links, address
+    finally:
+        links.close()
+
+
+def arrives(node: zmq.Socket, frames: list[bytes]) -> bytes:
+    """Wait for the next message at ``node``, check its frames, return its sender."""
+    assert node.poll(int(DEADLINE * 1000))
+    identity, *got = node.recv_multipart()
+    assert got == frames
+    return identity
+
+
 def receive_until(links: ZmtpLinks, count: int) -> list[tuple[str, bytes]]:
     got: list[tuple[str, bytes]] = []
     end = time.monotonic() + DEADLINE
@@ -48,19 +74,11 @@ def receive_until(links: ZmtpLinks, count: int) -> list[tuple[str, bytes]]:
 
 
 def test_messages_both_ways_short_long_and_multipart(ctx: zmq.Context) -> None:
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    node = router(ctx, port)
-    links = ZmtpLinks(max_frame=8 * 1024 * 1024)
-    try:
-        links.open(address)
-        assert links.wait_ready([address], DEADLINE)
+    with connected(ctx, max_frame=8 * 1024 * 1024) as (node, links, address):
         big = bytes(range(256)) * 8192  # 2 MiB: more than one write and one read
         assert links.send(address, [b"a", b"bc"])
         assert links.send(address, [big])
-        assert node.poll(int(DEADLINE * 1000))
-        identity, *frames = node.recv_multipart()
-        assert frames == [b"a", b"bc"]
+        identity = arrives(node, [b"a", b"bc"])
         while not node.poll(0):  # the big one may still be leaving: keep writing it
             links.receive(0.01)
         assert node.recv_multipart()[1:] == [big]
@@ -70,22 +88,13 @@ def test_messages_both_ways_short_long_and_multipart(ctx: zmq.Context) -> None:
         got = receive_until(links, 4)
         assert got == [(address, b"x" * 300), (address, b"y"), (address, b"z"),
                        (address, big)]
-    finally:
-        links.close()
 
 
 def test_a_host_name_is_resolved_to_ipv4_as_zeromq_does(ctx: zmq.Context) -> None:
-    port = free_port()
-    node = router(ctx, port)  # on 127.0.0.1 only: "localhost" must not become ::1
-    links = ZmtpLinks(max_frame=1024)
-    address = f"tcp://localhost:{port}"
-    try:
-        links.open(address)
-        assert links.wait_ready([address], DEADLINE), links._links[address].error
+    # the ROUTER is on 127.0.0.1 only: "localhost" must not become ::1
+    with connected(ctx, host="localhost") as (node, links, address):
         assert links.send(address, [b"by name"])
-        assert node.poll(int(DEADLINE * 1000)) and node.recv_multipart()[1:] == [b"by name"]
-    finally:
-        links.close()
+        arrives(node, [b"by name"])
 
 
 def test_a_link_waits_for_its_node_and_reconnects_after_a_restart(ctx: zmq.Context) -> None:
@@ -100,7 +109,7 @@ def test_a_link_waits_for_its_node_and_reconnects_after_a_restart(ctx: zmq.Conte
         node = router(ctx, port)
         assert links.wait_ready([address], DEADLINE)  # it kept trying
         assert links.send(address, [b"one"])
-        assert node.poll(int(DEADLINE * 1000)) and node.recv_multipart()[1:] == [b"one"]
+        arrives(node, [b"one"])
         node.close(0)  # the node restarts
         end = time.monotonic() + DEADLINE
         while links._links[address].ready and time.monotonic() < end:
@@ -109,28 +118,19 @@ def test_a_link_waits_for_its_node_and_reconnects_after_a_restart(ctx: zmq.Conte
         node = router(ctx, port)
         assert links.wait_ready([address], DEADLINE)
         assert links.send(address, [b"two"])
-        assert node.poll(int(DEADLINE * 1000)) and node.recv_multipart()[1:] == [b"two"]
+        arrives(node, [b"two"])
     finally:
         links.close()
 
 
 def test_a_frame_over_the_cap_drops_the_connection_not_the_client(ctx: zmq.Context) -> None:
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    node = router(ctx, port)
-    links = ZmtpLinks(max_frame=1000)
-    try:
-        links.open(address)
-        assert links.wait_ready([address], DEADLINE)
+    with connected(ctx, max_frame=1000) as (node, links, address):
         assert links.send(address, [b"hello"])
-        assert node.poll(int(DEADLINE * 1000))
-        identity = node.recv_multipart()[0]
+        identity = arrives(node, [b"hello"])
         node.send_multipart([identity, b"x" * 1001])
         assert links.receive(0.5) == []
         assert "1001 bytes" in links._links[address].error
         assert links.wait_ready([address], DEADLINE)  # and it connects again
-    finally:
-        links.close()
 
 
 def listener(greeting: bytes) -> tuple[socket.socket, str]:
@@ -151,8 +151,7 @@ def listener(greeting: bytes) -> tuple[socket.socket, str]:
 
 
 def test_a_curve_node_or_a_stranger_is_refused_with_a_reason() -> None:
-    curve = b"\xff" + bytes(8) + b"\x7f\x03\x01" + b"CURVE".ljust(20, b"\0") + bytes(32)
-    curve_server, curve_address = listener(curve)
+    curve_server, curve_address = listener(CURVE_GREETING)
     http_server, http_address = listener(b"HTTP/1.1 400 Bad Request\r\n" + bytes(64))
     links = ZmtpLinks(max_frame=1024)
     try:
@@ -171,21 +170,13 @@ def test_a_curve_node_or_a_stranger_is_refused_with_a_reason() -> None:
 
 
 def test_a_ping_is_answered_so_a_node_with_heartbeats_keeps_the_link(ctx: zmq.Context) -> None:
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    node = router(ctx, port, HEARTBEAT_IVL=50, HEARTBEAT_TIMEOUT=300)
-    links = ZmtpLinks(max_frame=1024)
-    try:
-        links.open(address)
-        assert links.wait_ready([address], DEADLINE)
+    with connected(ctx, HEARTBEAT_IVL=50, HEARTBEAT_TIMEOUT=300) as (node, links, address):
         end = time.monotonic() + 1.0  # several heartbeat timeouts
         while time.monotonic() < end:
             links.receive(0.05)
         assert links._links[address].ready, links._links[address].error
         assert links.send(address, [b"still here"])
-        assert node.poll(int(DEADLINE * 1000)) and node.recv_multipart()[1:] == [b"still here"]
-    finally:
-        links.close()
+        arrives(node, [b"still here"])
 
 
 def test_encode_message_marks_more_and_long_frames() -> None:
@@ -208,16 +199,9 @@ def test_the_transport_is_chosen_by_curve_and_checked() -> None:
 
 def test_a_send_looks_first_so_a_closed_connection_refuses_and_replies_wait(
         ctx: zmq.Context) -> None:
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    node = router(ctx, port)
-    links = ZmtpLinks(max_frame=1024)
-    try:
-        links.open(address)
-        assert links.wait_ready([address], DEADLINE)
+    with connected(ctx) as (node, links, address):
         assert links.send(address, [b"first"])
-        assert node.poll(int(DEADLINE * 1000))
-        identity = node.recv_multipart()[0]
+        identity = arrives(node, [b"first"])
         node.send_multipart([identity, b"reply"])
         link = links._links[address]
         end = time.monotonic() + DEADLINE
@@ -231,16 +215,13 @@ def test_a_send_looks_first_so_a_closed_connection_refuses_and_replies_wait(
             time.sleep(0.01)
         assert not links.send(address, [b"into the void"])
         assert "closed the connection" in link.error
-    finally:
-        links.close()
 
 
 def test_a_call_that_times_out_says_why_its_links_failed() -> None:
     from zkv.client import Client
     from zkv.errors import Unavailable
 
-    curve = b"\xff" + bytes(8) + b"\x7f\x03\x01" + b"CURVE".ljust(20, b"\0") + bytes(32)
-    server, address = listener(curve)
+    server, address = listener(CURVE_GREETING)
     try:
         with Client([address], timeout=0.5) as kv, pytest.raises(
                 Unavailable, match="wants the CURVE mechanism"):
