@@ -21,5 +21,15 @@ if [ ! -x "$venv/bin/python" ] || [ ! -f "$stamp" ] || [ "$root/pyproject.toml" 
   fi
   touch "$stamp"
 fi
+# The data path compiled with mypyc (zkv/native.py): built on set-up and again once a
+# source file is newer than the build; ZKV_NATIVE=0 skips it. A build that fails (no C
+# compiler, say) leaves plain Python, which behaves the same, only slower.
+if [ "${ZKV_NATIVE:-1}" != 0 ] && [ -f "$root/zkv/native_build.py" ]; then
+  manifest="$venv/zkv-native/manifest.json"
+  if [ ! -f "$manifest" ] ||
+     [ -n "$(find "$root/zkv" -name '*.py' -newer "$manifest" -print -quit)" ]; then
+    ZKV_NATIVE=0 "$venv/bin/python" -m zkv.native_build --quiet >&2 || true
+  fi
+fi
 ZKV_PY="$venv/bin/python"
 export PATH="$venv/bin:$PATH"

@@ -24,6 +24,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# The hook overrides the runtime's methods and wraps its store's commit: the compiled
+# data path calls those natively, past any override, so the hooked node runs the
+# sources (the same code; zkv/native.py). Only the node: the tests import this file.
+if __name__ == "__main__":
+    os.environ["ZKV_NATIVE"] = "0"
+
 from zkv.core.messages import MAX_BATCH, Prepare, ReadRequest, WriteRequest, decode_batch
 from zkv.net import runtime
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
+from zkv import native
 from zkv.core.messages import ClientReply, ClientRequest, decode, encode
 from zkv.net.eventlog import EVENT_LOG, EventLog, read_events
 from zkv.net.runtime import MAX_POLL
@@ -90,6 +91,8 @@ def test_the_figures_move_with_operations(cluster3: Cluster) -> None:
     assert value(with_ops, "zkv_replica_latency_seconds_count", op="write") > \
         value(before, "zkv_replica_latency_seconds_count", op="write")
     assert value(with_ops, "zkv_members", status="alive") == 3
+    # The nodes run from this interpreter's environment: compiled exactly when it is.
+    assert value(with_ops, "zkv_native") == int(native.native()), native.describe()
 
     def sampled() -> dict | None:  # gauges the loop samples about once a second
         now = scrape(primary.metrics_url)

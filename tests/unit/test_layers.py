@@ -20,8 +20,9 @@ PACKAGE = Path(zkv.__file__).parent
 # simulator) run; the CLI at the top so that nothing depends on how it parses.
 LAYERS: tuple[tuple[str, ...], ...] = (
     # Facts every layer may use: versions, records, ring tokens, errors, exit codes,
-    # key files, JSON files replaced whole. They import nothing above themselves.
-    ("zkv.model", "zkv.errors", "zkv.exit_codes", "zkv.keys", "zkv.jsonfile"),
+    # key files, JSON files replaced whole; the loader of the compiled modules, which
+    # every process runs first. They import nothing above themselves.
+    ("zkv.model", "zkv.errors", "zkv.exit_codes", "zkv.keys", "zkv.jsonfile", "zkv.native"),
     # Stores know records and tokens, not the protocol.
     ("zkv.storage",),
     # The sans-I/O protocol: events and time in, actions out.
@@ -32,8 +33,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # The drivers: the node runtime, the simulator; the client library and the probe
     # (the client side of the wire protocol).
     ("zkv.net", "zkv.sim", "zkv.client", "zkv.probe"),
-    # Tools that run whole clusters of processes, and their plots.
-    ("zkv.supervisor", "zkv.chaos", "zkv.bench", "zkv.plots"),
+    # Tools that run whole clusters of processes, and their plots; the build of the
+    # compiled modules.
+    ("zkv.supervisor", "zkv.chaos", "zkv.bench", "zkv.plots", "zkv.native_build"),
     # The command line.
     ("zkv.cli", "zkv.keys_cli", "zkv.__main__"),
 )

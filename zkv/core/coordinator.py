@@ -383,7 +383,7 @@ class Coordinator:
         elif op.phase in (READ, REPAIR, WRITE):
             if op.phase == READ:
                 op.reads = {}
-            self._enter(op, op.phase, op.record, now, out)  # type: ignore[arg-type]
+            self._enter(op, op.phase, op.record, now, out)
 
     def _rebase(self, op: Operation) -> bool:
         """Move ``op`` to the node's newer map, if it has one; True when it moved."""
@@ -614,7 +614,7 @@ class Coordinator:
         spread = 0.5 + int.from_bytes(jitter, "big") / 65535  # 0.5 .. 1.5
         op.sent_at = now + 0.001 * (1 << min(op.attempts, 6)) * spread
 
-    def _enter(self, op: Operation, phase: Phase, record: Record, now: float,
+    def _enter(self, op: Operation, phase: Phase, record: Record | None, now: float,
                out: Outbox) -> None:
         """Start a phase under a new op id, so no late answer to an earlier phase
         or round can count toward this one's quorum."""

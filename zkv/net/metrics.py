@@ -30,6 +30,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from zkv.native import native
 from zkv.net.dashboard import Dashboard, DashboardFeed
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -233,6 +234,9 @@ class _Sampled(Collector):
                                 value=m.cpu_percent)
         yield GaugeMetricFamily("zkv_process_rss_bytes", "Resident memory of the node "
                                 "process (psutil)", value=m.rss_bytes)
+        yield GaugeMetricFamily("zkv_native", "1 when the node runs the data path "
+                                "compiled by mypyc, 0 for plain Python (docs/performance.md)",
+                                value=int(native()))
         yield GaugeMetricFamily("zkv_ops_in_flight", "Client operations this node is "
                                 "coordinating", value=c["ops_in_flight"])
         for name, help_text in RING_GAUGES.items():

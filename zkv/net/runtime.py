@@ -113,6 +113,7 @@ from zkv.core.stabilizer import BATCH_BYTES
 from zkv.core.turn import boot, end_turn
 from zkv.exit_codes import EXIT_DECOMMISSIONED, EXIT_HALTED
 from zkv.jsonfile import write_json_atomic
+from zkv.native import describe
 from zkv.net.eventlog import OP_EVENTS, EventLog
 from zkv.net.metrics import NodeMetrics
 from zkv.net.security import KeyFileError, NodeSecurity
@@ -334,6 +335,7 @@ class NodeProcess:
         self._reconcile()
         self._write_node_file("ready")
         self._log("ready", {"address": self.settings.address, "pid": os.getpid(),
+                            "build": describe(),
                             "incarnation": self.node.incarnation})
         self.events.flush()
         grace_end: float | None = None
