@@ -25,16 +25,25 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-# The modules compiled: the protocol core a node steps on every message, the records
-# and versions it compares, the ring, the replica's store and the node's loop. The
-# codec (``zkv.core.messages``) stays interpreted: mypyc's dataclasses lose its
-# ``ClassVar`` kinds.
+# The modules compiled: the protocol core a node steps on every message, the records,
+# versions and ring it consults, the replica's store, the node's loop, its metrics and
+# event log; and the client library's links and routing. Left interpreted: the codec
+# (``zkv.core.messages``: mypyc's dataclasses lose its ``ClassVar`` kinds), the cluster
+# map (its ``cached_property`` would recompute, rebuilding rings, on every use),
+# ``zkv.core.lifecycle`` (an Enum), the simulator's memory store, the tools around the
+# data path, and ``zkv.client``, whose callers may pass anything: it answers a wrong
+# type with InvalidRequest, where compiled code would raise its own TypeError.
 MODULES = (
-    "zkv.model.versions", "zkv.model.record", "zkv.model.tokens",
-    "zkv.core.replica", "zkv.core.digests", "zkv.core.quorum", "zkv.core.ring",
-    "zkv.core.coordinator", "zkv.core.node", "zkv.core.turn", "zkv.core.membership",
-    "zkv.core.ring_changes", "zkv.core.stabilizer", "zkv.core.outbox", "zkv.core.backoff",
-    "zkv.storage.lmdb_store", "zkv.net.runtime",
+    "zkv.model.fields", "zkv.model.record", "zkv.model.tokens", "zkv.model.versions",
+    "zkv.storage.base", "zkv.storage.lmdb_store",
+    "zkv.core.actions", "zkv.core.anti_entropy", "zkv.core.backoff",
+    "zkv.core.client_policy", "zkv.core.config",
+    "zkv.core.coordinator", "zkv.core.digests", "zkv.core.handoff", "zkv.core.map_register",
+    "zkv.core.membership", "zkv.core.node", "zkv.core.outbox", "zkv.core.quorum",
+    "zkv.core.replica", "zkv.core.ring", "zkv.core.ring_changes", "zkv.core.stabilizer",
+    "zkv.core.strays", "zkv.core.streaming", "zkv.core.turn", "zkv.core.walks",
+    "zkv.config", "zkv.net.runtime", "zkv.net.eventlog", "zkv.net.metrics",
+    "zkv.net.links", "zkv.net.zmtp",
 )
 
 PACKAGE = Path(__file__).resolve().parent

@@ -39,7 +39,7 @@ def build(target: Path | None = None, quiet: bool = False) -> bool:
             print(f"zkv.native: these sources did not compile before (log: {log})")
         return False
     target.parent.mkdir(parents=True, exist_ok=True)
-    print(f"zkv: compiling the data path with mypyc into {target} (about a minute; "
+    print(f"zkv: compiling the data path with mypyc into {target} (two minutes or so; "
           f"ZKV_NATIVE=0 skips it)", file=sys.stderr, flush=True)
     work = Path(tempfile.mkdtemp(prefix=".zkv-native-", dir=target.parent))
     try:

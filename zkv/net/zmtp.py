@@ -357,12 +357,11 @@ class ZmtpLinks:
                 del watched[fd]
         retry = math.inf
         for link in self._links.values():
-            if link.sock is None:
-                if now >= link.retry_at:
-                    link.connect(now)
-                if link.sock is None:
-                    retry = min(retry, link.retry_at)
-                    continue
+            if link.sock is None and now >= link.retry_at:
+                link.connect(now)
+            if link.sock is None:  # (a second test: compiled code trusts the first one)
+                retry = min(retry, link.retry_at)
+                continue
             mask = link.events()
             seen = watched.get(link.fd)
             if seen is None or seen[0] is not link or seen[1] != mask:
