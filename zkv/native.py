@@ -17,6 +17,7 @@ after edits; ``ZKV_NATIVE=0`` turns both the build and its use off);
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.machinery
 import importlib.util
 import json
@@ -98,9 +99,29 @@ def load() -> str:
     files, reason = usable(build_dir())
     if files is None:
         return _python(reason)
-    sys.meta_path.insert(0, _Finder(files))
+    failure = activate(files)
+    if failure is not None:
+        return _python(failure)
     _state.update(mode="native", reason=reason)
     return describe()
+
+
+def activate(files: dict[str, Path]) -> str | None:
+    """Put the compiled modules ahead of the sources, after loading mypyc's shared
+    library (all the compiled code) to be sure it loads; None when done, else why
+    not, with nothing changed."""
+    finder = _Finder(files)
+    sys.meta_path.insert(0, finder)
+    shared = [name for name in files if name.endswith("__mypyc")]
+    try:
+        for name in shared:
+            importlib.import_module(name)
+    except ImportError as exc:
+        sys.meta_path.remove(finder)
+        for name in shared:
+            sys.modules.pop(name, None)
+        return f"the build does not load: {exc}"
+    return None
 
 
 def usable(directory: Path) -> tuple[dict[str, Path] | None, str]:

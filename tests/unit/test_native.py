@@ -64,6 +64,15 @@ def test_a_missing_stale_or_partial_build_is_not_used(tmp_path: Path) -> None:
     assert files is None and "imported before the build was loaded: zkv.core.ring" in reason
 
 
+def test_a_build_that_does_not_load_leaves_the_sources_in_use(tmp_path: Path) -> None:
+    broken = tmp_path / ("0123zkvtest__mypyc" + EXTENSION)
+    broken.write_bytes(b"not a shared library")
+    finders = list(sys.meta_path)
+    failure = native.activate({"0123zkvtest__mypyc": broken})
+    assert failure is not None and failure.startswith("the build does not load: "), failure
+    assert sys.meta_path == finders and "0123zkvtest__mypyc" not in sys.modules
+
+
 def test_the_signature_follows_every_source_file(tmp_path: Path) -> None:
     package = tmp_path / "zkv"
     (package / "core").mkdir(parents=True)
