@@ -178,9 +178,6 @@ class ChaosCluster:
             return None
         return proc.pid
 
-    def all_serving(self) -> bool:
-        return all(self.serving_pid(n) is not None for n in self.member_ids)
-
     # ----------------------------------------------------------------- signals
 
     def kill(self, node_id: str) -> int | None:

@@ -127,6 +127,7 @@ class ChaosRun:
         self.notes = notes
         self.history_path = spec.out / HISTORY_FILE
         self.faults_path = spec.out / FAULTS_FILE
+        self.settle_waiting: list[str] = []  # what the settling last waited for, if it failed
 
     def result(self) -> ChaosResult:
         self._start()
@@ -219,7 +220,8 @@ class ChaosRun:
         self.notes += self.hands.problems
         status("settling")
         self.settled_ring = wait_for_ring(pool, self.cluster,
-                                          max(1.0, settle_deadline - time.monotonic()))
+                                          max(1.0, settle_deadline - time.monotonic()),
+                                          self.settle_waiting)
         self.workload_ops = list(recorder.ops)
         self.keys = sorted({op.key for op in self.workload_ops}
                            | ({self.counter_key} if self.counter_key else set()))
@@ -267,7 +269,8 @@ class ChaosRun:
             violations.append(f"the cluster did not settle within "
                               f"{self.opts.settle_timeout:g}s (not every member served with "
                               "a ring of exactly the members: "
-                              f"{', '.join(self.cluster.member_ids)})")
+                              f"{', '.join(self.cluster.member_ids)}; last waiting for "
+                              f"{'; '.join(self.settle_waiting) or '?'})")
         what = {counter_key: "the CAS counter, "}
         violations += [f"key {r.key!r}: not linearizable ({what.get(r.key, '')}"
                        f"{len(r.history)} ops)" for r in lin.violations]

@@ -117,21 +117,29 @@ def exit_on_sigterm() -> Callable[[], None]:
     return undo
 
 
-def wait_for_ring(pool: Any, cluster: ChaosCluster, timeout: float) -> Ring | None:
+def wait_for_ring(pool: Any, cluster: ChaosCluster, timeout: float,
+                  why: list[str] | None = None) -> Ring | None:
     """The ring once every member serves and reports exactly the members (the nodes
-    not decommissioned); None at the deadline."""
+    not decommissioned); None at the deadline, with what it last waited for in ``why``."""
     deadline = time.monotonic() + timeout
+    waiting = "nothing checked yet"
     while time.monotonic() < deadline:
         cluster.refresh()
         want = tuple(sorted(cluster.member_ids))
-        if cluster.all_serving():
+        starting = [n for n in want if cluster.serving_pid(n) is None]
+        if starting:
+            waiting = f"not serving (no process, or its node.json not ready): {starting}"
+        else:
             views = pool.apply(checks.ring_views, (cluster.member_addresses,))
             shapes = set(views.values())
             if len(shapes) == 1 and None not in shapes:
                 members, replicas, vnodes = shapes.pop()
                 if members == want:
                     return Ring(members, replicas, vnodes)
+            waiting = f"ring views (None: no answer to a ring query and a read): {views}"
         time.sleep(0.2)
+    if why is not None:
+        why.append(waiting)
     return None
 
 
