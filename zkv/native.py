@@ -28,11 +28,10 @@ from types import ModuleType
 
 # The modules compiled: the protocol core a node steps on every message, the records,
 # versions and ring it consults, the replica's store, the node's loop, its metrics and
-# event log; and the client library's links and routing. Left interpreted: the codec
-# (``zkv.core.messages``: mypyc's dataclasses lose its ``ClassVar`` kinds), the cluster
-# map (its ``cached_property`` would recompute, rebuilding rings, on every use),
-# ``zkv.core.lifecycle`` (an Enum), the simulator's memory store, the tools around the
-# data path, and ``zkv.client``, whose callers may pass anything: it answers a wrong
+# event log, the messages and their codec; and the client library's links and routing.
+# Left interpreted: the cluster map (its ``cached_property`` would recompute,
+# rebuilding rings, on every use), ``zkv.core.lifecycle`` (an Enum), the simulator's
+# memory store, the tools around the data path, and ``zkv.client``, whose callers may pass anything: it answers a wrong
 # type with InvalidRequest, where compiled code would raise its own TypeError.
 MODULES = (
     "zkv.model.fields", "zkv.model.record", "zkv.model.tokens", "zkv.model.versions",
@@ -40,8 +39,8 @@ MODULES = (
     "zkv.core.actions", "zkv.core.anti_entropy", "zkv.core.backoff",
     "zkv.core.client_policy", "zkv.core.config",
     "zkv.core.coordinator", "zkv.core.digests", "zkv.core.handoff", "zkv.core.map_register",
-    "zkv.core.membership", "zkv.core.node", "zkv.core.outbox", "zkv.core.quorum",
-    "zkv.core.replica", "zkv.core.ring", "zkv.core.ring_changes", "zkv.core.stabilizer",
+    "zkv.core.membership", "zkv.core.messages", "zkv.core.node", "zkv.core.outbox",
+    "zkv.core.quorum", "zkv.core.replica", "zkv.core.ring", "zkv.core.ring_changes", "zkv.core.stabilizer",
     "zkv.core.strays", "zkv.core.streaming", "zkv.core.turn", "zkv.core.walks",
     "zkv.config", "zkv.net.runtime", "zkv.net.eventlog", "zkv.net.metrics",
     "zkv.net.links", "zkv.net.zmtp",

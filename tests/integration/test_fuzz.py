@@ -23,6 +23,7 @@ import zmq
 from zkv.client import Client
 from zkv.core.cluster_map import ClusterMap, MapMember
 from zkv.core.messages import (
+    KINDS,
     MAX_BATCH,
     AdminReply,
     AdminRequest,
@@ -227,7 +228,7 @@ class Fuzzer:
         return [cbor2.dumps(body)]
 
     def unknown_kind(self) -> list[bytes]:
-        known = {m.KIND for m in valid_messages(self.rng, b"k")}
+        known = {KINDS[type(m)] for m in valid_messages(self.rng, b"k")}
         kind: object = self.rng.choice([-1, 0, 255, 1 << 40, "ClientRequest", 1.5, None, True])
         if self.rng.random() < 0.5:
             kind = self.rng.choice([k for k in range(64) if k not in known])

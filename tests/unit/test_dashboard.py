@@ -62,7 +62,7 @@ def test_a_member_without_an_http_server_says_port_0() -> None:
 
 @pytest.mark.parametrize("port", [65536, -1, "7402", True, None])
 def test_a_bad_http_port_is_refused_by_the_codec(port: Any) -> None:
-    frame = cbor2.dumps([m.Gossip.KIND, "n1", [["n1", "tcp://h:1", 1, 9, "alive", port]],
+    frame = cbor2.dumps([m.KINDS[m.Gossip], "n1", [["n1", "tcp://h:1", 1, 9, "alive", port]],
                          0, 0, 0])
     with pytest.raises(m.DecodeError, match="http_port"):
         m.decode(frame)

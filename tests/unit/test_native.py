@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import zkv.core.messages
+import zkv.core.cluster_map
 import zkv.core.node
 from zkv import native, native_build
 
@@ -29,8 +29,8 @@ def test_a_current_build_is_what_the_processes_run() -> None:
     if not native.native():
         pytest.skip(f"this interpreter runs plain Python: {native.describe()}")
     assert zkv.core.node.__file__ is not None and zkv.core.node.__file__.endswith(EXTENSION)
-    assert zkv.core.messages.__file__ is not None
-    assert zkv.core.messages.__file__.endswith(".py")  # not in MODULES
+    assert zkv.core.cluster_map.__file__ is not None
+    assert zkv.core.cluster_map.__file__.endswith(".py")  # not in MODULES
     line = run_python("import zkv.core.replica as r, zkv.native as n; "
                       "print(r.__file__, n.describe())")
     assert line.startswith(str(native.build_dir())) and "native (" in line, line

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Any
 
 import cbor2
 
@@ -42,7 +42,6 @@ class DecodeError(Exception):
 
 
 class Message:
-    KIND: ClassVar[int]
     __slots__ = ()
 
 
@@ -53,7 +52,6 @@ class ClientRequest(Message):
     ``expected`` is a cas's condition: the value the key must hold, None for
     "holds no value". A cas's ``value`` of None deletes."""
 
-    KIND: ClassVar[int] = 1
     req_id: int
     op: str
     key: bytes
@@ -71,7 +69,6 @@ class ClientReply(Message):
     write; ``unknown``: a write that may or may not have taken effect (a client
     must not retry it elsewhere as if nothing happened)."""
 
-    KIND: ClassVar[int] = 2
     req_id: int
     status: str
     value: bytes | None
@@ -80,7 +77,6 @@ class ClientReply(Message):
 
 @dataclass(slots=True, unsafe_hash=True)
 class RingQuery(Message):
-    KIND: ClassVar[int] = 3
     req_id: int
 
 
@@ -88,7 +84,6 @@ class RingQuery(Message):
 class RingInfo(Message):
     """What a client needs to route a key to its replicas itself."""
 
-    KIND: ClassVar[int] = 4
     req_id: int
     members: list  # [[node_id, address], ...] of nodes in the ring
     replicas: int
@@ -102,7 +97,6 @@ class ReadRequest(Message):
     """``epoch`` (here and in every replica request): the coordinator's cluster
     map epoch; a replica that has seen a newer one refuses with ``EpochRefused``."""
 
-    KIND: ClassVar[int] = 10
     op_id: int
     key: bytes
     epoch: int = 0
@@ -112,7 +106,6 @@ class ReadRequest(Message):
 class ReadReply(Message):
     """The replica's record and its open Paxos promise (a write goes above it)."""
 
-    KIND: ClassVar[int] = 11
     op_id: int
     key: bytes
     record: Record | None
@@ -123,7 +116,6 @@ class ReadReply(Message):
 class WriteRequest(Message):
     """Store ``record`` (a Paxos accept at ballot ``record.version``)."""
 
-    KIND: ClassVar[int] = 12
     op_id: int
     key: bytes
     record: Record
@@ -134,7 +126,6 @@ class WriteRequest(Message):
 class WriteReply(Message):
     """``accepted`` False: refused by the promise ``conflict``."""
 
-    KIND: ClassVar[int] = 13
     op_id: int
     key: bytes
     accepted: bool
@@ -145,7 +136,6 @@ class WriteReply(Message):
 class Prepare(Message):
     """Paxos phase 1: promise to refuse anything below ``ballot`` for ``key``."""
 
-    KIND: ClassVar[int] = 14
     op_id: int
     key: bytes
     ballot: Version
@@ -157,7 +147,6 @@ class PrepareReply(Message):
     """``promised`` with the replica's record; else ``conflict`` is the ballot or
     version that the refused ballot did not exceed."""
 
-    KIND: ClassVar[int] = 15
     op_id: int
     key: bytes
     promised: bool
@@ -170,7 +159,6 @@ class EpochRefused(Message):
     """A replica request built on an older epoch than the replica has seen; carries
     the replica's map (``cluster_map`` encoding) so the coordinator retries on it."""
 
-    KIND: ClassVar[int] = 16
     op_id: int
     key: bytes
     epoch: int
@@ -181,14 +169,12 @@ class EpochRefused(Message):
 class Handoff(Message):
     """Records pushed to a replica (stabilization, anti-entropy); merged by version."""
 
-    KIND: ClassVar[int] = 20
     batch_id: int
     records: list  # [(key, Record), ...]
 
 
 @dataclass(slots=True, unsafe_hash=True)
 class HandoffAck(Message):
-    KIND: ClassVar[int] = 21
     batch_id: int
 
 
@@ -197,7 +183,6 @@ class SyncDigest(Message):
     """Anti-entropy: one hash per ring segment both nodes replicate, over the
     records written at or before ``horizon`` (wall-clock ms)."""
 
-    KIND: ClassVar[int] = 22
     round_id: int
     horizon: int
     digests: list  # [[segment_token, digest_bytes], ...]
@@ -208,7 +193,6 @@ class SyncKeys(Message):
     """Anti-entropy: the (key, version) list of a segment whose digests differ
     (records written at or before ``horizon``)."""
 
-    KIND: ClassVar[int] = 23
     round_id: int
     horizon: int
     segment: int
@@ -217,7 +201,6 @@ class SyncKeys(Message):
 
 @dataclass(slots=True, unsafe_hash=True)
 class SyncPull(Message):
-    KIND: ClassVar[int] = 24
     round_id: int
     keys: list  # [key, ...]
 
@@ -243,7 +226,6 @@ class Gossip(Message):
     whose gained ranges the sender has all streamed (0: none); ``instance``: the
     sender's data directory (see ``cluster_map``)."""
 
-    KIND: ClassVar[int] = 30
     sender: str
     members: list  # [MemberState, ...]
     epoch: int = 0
@@ -255,7 +237,6 @@ class Gossip(Message):
 class JoinRequest(Message):
     """``instance``: drawn when the node's data directory was made (see ``cluster_map``)."""
 
-    KIND: ClassVar[int] = 31
     member: MemberState
     instance: int = 0
 
@@ -264,7 +245,6 @@ class JoinRequest(Message):
 class MapPrepare(Message):
     """Phase 1 of the instance deciding epoch ``slot``; ``base`` is epoch slot-1's map."""
 
-    KIND: ClassVar[int] = 32
     slot: int
     ballot: list  # [round, node_id]
     base: list
@@ -275,7 +255,6 @@ class MapPromise(Message):
     """``accepted``: the acceptor's accepted ballot and ``value`` (ok) or its promise
     (refused); ``epoch``: the acceptor's current map epoch."""
 
-    KIND: ClassVar[int] = 33
     slot: int
     ballot: list
     ok: bool
@@ -286,7 +265,6 @@ class MapPromise(Message):
 
 @dataclass(slots=True, unsafe_hash=True)
 class MapAccept(Message):
-    KIND: ClassVar[int] = 34
     slot: int
     ballot: list
     value: list
@@ -294,7 +272,6 @@ class MapAccept(Message):
 
 @dataclass(slots=True, unsafe_hash=True)
 class MapAccepted(Message):
-    KIND: ClassVar[int] = 35
     slot: int
     ballot: list
     ok: bool
@@ -305,13 +282,11 @@ class MapAccepted(Message):
 class MapLearn(Message):
     """A decided map, to a node that is behind (or asked with ``MapQuery``)."""
 
-    KIND: ClassVar[int] = 36
     value: list
 
 
 @dataclass(slots=True, unsafe_hash=True)
 class MapQuery(Message):
-    KIND: ClassVar[int] = 37
     epoch: int  # the asker's
 
 
@@ -320,7 +295,6 @@ class StreamPull(Message):
     """A gainer asks a ring replica for its records in tokens ``first``..``last``
     (the page starting there); the replica first fences epochs below ``epoch``."""
 
-    KIND: ClassVar[int] = 38
     pull_id: int
     epoch: int
     first: int
@@ -332,7 +306,6 @@ class StreamChunk(Message):
     """One page; ``next`` is the token to ask from for the following page, or None
     when the range is done."""
 
-    KIND: ClassVar[int] = 39
     pull_id: int
     records: list  # [(key, Record), ...]
     next: int | None
@@ -343,7 +316,6 @@ class AdminRequest(Message):
     """An operator's membership command: ``decommission`` or ``remove`` a node, or
     ``status``. Answered with an ``AdminReply``."""
 
-    KIND: ClassVar[int] = 41
     req_id: int
     action: str
     node_id: str
@@ -353,7 +325,6 @@ class AdminRequest(Message):
 class AdminReply(Message):
     """status: ok | pending | refused | unavailable; ``info``: a JSON-able dict."""
 
-    KIND: ClassVar[int] = 42
     req_id: int
     status: str
     detail: str
@@ -364,7 +335,6 @@ class AdminReply(Message):
 class ErrorReply(Message):
     """Answer to a frame that could not be understood."""
 
-    KIND: ClassVar[int] = 40
     req_id: int
     reason: str
 
@@ -501,6 +471,40 @@ def _member(v: Any) -> MemberState:
                        _MEMBER_STATUS(status), http_port)
 
 
+# Each message's kind: the number that heads its CBOR array. A table rather than a class
+# constant, which mypyc's compiled dataclasses would take for a field.
+KINDS: dict[type[Message], int] = {
+    ClientRequest: 1,
+    ClientReply: 2,
+    RingQuery: 3,
+    RingInfo: 4,
+    ReadRequest: 10,
+    ReadReply: 11,
+    WriteRequest: 12,
+    WriteReply: 13,
+    Prepare: 14,
+    PrepareReply: 15,
+    EpochRefused: 16,
+    Handoff: 20,
+    HandoffAck: 21,
+    SyncDigest: 22,
+    SyncKeys: 23,
+    SyncPull: 24,
+    Gossip: 30,
+    JoinRequest: 31,
+    MapPrepare: 32,
+    MapPromise: 33,
+    MapAccept: 34,
+    MapAccepted: 35,
+    MapLearn: 36,
+    MapQuery: 37,
+    StreamPull: 38,
+    StreamChunk: 39,
+    AdminRequest: 41,
+    AdminReply: 42,
+    ErrorReply: 40,
+}
+
 _SCHEMA: dict[type[Message], tuple[Check, ...]] = {
     ClientRequest: (_nonneg, _one_of(OPS), _bytes, _optional(_bytes), _one_of(LEVELS),
                     _nonneg, _optional(_bytes)),
@@ -533,7 +537,7 @@ _SCHEMA: dict[type[Message], tuple[Check, ...]] = {
     AdminReply: (_nonneg, _str, _str, _dict),
     ErrorReply: (_int, _str),
 }
-_BY_KIND: dict[int, type[Message]] = {cls.KIND: cls for cls in _SCHEMA}
+_BY_KIND: dict[int, type[Message]] = {kind: cls for cls, kind in KINDS.items()}
 _FIELD_NAMES: dict[type[Message], tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls)) for cls in _SCHEMA  # type: ignore[arg-type]
 }  # (every message class is a dataclass; the base class cannot say so)
@@ -543,9 +547,9 @@ _AS_IS = frozenset({"bool", "bytes", "bytes | None", "dict", "int", "int | None"
                     "Version", "Version | None"})
 
 
-# Per class: the getter of its fields, and the positions of the fields that need ``_wire``.
-_ENCODERS: dict[type[Message], tuple[Callable[[Any], tuple], tuple[int, ...]]] = {
-    cls: (fields_getter(_FIELD_NAMES[cls]),
+# Per class: its kind, the getter of its fields, and the positions of the fields that need ``_wire``.
+_ENCODERS: dict[type[Message], tuple[int, Callable[[Any], tuple], tuple[int, ...]]] = {
+    cls: (KINDS[cls], fields_getter(_FIELD_NAMES[cls]),
           tuple(i for i, f in enumerate(fields(cls))  # type: ignore[arg-type]
                 if f.type not in _AS_IS))
     for cls in _SCHEMA
@@ -570,8 +574,8 @@ def _wire(v: Any) -> Any:
 
 def encode(message: Message) -> bytes:
     cls = type(message)
-    get, wired = _ENCODERS[cls]
-    body = [cls.KIND, *get(message)]
+    kind, get, wired = _ENCODERS[cls]
+    body = [kind, *get(message)]
     for i in wired:
         body[i + 1] = _wire(body[i + 1])
     return cbor2.dumps(body)
