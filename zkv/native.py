@@ -35,7 +35,7 @@ from types import ModuleType
 # type with InvalidRequest, where compiled code would raise its own TypeError.
 MODULES = (
     "zkv.model.fields", "zkv.model.record", "zkv.model.tokens", "zkv.model.versions",
-    "zkv.storage.base", "zkv.storage.lmdb_store",
+    "zkv.storage.base", "zkv.storage.lmdb_store", "zkv.storage.record_cache",
     "zkv.core.actions", "zkv.core.anti_entropy", "zkv.core.backoff",
     "zkv.core.client_policy", "zkv.core.config",
     "zkv.core.coordinator", "zkv.core.digests", "zkv.core.handoff", "zkv.core.map_register",

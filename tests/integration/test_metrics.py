@@ -91,6 +91,9 @@ def test_the_figures_move_with_operations(cluster3: Cluster) -> None:
     assert value(with_ops, "zkv_replica_latency_seconds_count", op="write") > \
         value(before, "zkv_replica_latency_seconds_count", op="write")
     assert value(with_ops, "zkv_members", status="alive") == 3
+    # Twenty reads of one key written just before: the replica's reads come from the cache.
+    assert value(with_ops, "zkv_record_cache_reads_total", result="hit") >= \
+        value(before, "zkv_record_cache_reads_total", result="hit") + 20
     # The nodes run from this interpreter's environment: compiled exactly when it is.
     assert value(with_ops, "zkv_native") == int(native.native()), native.describe()
 

@@ -244,7 +244,7 @@ def test_map_grows_from_a_tiny_start(tmp_path: Path) -> None:
 
 def test_reads_between_commits_share_a_transaction_yet_see_every_commit(
         tmp_path: Path) -> None:
-    with LmdbStore(tmp_path / "db", map_size=64 * KiB, sync=False) as s:
+    with LmdbStore(tmp_path / "db", map_size=64 * KiB, sync=False, cache_entries=0) as s:
         s.put(b"k", live(b"one"))
         s.commit()
         assert s.get(b"k") == live(b"one") and s.get_promise(b"k") is None
@@ -429,6 +429,7 @@ _records = st.builds(lambda wall, value, dead: tomb(wall) if dead else live(valu
 _operations = st.lists(st.one_of(
     st.tuples(st.just("put"), _keys, _records),
     st.tuples(st.just("remove"), _keys, st.none()),
+    st.tuples(st.just("get"), _keys, st.none()),
     st.tuples(st.just("commit"), st.none(), st.none()),
     st.tuples(st.just("reopen"), st.none(), st.none()),
 ), max_size=40)
@@ -439,8 +440,12 @@ _operations = st.lists(st.one_of(
 def test_behaves_like_a_dict_that_forgets_uncommitted_writes(operations: list) -> None:
     model: dict[bytes, Record] = {}
     committed: dict[bytes, Record] = {}
+
+    def open_store(path: str) -> LmdbStore:  # a small record cache: entries come and go
+        return LmdbStore(path, sync=False, cache_entries=3, cache_bytes=1500)
+
     with tempfile.TemporaryDirectory() as tmp:
-        s = LmdbStore(tmp, sync=False)
+        s = open_store(tmp)
         try:
             for op, key, record in operations:
                 if op == "put":
@@ -449,12 +454,14 @@ def test_behaves_like_a_dict_that_forgets_uncommitted_writes(operations: list) -
                 elif op == "remove":
                     s.remove(key)
                     model.pop(key, None)
+                elif op == "get":
+                    assert s.get(key) == model.get(key)
                 elif op == "commit":
                     s.commit()
                     committed = dict(model)
                 else:  # close without commit, open again
                     s.close()
-                    s = LmdbStore(tmp, sync=False)
+                    s = open_store(tmp)
                     model = dict(committed)
                 assert list(s.items()) == ring_order(model.items())
                 assert len(s) == len(model)

@@ -221,6 +221,12 @@ class _Sampled(Collector):
         yield CounterMetricFamily("zkv_fast_put_refused", "Fast puts refused because another "
                                   "node had written the key since (answered unknown)",
                                   value=c["fast_put_refused"])
+        reads = CounterMetricFamily("zkv_record_cache_reads", "Record reads answered from "
+                                    "the record cache (hit) or from LMDB (miss)",
+                                    labels=["result"])
+        reads.add_metric(["hit"], c["record_cache_hits"])
+        reads.add_metric(["miss"], c["record_cache_misses"])
+        yield reads
         yield m.requests.family()
         yield m.latency.family()
         yield m.quorum_failures.family()

@@ -294,6 +294,7 @@ class NodeProcess:
     def _counters(self) -> dict[str, int]:
         node = self.node
         store = self.store
+        cache = getattr(store, "cache", None)  # (an LmdbStore's; other stores have none)
         return {
             "rejected_frames": self.rejected_frames + node.rejected_frames,
             "checksum_failures": store.corrupt_reads if store is not None else 0,
@@ -305,6 +306,8 @@ class NodeProcess:
             "membership_refused": node.changes.refused,
             "fast_puts": node.coordinator.fast_writes,
             "fast_put_refused": node.coordinator.fast_refused,
+            "record_cache_hits": cache.hits if cache is not None else 0,
+            "record_cache_misses": cache.misses if cache is not None else 0,
         }
 
     def _dealer(self, address: str) -> zmq.Socket:

@@ -19,6 +19,11 @@ Guarantees:
   transaction. At ``max_map_size``, or when the disk is full, the operation
   raises ``StoreFull``: every write since the last commit is discarded, data
   committed earlier stays readable, and the store stays usable.
+- **Record cache.** The records read or written last are also kept decoded in
+  memory (``zkv.storage.record_cache``: 16,384 of them, 16 MiB of values at
+  most), so a replica's read before each write and the reads of a hot key skip
+  LMDB, the checksum and the decoding. Every write updates it as it is buffered
+  and every discard clears it, so it never answers what the store would not.
 - **Ring order.** A record is stored under its key's ring token (8 bytes,
   big-endian) followed by the key, so the records of one ring segment are one
   contiguous range (``token_range``): anti-entropy reads the segments it
@@ -53,6 +58,7 @@ from zkv.model.record import Record
 from zkv.model.tokens import token
 from zkv.model.versions import Version
 from zkv.storage.base import StoreFull
+from zkv.storage.record_cache import RecordCache
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -67,6 +73,11 @@ _LONG_KEY_LEN = _TOKEN + SHORT_KEY_MAX + _DIGEST  # every long key's storage key
 _ITEMS_BATCH = 256  # records read per transaction by items()
 _ITEMS_BATCH_BYTES = 4 * MiB  # ...or fewer, once their stored values reach this
 CORRUPT_KEYS_KEPT = 1024
+# The decoded records kept in memory (``zkv.storage.record_cache``): at most this many,
+# holding at most this many bytes of values, none of a value above CACHE_MAX_VALUE.
+CACHE_ENTRIES = 16_384
+CACHE_BYTES = 16 * MiB
+CACHE_MAX_VALUE = 64 * 1024
 
 _RECORDS = b"records"
 _META = b"meta"
@@ -131,7 +142,8 @@ class LmdbStore:
     """The store interface of ``zkv.storage.base`` on an LMDB environment at ``path``."""
 
     def __init__(self, path: str | Path, map_size: int = 64 * MiB,
-                 max_map_size: int = 64 * GiB, sync: bool = True) -> None:
+                 max_map_size: int = 64 * GiB, sync: bool = True,
+                 cache_entries: int = CACHE_ENTRIES, cache_bytes: int = CACHE_BYTES) -> None:
         if not 0 < map_size <= max_map_size:
             raise ValueError("map_size: must be positive and at most max_map_size")
         self.path = Path(path)
@@ -165,6 +177,7 @@ class LmdbStore:
         # make them, and a write at or above one drops it), so replica reads and writes
         # skip the lookup. Set by every promise written, cleared when none is left.
         self._promised = self._entries(self._promises) > 0
+        self._cache = RecordCache(cache_entries, cache_bytes, CACHE_MAX_VALUE)
         self._closed = False
 
     def _check_info(self) -> None:
@@ -183,11 +196,22 @@ class LmdbStore:
 
     def get(self, key: bytes) -> Record | None:
         """The stored record, or None when absent or corrupt (corrupt ones are counted)."""
+        cache = self._cache
+        if key in cache:
+            return cache.get(key)
         if not key:
             return None
+        cache.misses += 1
         skey = storage_key(key)
         txn = self._txn if self._txn is not None else self._reader()
-        return self._decode_get(key, skey, txn.get(skey, db=self._records))
+        raw = txn.get(skey, db=self._records)
+        if raw is None:
+            cache.put(key, None)
+            return None
+        record = self._decode_get(key, skey, raw)
+        if record is not None:  # (a corrupt record is read, and counted, every time)
+            cache.put(key, record)
+        return record
 
     def _decode_get(self, key: bytes, skey: bytes,
                     raw: bytes | memoryview | None) -> Record | None:
@@ -210,11 +234,13 @@ class LmdbStore:
         else:
             payload = cbor2.dumps([key, *record.encode()])
         self._write(self._records, skey, _frame(skey, payload))
+        self._cache.put(key, record)
 
     def remove(self, key: bytes) -> None:
         """Forget a key entirely; buffered like ``put``."""
         if key:
             self._write(self._records, storage_key(key), None)
+            self._cache.put(key, None)
 
     def items(self) -> Iterator[tuple[bytes, Record]]:
         """Every (key, record) in token order, skipping (and counting) corrupt records.
@@ -278,6 +304,11 @@ class LmdbStore:
         finally:
             if own:
                 txn.abort()
+
+    @property
+    def cache(self) -> RecordCache:
+        """The decoded records held in memory (for its counters)."""
+        return self._cache
 
     def _decode(self, skey: bytes, raw: bytes | memoryview) -> tuple[bytes, Record] | None:
         """(key, record) from a stored value, or None if it is corrupt."""
@@ -461,6 +492,7 @@ class LmdbStore:
 
     def _discard(self) -> None:
         """Forget every write since the last commit."""
+        self._cache.clear()  # it may hold some of them
         self._end_reads()
         self._abort_txn()
         self._pending.clear()
