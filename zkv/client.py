@@ -102,6 +102,7 @@ from zkv.keys import CurveKeys
 from zkv.net.links import client_links
 
 CONNECT_GRACE = 0.1  # how long a new link may take to connect before its node is skipped
+FIRST_RING_WAIT = 1.0  # seconds a new client waits at most for the ring before a request
 SUBMIT_BATCH = 64  # submitted requests to one node that leave as one message at the latest
 
 def _address(seed: str) -> str:
@@ -163,6 +164,7 @@ class Client:
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
         self._router = Router(self.seeds, ring_refresh)  # routes, suspects, the ring
+        self._ring_awaited = False  # whether the first request waited for the ring
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}  # submitted requests by req_id
         # Submitted requests not sent yet, by coordinator: (req_id, frame, other nodes to
@@ -330,8 +332,11 @@ class Client:
         limit = self.timeout if timeout is None else float(timeout)
         if not limit > 0:
             raise InvalidRequest("timeout: must be positive")
+        start = time.monotonic()
+        self._first_ring(start, limit)
         now = time.monotonic()
         self._maybe_refresh_ring(now)
+        limit -= now - start
         future: Future = Future()
         req_id = next(self._ids)
         budget_ms = max(1, int(limit * 900))  # the coordinator answers before we give up
@@ -484,9 +489,11 @@ class Client:
         limit = self.timeout if timeout is None else float(timeout)
         if not limit > 0:
             raise InvalidRequest("timeout: must be positive")
+        start = time.monotonic()
+        self._first_ring(start, limit)
         now = time.monotonic()
         self._maybe_refresh_ring(now)
-        call = Call(op, kb, level, limit, now, self._router)
+        call = Call(op, kb, level, max(limit - (now - start), 0.001), now, self._router)
         req_id = next(self._ids)
         while True:
             step = call.next(now)
@@ -529,12 +536,28 @@ class Client:
 
     def _fetch_ring(self, deadline: float) -> None:
         """Learn the ring now (for locate/ring); raises Unavailable if no node answers."""
+        self._router.forget_ring()
+        if not self._await_ring(deadline):
+            raise Unavailable("no node answered a ring query in time")
+
+    def _first_ring(self, now: float, limit: float) -> None:
+        """Before a client's first request: learn the ring, for a while at most, so the
+        request goes to its key's primary. Without the ring every request would go to
+        one node, which would coordinate writes beside the keys' primaries, where other
+        clients' writes go: racing coordinators make writes refuse each other (answered
+        ``unknown``), and they make the primaries' fast puts refused. Once per client,
+        and only while no request is pending: the wait reads no replies."""
+        if self._router.ring is None and not self._ring_awaited and not self._pending:
+            self._ring_awaited = True
+            self._await_ring(now + min(limit / 3, FIRST_RING_WAIT))
+
+    def _await_ring(self, deadline: float) -> bool:
+        """Ask for the ring until an answer arrives (True) or ``deadline`` passes."""
         router = self._router
-        router.forget_ring()
         while True:
             now = time.monotonic()
             if now >= deadline:
-                raise Unavailable("no node answered a ring query in time")
+                return False
             if ((router.query is None or now - router.query_at >= RING_QUERY_RETRY)
                     and not self._ask_ring(now)):
                 self._links.wait_ready(router.everyone(()), min(CONNECT_WAIT, deadline - now))
@@ -542,7 +565,7 @@ class Client:
             for _ in self._receive(min(deadline, router.query_at + RING_QUERY_RETRY) - now):
                 pass
             if router.ring_at > now:
-                return
+                return True
 
     def _learn_ring(self, info: RingInfo) -> None:
         if not self._router.learn(info, time.monotonic()):

@@ -133,6 +133,28 @@ def test_requests_go_straight_to_the_keys_primary(cluster3: Cluster) -> None:
     assert [e["fields"]["op"] for e in done] == ["put", "get"]
 
 
+def test_a_new_clients_first_requests_go_to_the_keys_primary(cluster3: Cluster) -> None:
+    """A client that has not learned the ring yet would send everything to its first
+    seed, which would coordinate writes beside the keys' primaries (racing writes then
+    refuse each other): the first request waits for the ring instead."""
+    first_seed = next(iter(cluster3.nodes))  # the clients' seeds are in this order
+    ring = Ring(cluster3.nodes, 3, 64)
+    keys = [k for k in (f"first-{i}" for i in range(50)) if ring.locate(k)[0] != first_seed]
+    blocking_key, pipelined_key = keys[:2]
+    cluster3.client().put(blocking_key, b"1")
+    fresh = cluster3.client()
+    future = fresh.submit("put", pipelined_key, b"2")
+    for _ in range(50):  # its timeout (2 s) settles it by then at the latest
+        if not fresh.in_flight:
+            break
+        fresh.poll(0.1)
+    assert future.done() and future.exception() is None
+    for key in (blocking_key, pipelined_key):
+        primary = cluster3.nodes[ring.locate(key)[0]]
+        done = [e for e in primary.events("coordinator_done") if e["fields"]["key"] == key]
+        assert [e["fields"]["op"] for e in done] == ["put"], (key, primary.node_id)
+
+
 def test_one_client_per_thread(cluster3: Cluster) -> None:
     errors: list[BaseException] = []
     finished: list[int] = []
