@@ -102,6 +102,7 @@ from zkv.keys import CurveKeys
 from zkv.net.links import client_links
 
 CONNECT_GRACE = 0.1  # how long a new link may take to connect before its node is skipped
+CONNECT_PATIENCE = 1.0  # how long submitted requests wait for a new link to connect
 FIRST_RING_WAIT = 1.0  # seconds a new client waits at most for the ring before a request
 SUBMIT_BATCH = 64  # submitted requests to one node that leave as one message at the latest
 
@@ -354,12 +355,20 @@ class Client:
 
     def _flush(self, address: str) -> None:
         """Send the requests submitted for ``address`` as one ZeroMQ message (the node
-        reads it as a batch); those it cannot take go to the next node of their route,
-        one by one, or fail when no node is connected."""
-        queue = self._queued.pop(address, [])
+        reads it as a batch); those it cannot take wait while the link is new (up to
+        ``CONNECT_PATIENCE``), then go to the next node of their route, one by one, or
+        fail when no node is connected."""
+        pending = self._pending
+        queue = [entry for entry in self._queued.pop(address, []) if entry[0] in pending]
         if not queue or self._send_many(address, [frame for _, frame, _ in queue]):
             return
         now = time.monotonic()
+        if now - self._links.born(address) < CONNECT_PATIENCE:
+            # A new link still connecting (its handshake moves only while this client
+            # polls): keep them for it. Sent to another replica instead, writes would
+            # race those of clients already connected to the key's primary.
+            self._queued[address] = queue
+            return
         self._router.suspect(address, now)
         for req_id, frame, fallbacks in queue:
             for other in fallbacks:
@@ -367,10 +376,10 @@ class Client:
                     break
                 self._router.suspect(other, now)
             else:
-                pending = self._pending.pop(req_id, None)
-                if pending is not None:
-                    pending.future.set_exception(Unavailable(
-                        f"{pending.op} {shown_key(pending.key)}: no node is connected"))
+                failed = pending.pop(req_id, None)
+                if failed is not None:
+                    failed.future.set_exception(Unavailable(
+                        f"{failed.op} {shown_key(failed.key)}: no node is connected"))
 
     def poll(self, timeout: float = 0.0) -> int:
         """Wait up to ``timeout`` seconds for replies to submitted requests and settle
