@@ -333,11 +333,7 @@ class Client:
         limit = self.timeout if timeout is None else float(timeout)
         if not limit > 0:
             raise InvalidRequest("timeout: must be positive")
-        start = time.monotonic()
-        self._first_ring(start, limit)
-        now = time.monotonic()
-        self._maybe_refresh_ring(now)
-        limit -= now - start
+        now, limit = self._routable(limit)
         future: Future = Future()
         req_id = next(self._ids)
         budget_ms = max(1, int(limit * 900))  # the coordinator answers before we give up
@@ -498,11 +494,8 @@ class Client:
         limit = self.timeout if timeout is None else float(timeout)
         if not limit > 0:
             raise InvalidRequest("timeout: must be positive")
-        start = time.monotonic()
-        self._first_ring(start, limit)
-        now = time.monotonic()
-        self._maybe_refresh_ring(now)
-        call = Call(op, kb, level, max(limit - (now - start), 0.001), now, self._router)
+        now, limit = self._routable(limit)
+        call = Call(op, kb, level, limit, now, self._router)
         req_id = next(self._ids)
         while True:
             step = call.next(now)
@@ -548,6 +541,15 @@ class Client:
         self._router.forget_ring()
         if not self._await_ring(deadline):
             raise Unavailable("no node answered a ring query in time")
+
+    def _routable(self, limit: float) -> tuple[float, float]:
+        """Before a request: the ring learned or asked for (``_first_ring``,
+        ``_maybe_refresh_ring``); returns the time then and what is left of ``limit``."""
+        start = time.monotonic()
+        self._first_ring(start, limit)
+        now = time.monotonic()
+        self._maybe_refresh_ring(now)
+        return now, max(limit - (now - start), 0.001)
 
     def _first_ring(self, now: float, limit: float) -> None:
         """Before a client's first request: learn the ring, for a while at most, so the

@@ -31,8 +31,9 @@ from types import ModuleType
 # event log, the messages and their codec; and the client library's links and routing.
 # Left interpreted: the cluster map (its ``cached_property`` would recompute,
 # rebuilding rings, on every use), ``zkv.core.lifecycle`` (an Enum), the simulator's
-# memory store, the tools around the data path, and ``zkv.client``, whose callers may pass anything: it answers a wrong
-# type with InvalidRequest, where compiled code would raise its own TypeError.
+# memory store, the tools around the data path, and ``zkv.client``, whose callers may
+# pass anything: it answers a wrong type with InvalidRequest, where compiled code would
+# raise its own TypeError.
 MODULES = (
     "zkv.model.fields", "zkv.model.record", "zkv.model.tokens", "zkv.model.versions",
     "zkv.storage.base", "zkv.storage.lmdb_store", "zkv.storage.record_cache",
@@ -40,8 +41,8 @@ MODULES = (
     "zkv.core.client_policy", "zkv.core.config",
     "zkv.core.coordinator", "zkv.core.digests", "zkv.core.handoff", "zkv.core.map_register",
     "zkv.core.membership", "zkv.core.messages", "zkv.core.node", "zkv.core.outbox",
-    "zkv.core.quorum", "zkv.core.replica", "zkv.core.ring", "zkv.core.ring_changes", "zkv.core.stabilizer",
-    "zkv.core.strays", "zkv.core.streaming", "zkv.core.turn", "zkv.core.walks",
+    "zkv.core.quorum", "zkv.core.replica", "zkv.core.ring", "zkv.core.ring_changes",
+    "zkv.core.stabilizer", "zkv.core.strays", "zkv.core.streaming", "zkv.core.turn", "zkv.core.walks",
     "zkv.config", "zkv.net.runtime", "zkv.net.eventlog", "zkv.net.metrics",
     "zkv.net.links", "zkv.net.zmtp",
 )

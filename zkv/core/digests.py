@@ -54,7 +54,6 @@ class DigestedStore:
         self._todo: list[int] = []  # segments still to read
         self._recent: deque[tuple[int, int, int]] = deque()  # (wall_ms, segment, hash)
         self._floor = 0  # entries at or before this are not in _recent
-        self._last: tuple[bytes, Record | None] | None = None  # the latest get, for put
         self.rebuilds = 0  # rebuilds started (for tests)
 
     @property
@@ -66,26 +65,22 @@ class DigestedStore:
         return list(getattr(self.inner, "corrupt_keys", []))
 
     def get(self, key: bytes) -> Record | None:
-        record = self.inner.get(key)
-        self._last = (key, record)
-        return record
+        return self.inner.get(key)
 
     def put(self, key: bytes, record: Record) -> None:
         if self._ring is not None:
-            old = self._previous(key)
+            old = self.inner.get(key)  # (the replica has just read it: the store's cache)
             seg = self._ring.segment(key)
             if old is not None:
                 self._toggle(seg, key, old)
             self._toggle(seg, key, record)
-        self._last = None
         self.inner.put(key, record)
 
     def remove(self, key: bytes) -> None:
         if self._ring is not None:
-            old = self._previous(key)
+            old = self.inner.get(key)
             if old is not None:
                 self._toggle(self._ring.segment(key), key, old)
-        self._last = None
         self.inner.remove(key)
 
     def _toggle(self, seg: int, key: bytes, record: Record) -> None:
@@ -96,13 +91,6 @@ class DigestedStore:
         wall = record.version.wall_ms
         if wall > self._floor:
             self._recent.append((wall, seg, h))
-
-    def _previous(self, key: bytes) -> Record | None:
-        # The replica reads a key just before writing it: reuse that read.
-        last = self._last
-        if last is not None and last[0] == key:
-            return last[1]
-        return self.inner.get(key)
 
     @property
     def rebuilding(self) -> bool:
