@@ -130,8 +130,9 @@ class ZkvLibraryAdapter:
 class ZkvRawAdapter:
     """zkv's wire on plain sockets (the default), as etcd's adapter speaks HTTP: ZMTP 3.0
     with the NULL mechanism as a DEALER, one request at a time to the key's primary (the
-    library's ``Router`` picks it from the ring a node reports). No retries: an error
-    counts as one."""
+    library's ``Router`` picks it from the ring a node reports); a get reads a quorum
+    of replicas directly first, as the library does. No retries: an error counts as
+    one."""
 
     def __init__(self, spec: dict, index: int, timeout: float) -> None:
         from zkv.core.client_policy import Router
@@ -147,17 +148,29 @@ class ZkvRawAdapter:
             raise RuntimeError(f"no ring from {seed}: {info!r}")
 
     def _call(self, address: str, request: Any) -> Any:
-        from zkv.core.messages import MAX_BATCH, ErrorReply, decode_batch, encode
+        self._send(address, request)
+        return self._recv(address, request.req_id)
+
+    def _send(self, address: str, request: Any) -> None:
+        from zkv.core.messages import encode
 
         conn = self.conns.get(address)
         if conn is None:
             conn = self.conns[address] = ZmtpDealer(address, self.timeout)
         try:
             conn.send(encode(request))
+        except BaseException:
+            self.conns.pop(address).close()
+            raise
+
+    def _recv(self, address: str, req_id: int) -> Any:
+        from zkv.core.messages import MAX_BATCH, ErrorReply, decode_batch
+
+        conn = self.conns[address]
+        try:
             while True:  # replies to earlier requests that timed out are skipped
                 for reply in decode_batch(conn.recv(), MAX_BATCH):
-                    if type(reply) is ErrorReply or \
-                            getattr(reply, "req_id", None) == request.req_id:
+                    if type(reply) is ErrorReply or getattr(reply, "req_id", None) == req_id:
                         return reply
         except BaseException:
             self.conns.pop(address).close()
@@ -182,6 +195,27 @@ class ZkvRawAdapter:
         self._op("put", key, value)
 
     def get(self, key: str) -> bytes | None:
+        """As the library reads (``zkv.core.direct_read``): a quorum of the key's
+        replicas directly, a coordinator when they do not agree."""
+        from zkv.core.direct_read import FALLBACK, DirectQuorum
+        from zkv.core.messages import DirectRead, DirectRecord
+
+        kb = key.encode()
+        epoch = self.router.epoch
+        targets = self.router.direct_targets(kb, "quorum", time.monotonic())
+        if targets is not None:
+            quorum = DirectQuorum(targets, epoch, 0.0)
+            request = DirectRead(next(self.ids), kb, epoch)
+            for address in targets:
+                self._send(address, request)
+            for address in targets:
+                reply = self._recv(address, request.req_id)
+                result = quorum.on_reply(address, reply) \
+                    if type(reply) is DirectRecord else FALLBACK
+                if type(result) is tuple:
+                    return result[1]
+                if result == FALLBACK:
+                    break  # the other answer, if any, is skipped as a stale reply
         return self._op("get", key, None)
 
     def close(self) -> None:

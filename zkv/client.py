@@ -23,6 +23,11 @@ Guarantees:
   per-key Paxos: a failed condition never takes effect, and ``Unavailable``
   from one of them means its outcome is unknown unless the message says the
   request was refused.
+- A quorum get reads a quorum of the key's replicas directly, without a
+  coordinator between (``zkv.core.direct_read``), when the ring is settled: if
+  they all hold the same version, that is the answer; otherwise (they differ, a
+  replica is at another epoch or stays silent for a third of the timeout) the
+  get goes to a coordinator, which reads and repairs as before.
 - Requests go straight to a replica of the key (primary first), from the ring
   the client learns from any node and refreshes every few seconds and whenever a
   node does not answer. A read whose coordinator stays silent for a third of
@@ -72,11 +77,13 @@ from zkv.core.client_policy import (
     Call,
     Outcome,
     Pause,
+    ReadDirect,
     Router,
     SendTo,
     Wait,
 )
 from zkv.core.config import MAX_KEY, MAX_VALUE
+from zkv.core.direct_read import FALLBACK, DirectQuorum
 from zkv.core.messages import (
     ADMIN_ACTIONS,
     JOIN_BYTES,
@@ -88,6 +95,8 @@ from zkv.core.messages import (
     ClientReply,
     ClientRequest,
     DecodeError,
+    DirectRead,
+    DirectRecord,
     ErrorReply,
     RingInfo,
     RingQuery,
@@ -117,15 +126,19 @@ def shown_key(key: bytes) -> str:
 
 
 class _Pending:
-    """A submitted request waiting for its reply."""
+    """A submitted request waiting for its reply; a get reading directly also keeps
+    its quorum of replicas and what the coordinator's request would need."""
 
-    __slots__ = ("future", "op", "key", "deadline")
+    __slots__ = ("future", "op", "key", "deadline", "direct", "level", "budget_ms")
 
     def __init__(self, future: Future, op: str, key: bytes, deadline: float) -> None:
         self.future = future
         self.op = op
         self.key = key
         self.deadline = deadline
+        self.direct: DirectQuorum | None = None
+        self.level = ""
+        self.budget_ms = 0
 
 
 class Client:
@@ -170,7 +183,7 @@ class Client:
         self._pending: dict[int, _Pending] = {}  # submitted requests by req_id
         # Submitted requests not sent yet, by coordinator: (req_id, frame, other nodes to
         # try); they leave as one message at the next poll, or once SUBMIT_BATCH queue.
-        self._queued: dict[str, list[tuple[int, bytes, list[str]]]] = {}
+        self._queued: dict[str, list[tuple[int, bytes, list[str] | None]]] = {}
         self._expired_at = 0.0  # when poll last looked for overdue requests
         self._closed = False
         for address in self.seeds:
@@ -293,7 +306,7 @@ class Client:
                 tried = 0
                 continue
             until = ask_next_at if tried < len(order) else deadline
-            for message in self._receive(min(until, deadline) - now):
+            for _, message in self._receive(min(until, deadline) - now):
                 if type(message) is AdminReply and message.req_id == req_id:
                     return message
                 if type(message) is ErrorReply:
@@ -337,17 +350,51 @@ class Client:
         future: Future = Future()
         req_id = next(self._ids)
         budget_ms = max(1, int(limit * 900))  # the coordinator answers before we give up
+        router = self._router
+        targets = router.direct_targets(kb, level, now) if op == "get" else None
+        if targets is not None:
+            pending = self._pending[req_id] = _Pending(future, op, kb, now + limit)
+            pending.direct = DirectQuorum(targets, router.epoch, now + limit / 3)
+            pending.level, pending.budget_ms = level, budget_ms
+            frame = encode(DirectRead(req_id, kb, router.epoch))
+            for address in targets:
+                self._enqueue(address, req_id, frame, None)
+            return future
         frame = encode(ClientRequest(req_id, op, kb, vb, level, budget_ms, eb))
-        order = self._router.route(kb, now)
+        order = router.route(kb, now)
         if not order:
             future.set_exception(Unavailable(f"{op} {shown_key(kb)}: no node is known"))
             return future
         self._pending[req_id] = _Pending(future, op, kb, now + limit)
-        queue = self._queued.setdefault(order[0], [])
-        queue.append((req_id, frame, order[1:]))
-        if len(queue) >= SUBMIT_BATCH:
-            self._flush(order[0])
+        self._enqueue(order[0], req_id, frame, order[1:])
         return future
+
+    def _enqueue(self, address: str, req_id: int, frame: bytes,
+                 fallbacks: list[str] | None) -> None:
+        """Queue a submitted request's frame for ``address``; ``fallbacks``: the nodes
+        to try if it cannot go there (None for a direct read: then a coordinator)."""
+        queue = self._queued.setdefault(address, [])
+        queue.append((req_id, frame, fallbacks))
+        if len(queue) >= SUBMIT_BATCH:
+            self._flush(address)
+
+    def _coordinate(self, req_id: int, pending: _Pending, now: float) -> None:
+        """A direct read that cannot decide: the get goes to a coordinator (the
+        replicas that stayed silent are asked last for a while)."""
+        direct, pending.direct = pending.direct, None
+        if direct is None:
+            return
+        for address in direct.silent():
+            self._router.suspect(address, now)
+        order = self._router.route(pending.key, now)
+        if not order:
+            del self._pending[req_id]
+            pending.future.set_exception(Unavailable(f"get {shown_key(pending.key)}: no node "
+                                                     f"is known"))
+            return
+        frame = encode(ClientRequest(req_id, "get", pending.key, None, pending.level,
+                                     pending.budget_ms, None))
+        self._enqueue(order[0], req_id, frame, order[1:])
 
     def _flush(self, address: str) -> None:
         """Send the requests submitted for ``address`` as one ZeroMQ message (the node
@@ -367,6 +414,11 @@ class Client:
             return
         self._router.suspect(address, now)
         for req_id, frame, fallbacks in queue:
+            if fallbacks is None:
+                direct = pending.get(req_id)
+                if direct is not None:
+                    self._coordinate(req_id, direct, now)
+                continue
             for other in fallbacks:
                 if self._send(other, frame):
                     break
@@ -392,6 +444,8 @@ class Client:
                     del self._pending[req_id]
                     pending.future.set_exception(Unavailable(
                         f"{pending.op} {shown_key(pending.key)}: no answer in time"))
+                elif pending.direct is not None and now >= pending.direct.until:
+                    self._coordinate(req_id, pending, now)
         return before - len(self._pending)
 
     @property
@@ -399,15 +453,16 @@ class Client:
         """Submitted requests whose futures are not settled yet."""
         return len(self._pending)
 
-    def _settle(self, pending: _Pending, message: ClientReply) -> None:
-        status, future = message.status, pending.future
-        error = error_for(pending.op, shown_key(pending.key), status, message.detail)
+    def _settle(self, pending: _Pending, status: str, value: bytes | None,
+                detail: str) -> None:
+        future = pending.future
+        error = error_for(pending.op, shown_key(pending.key), status, detail)
         if error is not None:
             if isinstance(error, Unavailable):
                 self._router.stale = True
             future.set_exception(error)
         elif status == "ok":
-            future.set_result(message.value if pending.op == "get" else
+            future.set_result(value if pending.op == "get" else
                               True if pending.op == "cas" else None)
         else:  # a failed cas condition, a get of a missing key
             future.set_result(False if status == "condition_failed" else None)
@@ -502,6 +557,10 @@ class Client:
             if type(step) is SendTo:
                 frame = encode(ClientRequest(req_id, op, kb, vb, level, step.budget_ms, eb))
                 call.sent(step.address, self._send(step.address, frame), now)
+            elif type(step) is ReadDirect:
+                frame = encode(DirectRead(req_id, kb, step.epoch))
+                for address in step.addresses:
+                    call.direct_sent(address, self._send(address, frame), now)
             elif type(step) is Pause:
                 self._maybe_refresh_ring(now)
                 self._pause(call.order, step.seconds)
@@ -515,10 +574,10 @@ class Client:
                 return step.status, step.value
             else:
                 assert type(step) is Wait
-                for message in self._receive(step.until - now):
-                    if (type(message) is ClientReply and message.req_id == req_id
-                            or type(message) is ErrorReply):
-                        call.on_reply(message, time.monotonic())
+                for address, message in self._receive(step.until - now):
+                    if (type(message) in (ClientReply, DirectRecord)
+                            and message.req_id == req_id or type(message) is ErrorReply):
+                        call.on_reply(message, time.monotonic(), address)
             now = time.monotonic()
 
     # ----------------------------------------------------------------- the ring
@@ -615,9 +674,26 @@ class Client:
         while (left := end - time.monotonic()) > 0:
             self._receive(left)
 
+    def _direct_reply(self, address: str, message: DirectRecord) -> None:
+        """A replica's answer to a submitted get's direct read."""
+        req_id = message.req_id
+        pending = self._pending[req_id]
+        direct = pending.direct
+        if direct is None:
+            return  # late: the get went to a coordinator meanwhile
+        result = direct.on_reply(address, message)
+        if result == FALLBACK:
+            if message.epoch != direct.epoch:
+                self._router.stale = True
+            self._coordinate(req_id, pending, time.monotonic())
+        elif type(result) is tuple:
+            del self._pending[req_id]
+            self._settle(pending, result[0], result[1], "")
+
     def _receive(self, seconds: float) -> list:
-        """Messages that arrive within ``seconds`` (all already queued ones at least);
-        submitted requests still queued leave first."""
+        """(address, message) for the messages that arrive within ``seconds`` (all
+        already queued ones at least) and settle no submitted request; submitted
+        requests still queued leave first."""
         for address in list(self._queued):
             self._flush(address)
         messages = []
@@ -635,10 +711,14 @@ class Client:
                         ring_info = message
                     continue
                 if type(message) is ClientReply and message.req_id in self._pending:
-                    self._settle(self._pending.pop(message.req_id), message)
+                    self._settle(self._pending.pop(message.req_id), message.status,
+                                 message.value, message.detail)
+                    continue
+                if type(message) is DirectRecord and message.req_id in self._pending:
+                    self._direct_reply(address, message)
                     continue
                 if not isinstance(message, DecodeError):
-                    messages.append(message)
+                    messages.append((address, message))
         if ring_info is not None:  # after the loop: learning may drop links
             self._learn_ring(ring_info)
         return messages

@@ -126,11 +126,13 @@ def test_requests_go_straight_to_the_keys_primary(cluster3: Cluster) -> None:
     replicas = kv.locate("routed")
     assert len(replicas) == 3 and set(replicas) == set(cluster3.nodes)
     assert replicas == list(Ring(cluster3.nodes, 3, 64).locate("routed"))
-    kv.put("routed", b"1")
-    kv.get("routed")
-    primary = cluster3.nodes[replicas[0]]
-    done = [e for e in primary.events("coordinator_done") if e["fields"]["key"] == "routed"]
-    assert [e["fields"]["op"] for e in done] == ["put", "get"]
+    kv.put("routed", b"1", consistency="all")  # on every replica: they cannot differ
+    assert kv.get("routed") == b"1"  # at quorum: read from two replicas, no coordinator
+    assert kv.get("routed", consistency="all") == b"1"
+    for node_id, node in cluster3.nodes.items():
+        done = [e["fields"]["op"] for e in node.events("coordinator_done")
+                if e["fields"]["key"] == "routed"]
+        assert done == (["put", "get"] if node_id == replicas[0] else []), node_id
 
 
 def test_a_new_clients_first_requests_go_to_the_keys_primary(cluster3: Cluster) -> None:

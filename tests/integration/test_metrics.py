@@ -79,11 +79,18 @@ def test_the_figures_move_with_operations(cluster3: Cluster) -> None:
     kv = cluster3.client()
     primary = cluster3.nodes[kv.locate("metered-0")[0]]
     before = scrape(primary.metrics_url)
+    nodes = list(cluster3.nodes.values())
+    served_before = [value(scrape(n.metrics_url), "zkv_direct_reads_total", result="served")
+                     for n in nodes]
     for i in range(20):
         kv.put("metered-0", b"x" * 1000)
-        kv.get("metered-0")
+        kv.get("metered-0", consistency="all")  # through the primary as coordinator
+        kv.get("metered-0")  # a quorum read straight from two replicas
     kv.put(f"metered-{len(before)}", b"y")
     with_ops = scrape(primary.metrics_url)
+    served = [value(scrape(n.metrics_url), "zkv_direct_reads_total", result="served")
+              for n in nodes]
+    assert sum(served) - sum(served_before) == 40, (served_before, served)
     assert value(with_ops, "zkv_requests_total", op="put", status="ok") >= \
         value(before, "zkv_requests_total", op="put", status="ok") + 20
     assert value(with_ops, "zkv_request_latency_seconds_count", op="get") >= \

@@ -19,7 +19,7 @@ def _counters() -> dict[str, int]:
         ("rejected_frames", "checksum_failures", "handoff_records", "dropped_messages",
          "step_errors", "withheld_messages", "fast_puts", "fast_put_refused",
          "ops_in_flight", "membership_refused", "record_cache_hits",
-         "record_cache_misses"), 0)
+         "record_cache_misses", "direct_served", "direct_refused"), 0)
 
 
 def test_requests_latencies_and_quorum_failures_are_exported_by_op_and_outcome() -> None:

@@ -7,7 +7,9 @@ feeding them the time, what they could send and what came back.
 - ``Router``: where a key's requests go (its replicas, primary first, then every
   other node), from the ring the client learns from any node; nodes that stayed
   silent or were not connected are asked last for ``SUSPECT_FOR`` seconds.
-- ``Call``: one operation until its outcome. A read whose coordinator stays
+- ``Call``: one operation until its outcome. A quorum get first reads a quorum
+  of the key's replicas itself (``zkv.core.direct_read``) and asks a coordinator
+  only when they disagree, refuse or stay silent. A read whose coordinator stays
   silent for a third of the timeout gets a second one beside it; a write never
   does (``Call.next``); quick refusals are retried on other nodes, then again
   after short pauses, until the deadline.
@@ -21,7 +23,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from zkv.core.messages import ClientReply, ErrorReply, RingInfo
+from zkv.core.direct_read import FALLBACK, DirectQuorum
+from zkv.core.messages import ClientReply, DirectRecord, ErrorReply, RingInfo
 from zkv.core.ring import Ring
 
 RING_REFRESH = 5.0  # seconds between background ring refreshes
@@ -52,6 +55,9 @@ class Router:
         self.query: int | None = None  # the req_id of the ring query in flight
         self.query_at = float("-inf")
         self._cursor = 0
+        self.epoch = 0  # of the map the ring came from; 0: unknown (no direct reads)
+        self.settled = False  # no ring change under way there
+        self._turn = 0  # which of a key's replicas the next direct read asks first
 
     # ----------------------------------------------------------------- routes
 
@@ -66,6 +72,25 @@ class Router:
         if order is None:
             order = self._routes[replicas] = self.everyone(replicas)
         return self.suspects_last(order, now) if self.suspects else order
+
+    def direct_targets(self, key: bytes, level: str, now: float) -> list[str] | None:
+        """A read quorum of ``key``'s replicas for a direct read (``zkv.core.direct_read``),
+        taking turns over them and leaving out suspects; None when a direct read
+        cannot be tried (another level, no settled ring, too few replicas trusted)."""
+        ring = self.ring
+        if level != "quorum" or ring is None or not self.settled or self.epoch <= 0:
+            return None
+        replicas = ring.locate(key)
+        need = len(replicas) // 2 + 1
+        if self.suspects:
+            self.suspects_last([], now)  # forget the suspicions that ran out
+        addresses = [a for n in replicas
+                     if (a := self.node_address.get(n)) and a not in self.suspects]
+        if len(addresses) < need:
+            return None
+        self._turn += 1
+        start = self._turn % len(addresses)
+        return (addresses[start:] + addresses[:start])[:need]
 
     def everyone(self, first: Iterable[str]) -> list[str]:
         order: list[str] = []
@@ -121,6 +146,7 @@ class Router:
         self.query = None
         self.ring_at = now
         self.stale = False
+        self.epoch, self.settled = info.epoch, info.settled and bool(info.members)
         shape = (tuple(tuple(m) for m in info.members), info.replicas, info.vnodes)
         if shape == self._shape or not info.members:
             return False
@@ -141,6 +167,15 @@ class SendTo:
 
     address: str
     budget_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadDirect:
+    """Send a DirectRead for the call's key at ``epoch`` to each of ``addresses``;
+    then report each with ``Call.direct_sent``."""
+
+    addresses: list[str]
+    epoch: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +200,7 @@ class Outcome:
     detail: str
 
 
-Step = SendTo | Wait | Pause | Outcome
+Step = SendTo | ReadDirect | Wait | Pause | Outcome
 
 
 class Call:
@@ -194,6 +229,11 @@ class Call:
         self.ask_next_at = now
         self.outcome: Outcome | None = None
         self._reroute = False
+        # A quorum get first reads the key's replicas itself (zkv.core.direct_read).
+        targets = router.direct_targets(key, level, now) if op == "get" else None
+        self.direct = None if targets is None else \
+            DirectQuorum(targets, router.epoch, now + self.patience)
+        self._direct_sent = False
 
     def next(self, now: float) -> Step:
         """What to do now."""
@@ -204,6 +244,16 @@ class Call:
             detail = f"; last answer: {self.refused}" if self.refused else ""
             return self._finish(TIMEOUT, None, f"no answer at {self.level} within "
                                                f"{self.limit:g}s{detail}")
+        direct = self.direct
+        if direct is not None:
+            if not self._direct_sent:
+                self._direct_sent = True
+                return ReadDirect(direct.targets, direct.epoch)
+            if now < direct.until:
+                return Wait(min(direct.until, self.deadline))
+            for address in direct.silent():
+                self.router.suspect(address, now)
+            self.direct = None  # then ask a coordinator
         if self._reroute:
             self._reroute = False
             self.tried = 0
@@ -245,9 +295,29 @@ class Call:
         else:
             self.router.suspect(address, now)
 
-    def on_reply(self, message: ClientReply | ErrorReply, now: float) -> None:
-        """A reply to this call's request (the driver matches the req_id)."""
+    def direct_sent(self, address: str, ok: bool, now: float) -> None:
+        """The DirectRead went to ``address`` (or could not: then a coordinator is asked)."""
+        if not ok:
+            self.router.suspect(address, now)
+            self.direct = None
+
+    def on_reply(self, message: ClientReply | ErrorReply | DirectRecord, now: float,
+                 address: str = "") -> None:
+        """A reply to this call's request (the driver matches the req_id; ``address``:
+        the node it came from, which a DirectRecord needs)."""
         if self.outcome is not None:
+            return
+        if isinstance(message, DirectRecord):
+            direct = self.direct
+            if direct is None:
+                return  # late: a coordinator has the get now
+            result = direct.on_reply(address, message)
+            if result == FALLBACK:
+                self.direct = None
+                if message.epoch != direct.epoch:
+                    self.router.stale = True
+            elif type(result) is tuple:
+                self._finish(result[0], result[1], "")
             return
         if isinstance(message, ErrorReply):
             if self.waiting:

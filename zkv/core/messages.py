@@ -93,6 +93,27 @@ class RingInfo(Message):
 
 
 @dataclass(slots=True, unsafe_hash=True)
+class DirectRead(Message):
+    """A client reading one replica's record itself, as one of a read quorum it asks
+    (``zkv.core.direct_read``); ``epoch``: of the ring the client chose replicas by."""
+
+    req_id: int
+    key: bytes
+    epoch: int
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class DirectRecord(Message):
+    """A replica's answer to a DirectRead: its record of the key, or ``served`` False
+    when it does not serve the key directly at that epoch (``epoch``: its own)."""
+
+    req_id: int
+    served: bool
+    record: Record | None
+    epoch: int
+
+
+@dataclass(slots=True, unsafe_hash=True)
 class ReadRequest(Message):
     """``epoch`` (here and in every replica request): the coordinator's cluster
     map epoch; a replica that has seen a newer one refuses with ``EpochRefused``."""
@@ -478,6 +499,8 @@ KINDS: dict[type[Message], int] = {
     ClientReply: 2,
     RingQuery: 3,
     RingInfo: 4,
+    DirectRead: 5,
+    DirectRecord: 6,
     ReadRequest: 10,
     ReadReply: 11,
     WriteRequest: 12,
@@ -511,6 +534,8 @@ _SCHEMA: dict[type[Message], tuple[Check, ...]] = {
     ClientReply: (_nonneg, _str, _optional(_bytes), _str),
     RingQuery: (_nonneg,),
     RingInfo: (_nonneg, _list_of(_pair(_str, _str)), _nonneg, _nonneg, _nonneg, _bool),
+    DirectRead: (_nonneg, _bytes, _nonneg),
+    DirectRecord: (_nonneg, _bool, _optional(_record), _nonneg),
     ReadRequest: (_nonneg, _bytes, _nonneg),
     ReadReply: (_nonneg, _bytes, _optional(_record), _optional(_version)),
     WriteRequest: (_nonneg, _bytes, _record, _nonneg),

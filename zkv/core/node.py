@@ -37,6 +37,8 @@ from zkv.core.messages import (
     AdminRequest,
     ClientReply,
     ClientRequest,
+    DirectRead,
+    DirectRecord,
     EpochRefused,
     ErrorReply,
     Gossip,
@@ -159,6 +161,8 @@ class Node:
         self._placed_generation = -1
         self._placed_majority: bool | None = None
         self.rejected_frames = 0
+        self.direct_served = 0  # clients' direct reads answered with the record
+        self.direct_refused = 0  # ... and not served (another epoch, a ring change)
         self._next_gossip = now
         self._next_check = now + config.gossip_interval
         self._next_anti_entropy = now + config.anti_entropy_interval
@@ -295,6 +299,9 @@ class Node:
         if isinstance(msg, AdminRequest):
             self._on_admin(client, msg, out)
             return
+        if type(msg) is DirectRead:
+            self._direct_read(client, msg, out)
+            return
         if not isinstance(msg, ClientRequest):
             self.rejected_frames += 1
             out.reply(client, ErrorReply(-1, f"unexpected {type(msg).__name__} from a client"))
@@ -316,6 +323,30 @@ class Node:
             return
         timeout = msg.timeout_ms / 1000 if msg.timeout_ms else self.config.default_timeout
         self.coordinator.start(client, msg, self._placement(msg.key), now, timeout, out)
+
+    def _direct_read(self, client: Hashable, msg: DirectRead, out: _StepOutbox) -> None:
+        """Serve a client's direct read (``zkv.core.direct_read``): the stored record,
+        only at this node's map epoch, with no ring change under way, for a key it is
+        a replica of, and while it coordinates (its map confirmed). The answer leaves
+        after the turn's commit, as every reply does, so it never shows a write the
+        store could still lose."""
+        if not msg.key or len(msg.key) > self.config.max_key:
+            self.rejected_frames += 1
+            out.reply(client, ClientReply(msg.req_id, "invalid", None,
+                                          f"key must be 1 to {self.config.max_key} bytes"))
+            return
+        epoch = self.changes.epoch
+        served = msg.epoch == epoch and self.coordinating
+        if served:
+            sets = self._placement(msg.key).sets
+            served = len(sets) == 1 and self.node_id in sets[0]
+        record = None
+        if served:
+            record = replica.read(self.store, msg.key)[0]
+            self.direct_served += 1
+        else:
+            self.direct_refused += 1
+        out.reply(client, DirectRecord(msg.req_id, served, record, epoch))
 
     def _placement(self, key: bytes) -> Placement:
         """The epoch, replica sets and reachable replicas an operation on ``key`` uses:
@@ -495,7 +526,7 @@ class Node:
             self.stabilizer.on_sync_keys(sender, msg)
         elif isinstance(msg, SyncPull):
             self.stabilizer.on_sync_pull(sender, msg, now, out)
-        elif isinstance(msg, (ClientRequest, RingQuery, AdminRequest)):
+        elif isinstance(msg, (ClientRequest, DirectRead, RingQuery, AdminRequest)):
             self._on_client(sender, msg, now, out)
         else:
             self.rejected_frames += 1

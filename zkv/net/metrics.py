@@ -227,6 +227,13 @@ class _Sampled(Collector):
         reads.add_metric(["hit"], c["record_cache_hits"])
         reads.add_metric(["miss"], c["record_cache_misses"])
         yield reads
+        direct = CounterMetricFamily("zkv_direct_reads", "Clients' direct reads of this "
+                                     "replica: served, or refused (another epoch, a ring "
+                                     "change under way, not a replica of the key)",
+                                     labels=["result"])
+        direct.add_metric(["served"], c["direct_served"])
+        direct.add_metric(["refused"], c["direct_refused"])
+        yield direct
         yield m.requests.family()
         yield m.latency.family()
         yield m.quorum_failures.family()

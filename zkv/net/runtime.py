@@ -98,6 +98,8 @@ from zkv.core.messages import (
     ClientReply,
     ClientRequest,
     DecodeError,
+    DirectRead,
+    DirectRecord,
     ErrorReply,
     Gossip,
     Message,
@@ -130,9 +132,9 @@ SAMPLE_INTERVAL = 0.5  # seconds between metric samples (and dashboard snapshots
 PUB_LINGER_MS = 500  # time to flush the last ("left") gossip at exit
 
 # What may leave before the turn's commit is zkv.core.turn's to say (BEFORE_COMMIT).
-_CLIENT_MESSAGES = (ClientRequest, RingQuery, AdminRequest)
+_CLIENT_MESSAGES = (ClientRequest, DirectRead, RingQuery, AdminRequest)
 # Messages only ever sent to clients: arriving at a node they are forged or misrouted.
-_ANSWERS_TO_CLIENTS = (ClientReply, RingInfo, ErrorReply, AdminReply)
+_ANSWERS_TO_CLIENTS = (ClientReply, DirectRecord, RingInfo, ErrorReply, AdminReply)
 
 
 # Frame sizes (ZMQ_MAXMSGSIZE): see ``frame_limits``.
@@ -308,6 +310,8 @@ class NodeProcess:
             "fast_put_refused": node.coordinator.fast_refused,
             "record_cache_hits": cache.hits if cache is not None else 0,
             "record_cache_misses": cache.misses if cache is not None else 0,
+            "direct_served": node.direct_served,
+            "direct_refused": node.direct_refused,
         }
 
     def _dealer(self, address: str) -> zmq.Socket:
@@ -511,7 +515,7 @@ class NodeProcess:
         if self.metrics is not None:
             self.metrics.observe_event("peer_message_refused", fields)
         self._answer_error(identity, f"{kind} is a peer message; clients may send "
-                                     "ClientRequest and RingQuery")
+                                     "ClientRequest, DirectRead and RingQuery")
 
     def _answer_error(self, identity: bytes, reason: str) -> None:
         try:

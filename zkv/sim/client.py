@@ -8,8 +8,9 @@ is the node's (ok, not_found, exists, unavailable, invalid) or ``timeout``.
 
 ``RoutedClient`` is the library's client instead: it runs the very policy of
 ``zkv.client.Client`` (``zkv.core.client_policy``: the ring learned from a node,
-replicas first, suspects last, reads hedged, writes never sent to a second
-coordinator while one holds them, refusals retried until the deadline).
+replicas first, suspects last, quorum gets read from the replicas directly,
+reads hedged, writes never sent to a second coordinator while one holds them,
+refusals retried until the deadline).
 """
 
 from __future__ import annotations
@@ -19,8 +20,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from zkv.core.client_policy import OUTCOMES, Call, Outcome, Pause, Router, SendTo, Wait
-from zkv.core.messages import ClientReply, ClientRequest, ErrorReply, Message, RingInfo, RingQuery
+from zkv.core.client_policy import (
+    OUTCOMES,
+    Call,
+    Outcome,
+    Pause,
+    ReadDirect,
+    Router,
+    SendTo,
+    Wait,
+)
+from zkv.core.messages import (
+    ClientReply,
+    ClientRequest,
+    DirectRead,
+    DirectRecord,
+    ErrorReply,
+    Message,
+    RingInfo,
+    RingQuery,
+)
 from zkv.sim.network import CLIENT, Packet
 from zkv.sim.scheduler import Timer
 
@@ -237,6 +256,14 @@ class RoutedClient(SimClient):
                 if ok:
                     self.sent_to.append(self._node_at(step.address) or step.address)
                 call.sent(step.address, ok, now)
+            elif type(step) is ReadDirect:
+                read = DirectRead(outstanding.request.req_id, outstanding.request.key,
+                                  step.epoch)
+                for address in step.addresses:
+                    ok = self._send(address, read)
+                    if ok:
+                        self.sent_to.append(self._node_at(address) or address)
+                    call.direct_sent(address, ok, now)
             elif type(step) is Pause:
                 self._maybe_ask_ring(now)
                 self._wakeup = scheduler.call_later(step.seconds, self._drive)
@@ -262,9 +289,10 @@ class RoutedClient(SimClient):
         if outstanding is None or call is None:
             self.stale_replies += 1
             return
-        if isinstance(message, ErrorReply) or (isinstance(message, ClientReply) and
-                                               message.req_id == outstanding.request.req_id):
-            call.on_reply(message, now)
+        if isinstance(message, ErrorReply) or (
+                isinstance(message, (ClientReply, DirectRecord))
+                and message.req_id == outstanding.request.req_id):
+            call.on_reply(message, now, packet.src_address)
             self._drive()
         else:
             self.stale_replies += 1
