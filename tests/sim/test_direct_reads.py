@@ -48,6 +48,20 @@ def test_a_quorum_get_whose_replicas_agree_needs_no_coordinator():
     assert call.next(0.02) == Outcome("ok", b"new", "")
 
 
+def test_the_primary_is_always_asked_unless_suspected_and_the_others_take_turns():
+    r = router()
+    assert r.ring is not None
+    primary, *others = [r.node_address[n] for n in r.ring.locate(b"k")]
+    picks = [r.direct_targets(b"k", "quorum", 0.0) for _ in range(4)]
+    assert all(p is not None and p[0] == primary and len(p) == 2 for p in picks)
+    assert {p[1] for p in picks if p} == set(others)
+    r.suspect(primary, 0.0)
+    assert r.direct_targets(b"k", "quorum", 0.1) in ([others[0], others[1]],
+                                                    [others[1], others[0]])
+    r.suspect(others[0], 0.0)
+    assert r.direct_targets(b"k", "quorum", 0.1) is None  # one trusted replica is too few
+
+
 def test_replicas_that_disagree_send_the_get_to_a_coordinator():
     call, step = direct_call()
     call.on_reply(DirectRecord(1, True, NEW, 1), 0.01, step.addresses[0])

@@ -74,9 +74,12 @@ class Router:
         return self.suspects_last(order, now) if self.suspects else order
 
     def direct_targets(self, key: bytes, level: str, now: float) -> list[str] | None:
-        """A read quorum of ``key``'s replicas for a direct read (``zkv.core.direct_read``),
-        taking turns over them and leaving out suspects; None when a direct read
-        cannot be tried (another level, no settled ring, too few replicas trusted)."""
+        """A read quorum of ``key``'s replicas for a direct read (``zkv.core.direct_read``):
+        the primary, which has every write it coordinated (so the read rarely meets a
+        replica still behind), and the others taking turns, suspects left out; None
+        when a direct read cannot be tried (another level, no settled ring, too few
+        replicas trusted). Asking the primary also finds out when it went silent, so
+        that writes avoid it."""
         ring = self.ring
         if level != "quorum" or ring is None or not self.settled or self.epoch <= 0:
             return None
@@ -88,9 +91,12 @@ class Router:
                      if (a := self.node_address.get(n)) and a not in self.suspects]
         if len(addresses) < need:
             return None
+        if need == 1:
+            return addresses[:1]
+        first, others = addresses[0], addresses[1:]
         self._turn += 1
-        start = self._turn % len(addresses)
-        return (addresses[start:] + addresses[:start])[:need]
+        start = self._turn % len(others)
+        return [first, *(others[start:] + others[:start])[:need - 1]]
 
     def everyone(self, first: Iterable[str]) -> list[str]:
         order: list[str] = []
