@@ -112,6 +112,7 @@ from zkv.net.links import client_links
 
 CONNECT_GRACE = 0.1  # how long a new link may take to connect before its node is skipped
 CONNECT_PATIENCE = 1.0  # how long submitted requests wait for a new link to connect
+SYN_PATIENCE = 4.5  # ... while its TCP connect is still under way (a SYN lost, sent again)
 FIRST_RING_WAIT = 1.0  # seconds a new client waits at most for the ring before a request
 SUBMIT_BATCH = 64  # submitted requests to one node that leave as one message at the latest
 
@@ -379,13 +380,14 @@ class Client:
             self._flush(address)
 
     def _coordinate(self, req_id: int, pending: _Pending, now: float) -> None:
-        """A direct read that cannot decide: the get goes to a coordinator (the
-        replicas that stayed silent are asked last for a while)."""
+        """A direct read that cannot decide: the get goes to a coordinator. No replica
+        becomes a suspect here, not even a silent one: under a pipelining client's
+        load silence is mostly a queue, and the key's writes must keep going to its
+        primary (a write sent elsewhere races the primary's, and one of them answers
+        ``unknown``); only a link that cannot send makes one (``_flush``)."""
         direct, pending.direct = pending.direct, None
         if direct is None:
             return
-        for address in direct.silent():
-            self._router.suspect(address, now)
         order = self._router.route(pending.key, now)
         if not order:
             del self._pending[req_id]
@@ -406,10 +408,12 @@ class Client:
         if not queue or self._send_many(address, [frame for _, frame, _ in queue]):
             return
         now = time.monotonic()
-        if now - self._links.born(address) < CONNECT_PATIENCE:
+        age = now - self._links.born(address)
+        if age < CONNECT_PATIENCE or (age < SYN_PATIENCE and self._links.connecting(address)):
             # A new link still connecting (its handshake moves only while this client
-            # polls): keep them for it. Sent to another replica instead, writes would
-            # race those of clients already connected to the key's primary.
+            # polls; a lost SYN is sent again only after a second): keep them for it.
+            # Sent to another replica instead, writes would race those of clients
+            # already connected to the key's primary.
             self._queued[address] = queue
             return
         self._router.suspect(address, now)

@@ -9,7 +9,7 @@ import time
 import pytest
 
 import zkv.client as client_module
-from zkv.client import CONNECT_PATIENCE, Client
+from zkv.client import CONNECT_PATIENCE, SYN_PATIENCE, Client
 from zkv.core.messages import RingInfo, decode_batch
 from zkv.core.ring import Ring
 
@@ -21,8 +21,10 @@ class FakeLinks:
     """Every link connected at once, except the primary's, which connects after
     ``connect_after`` receive calls; ``born`` says when each link began."""
 
-    def __init__(self, slow: str, born_ago: float, connect_after: int) -> None:
+    def __init__(self, slow: str, born_ago: float, connect_after: int,
+                 in_tcp_connect: bool = False) -> None:
         self.slow = slow
+        self.in_tcp_connect = in_tcp_connect  # the slow link's SYN not answered yet
         self.connect_after = connect_after
         self.receives = 0
         self._born = time.monotonic() - born_ago
@@ -40,6 +42,9 @@ class FakeLinks:
 
     def born(self, address: str) -> float:
         return self._born
+
+    def connecting(self, address: str) -> bool:
+        return self.in_tcp_connect and not self._ready(address)
 
     def drop(self, address: str) -> None:
         self.opened.discard(address)
@@ -106,3 +111,25 @@ def test_after_the_patience_they_go_to_the_next_replica(monkeypatch) -> None:
         kv.submit("put", key, b"v")
     kv.poll(0)
     assert where(links) and A not in where(links)
+
+
+def test_a_link_still_in_its_tcp_connect_is_waited_for_longer(monkeypatch) -> None:
+    """A lost SYN is sent again after a second: the link may connect well after the
+    usual patience, and its node is fine."""
+    links = FakeLinks(slow=A, born_ago=CONNECT_PATIENCE + 0.1, connect_after=3,
+                      in_tcp_connect=True)
+    kv = client_with(links, monkeypatch)
+    for key in put_keys(A):
+        kv.submit("put", key, b"v")
+    kv.poll(0)
+    assert where(links) == set()
+    for _ in range(3):
+        kv.poll(0)
+    assert where(links) == {A}
+    late = FakeLinks(slow=A, born_ago=SYN_PATIENCE + 0.1, connect_after=10**9,
+                     in_tcp_connect=True)
+    kv = client_with(late, monkeypatch)
+    for key in put_keys(A):
+        kv.submit("put", key, b"v")
+    kv.poll(0)
+    assert where(late) and A not in where(late)

@@ -28,6 +28,7 @@ import time
 
 RECONNECT_IVL = 0.1  # seconds before a failed connection is tried again (ZeroMQ's default)
 RESOLVE_EVERY = 5.0  # seconds a host name's address is reused (the calling thread resolves)
+CONNECT_NORMAL = 0.05  # seconds a TCP connect takes at most unless a SYN is lost
 SEND_BUFFER = 16 * 1024 * 1024  # bytes a link queues unsent before it refuses more (HWM)
 READ_CHUNK = 256 * 1024
 
@@ -76,7 +77,7 @@ class _Link:
         host, _, port = address.removeprefix("tcp://").rpartition(":")
         self.host = host.strip("[]")  # an IPv6 address is written in brackets
         self.port = int(port)
-        self.born = now
+        self.born = now  # when it began connecting, or when a slow TCP connect ended
         self.sock: socket.socket | None = None
         self.fd = -1
         self.watch = select.poll()  # this socket alone, for a look before each send
@@ -154,6 +155,7 @@ class _Link:
                 self._failed(f"cannot connect: {errno.errorcode.get(code, code)}", now)
                 return
             self.connecting = False
+            self.born = max(self.born, now - CONNECT_NORMAL)
         try:
             sent = sock.send(self.out)
         except (BlockingIOError, InterruptedError):
@@ -265,8 +267,17 @@ class ZmtpLinks:
         return set(self._links)
 
     def born(self, address: str) -> float:
-        """When the link to ``address`` began connecting."""
+        """When the link to ``address`` began connecting; for a TCP connect that took
+        longer than ``CONNECT_NORMAL`` (a lost SYN is sent again only after a second),
+        as if it had begun that long before it ended, so the handshake gets the usual
+        time after it."""
         return self._links[address].born
+
+    def connecting(self, address: str) -> bool:
+        """Whether the link to ``address`` is still in its TCP connect, with no error
+        yet (a lost SYN is sent again after a second, then after three more)."""
+        link = self._links.get(address)
+        return link is not None and link.sock is not None and link.connecting
 
     def drop(self, address: str) -> None:
         link = self._links.pop(address, None)
