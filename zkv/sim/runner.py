@@ -136,16 +136,26 @@ def _formed(cluster: SimCluster) -> bool:
 
 def _final_reads(cluster: SimCluster, keys: list[bytes]
                  ) -> tuple[dict[bytes, bytes | None], list[bytes]]:
-    """Quorum-read every key once the cluster is healed; retries a few times if unavailable."""
+    """Quorum-read every key once the cluster is healed; retries a few times if unavailable.
+
+    Each attempt asks the running nodes in a random order until one answers, as a
+    client does: a node that is not a member (a join still pending when the run
+    ended) answers ``unavailable``, and asking only one random node per attempt
+    made such nodes fail the read by chance."""
     reader = cluster.client()
     final: dict[bytes, bytes | None] = {}
     unread: list[bytes] = []
     for key in keys:
         for _ in range(FINAL_READ_ATTEMPTS):
-            running = cluster.running()
-            result = cluster.request(cluster.rng.choice(running), "get", key,
-                                     consistency="quorum", client=reader)
-            if result.status in ("ok", "not_found"):
+            order = list(cluster.running())
+            cluster.rng.shuffle(order)
+            result = None
+            for node_id in order:
+                result = cluster.request(node_id, "get", key, consistency="quorum",
+                                         client=reader)
+                if result.status != "unavailable":
+                    break
+            if result is not None and result.status in ("ok", "not_found"):
                 final[key] = result.value if result.status == "ok" else None
                 break
             cluster.run_for(1.0)
