@@ -176,6 +176,8 @@ class Node:
         (``zkv.core.turn``): exported counters never go back."""
         self.rejected_frames += previous.rejected_frames
         self.changes.refused += previous.changes.refused
+        self.direct_served += previous.direct_served
+        self.direct_refused += previous.direct_refused
 
     def _instance(self, now: float) -> int:
         """This data directory's instance number, drawn at its first start."""
