@@ -53,7 +53,9 @@ takes the replies that have arrived and settles their futures (with the value, o
 blocking call would raise). Many requests may be in flight on one client; they
 are matched to replies by request id. A submitted request goes to one
 coordinator (a replica of the key) and is not retried elsewhere: a refusal or
-a deadline settles it with ``Unavailable``. Blocking calls made meanwhile also
+a deadline settles it with ``Unavailable``. A submitted quorum get reads
+directly first, as a blocking one does, and goes to the key's primary as
+coordinator when the replicas cannot decide. Blocking calls made meanwhile also
 settle whatever async replies they receive.
 """
 

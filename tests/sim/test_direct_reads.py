@@ -13,7 +13,7 @@ from tests.sim.test_client_policy import router
 from zkv.core.actions import ClientCall, Reply
 from zkv.core.client_policy import Call, Outcome, ReadDirect, SendTo, Wait
 from zkv.core.direct_read import FALLBACK, DirectQuorum
-from zkv.core.messages import DirectRead, DirectRecord
+from zkv.core.messages import ClientReply, DirectRead, DirectRecord
 from zkv.core.ring import key_bytes
 from zkv.model.record import Record
 from zkv.model.versions import Version
@@ -144,6 +144,19 @@ def test_a_replica_serves_its_record_only_at_its_epoch_and_for_its_own_keys():
     for node_id, asked in ((owners[1], epoch - 1), (owners[1], epoch + 1), (outsider, epoch)):
         refused = direct_answer(c, node_id, key, asked)
         assert not refused.served and refused.record is None and refused.epoch == epoch
+
+
+def test_a_direct_read_of_a_malformed_key_is_refused_and_counted():
+    c = formed(3, seed=4)
+    node = c.node("n1")
+    before = node.rejected_frames
+    for key in (b"", b"k" * (node.config.max_key + 1)):
+        actions = node.step(ClientCall("client://t", DirectRead(9, key, node.changes.epoch)),
+                            c.now)
+        replies = [a.message for a in actions if type(a) is Reply]
+        assert len(replies) == 1 and type(replies[0]) is ClientReply
+        assert replies[0].status == "invalid" and "key must be" in replies[0].detail
+    assert node.rejected_frames == before + 2
 
 
 def test_no_replica_serves_a_direct_read_while_a_ring_change_is_under_way():
