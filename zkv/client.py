@@ -381,16 +381,20 @@ class Client:
         if len(queue) >= SUBMIT_BATCH:
             self._flush(address)
 
-    def _coordinate(self, req_id: int, pending: _Pending, now: float) -> None:
-        """A direct read that cannot decide: the get goes to a coordinator. No replica
-        becomes a suspect here, not even a silent one: under a pipelining client's
-        load silence is mostly a queue, and the key's writes must keep going to its
-        primary (a write sent elsewhere races the primary's, and one of them answers
-        ``unknown``); only a link that cannot send makes one (``_flush``)."""
+    def _coordinate(self, req_id: int, pending: _Pending, now: float,
+                    silent: list[str] | None = None) -> None:
+        """A direct read that cannot decide: the get goes to a coordinator, the key's
+        first replica that did not stay ``silent``. None of them becomes a
+        suspect: under a pipelining client's load silence is mostly a queue, and the
+        key's writes must keep going to its primary (a write sent elsewhere races
+        the primary's, and one of them answers ``unknown``); only a link that
+        cannot send makes one (``_flush``)."""
         direct, pending.direct = pending.direct, None
         if direct is None:
             return
         order = self._router.route(pending.key, now)
+        if silent:
+            order = [a for a in order if a not in silent] + [a for a in order if a in silent]
         if not order:
             del self._pending[req_id]
             pending.future.set_exception(Unavailable(f"get {shown_key(pending.key)}: no node "
@@ -451,7 +455,7 @@ class Client:
                     pending.future.set_exception(Unavailable(
                         f"{pending.op} {shown_key(pending.key)}: no answer in time"))
                 elif pending.direct is not None and now >= pending.direct.until:
-                    self._coordinate(req_id, pending, now)
+                    self._coordinate(req_id, pending, now, pending.direct.silent())
         return before - len(self._pending)
 
     @property

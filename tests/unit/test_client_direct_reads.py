@@ -99,13 +99,14 @@ def test_a_replica_at_another_epoch_sends_the_get_to_a_coordinator(monkeypatch):
 def test_a_silent_replica_sends_the_get_to_a_coordinator_but_stays_trusted(monkeypatch):
     """Under a pipelining client's load silence is mostly a queue: suspecting the
     replica would send its keys' writes to another coordinator, racing its own."""
-    kv, links, _ = setup(monkeypatch)
+    kv, links, replicas = setup(monkeypatch)
     kv.submit("get", "k", timeout=0.06)
     kv.poll(0)
-    (first, read), _ = direct_reads(links)
-    links.inbox = [(first, encode(DirectRecord(read.req_id, True, NEW, 7)))]
+    (first, read), (second, _) = direct_reads(links)
+    links.inbox = [(second, encode(DirectRecord(read.req_id, True, NEW, 7)))]
     deadline = time.monotonic() + 5
-    while not [m for _, m in links.requests() if type(m) is ClientRequest]:
+    while not (coordinated := [a for a, m in links.requests() if type(m) is ClientRequest]):
         assert time.monotonic() < deadline, "the get never went to a coordinator"
         kv.poll(0.005)
+    assert first == replicas[0] and coordinated == [replicas[1]]  # not the silent one
     assert not kv._router.suspects
