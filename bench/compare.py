@@ -60,7 +60,6 @@ import random
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -114,7 +113,8 @@ class ZkvLibraryAdapter:
 
         transport = "zeromq" if spec.get("client") == "zeromq" else "zmtp"
         self.client = Client(spec["seeds"], timeout=timeout, consistency="quorum",
-                             transport=transport)
+                             transport=transport,
+                             direct_reads=spec.get("direct_reads", False))
         self.client.ring()  # learn the ring first: requests go straight to replicas
 
     def put(self, key: str, value: bytes) -> None:
@@ -132,57 +132,57 @@ class ZkvRawAdapter:
     with the NULL mechanism as a DEALER, one request at a time to the key's primary (the
     library's ``Router`` picks it from the ring a node reports); a get reads a quorum
     of replicas directly first, as the library does. No retries: an error counts as
-    one."""
+    one. What it uses of zkv is looked up once, as etcd's adapter prepares its
+    requests once."""
 
     def __init__(self, spec: dict, index: int, timeout: float) -> None:
+        from zkv.core import messages
         from zkv.core.client_policy import Router
-        from zkv.core.messages import RingInfo, RingQuery
+        from zkv.core.direct_read import FALLBACK, DirectQuorum
 
+        self.m = messages
+        self.fallback, self.quorum = FALLBACK, DirectQuorum
         self.timeout = timeout
         self.conns: dict[str, ZmtpDealer] = {}
-        self.router = Router(list(spec["seeds"]))
+        self.router = Router(list(spec["seeds"]), direct_reads=spec.get("direct_reads", False))
         self.ids = itertools.count(1)
         seed = spec["seeds"][index % len(spec["seeds"])]
-        info = self._call(seed, RingQuery(next(self.ids)))
-        if not isinstance(info, RingInfo) or not self.router.learn(info, time.monotonic()):
+        info = self._call(seed, messages.RingQuery(next(self.ids)))
+        if not isinstance(info, messages.RingInfo) or not self.router.learn(
+                info, time.monotonic()):
             raise RuntimeError(f"no ring from {seed}: {info!r}")
 
     def _call(self, address: str, request: Any) -> Any:
-        self._send(address, request)
+        self._send(address, self.m.encode(request))
         return self._recv(address, request.req_id)
 
-    def _send(self, address: str, request: Any) -> None:
-        from zkv.core.messages import encode
-
+    def _send(self, address: str, frame: bytes) -> None:
         conn = self.conns.get(address)
         if conn is None:
             conn = self.conns[address] = ZmtpDealer(address, self.timeout)
         try:
-            conn.send(encode(request))
+            conn.send(frame)
         except BaseException:
             self.conns.pop(address).close()
             raise
 
     def _recv(self, address: str, req_id: int) -> Any:
-        from zkv.core.messages import MAX_BATCH, ErrorReply, decode_batch
-
+        m = self.m
         conn = self.conns[address]
         try:
             while True:  # replies to earlier requests that timed out are skipped
-                for reply in decode_batch(conn.recv(), MAX_BATCH):
-                    if type(reply) is ErrorReply or getattr(reply, "req_id", None) == req_id:
+                for reply in m.decode_batch(conn.recv(), m.MAX_BATCH):
+                    if type(reply) is m.ErrorReply or getattr(reply, "req_id", None) == req_id:
                         return reply
         except BaseException:
             self.conns.pop(address).close()
             raise
 
     def _op(self, op: str, key: str, value: bytes | None) -> bytes | None:
-        from zkv.core.messages import ClientRequest
-
         kb = key.encode()
         address = self.router.route(kb, time.monotonic())[0]
-        request = ClientRequest(next(self.ids), op, kb, value, "quorum",
-                                int(self.timeout * 1000))
+        request = self.m.ClientRequest(next(self.ids), op, kb, value, "quorum",
+                                       int(self.timeout * 1000))
         reply = self._call(address, request)
         status = getattr(reply, "status", None)
         if status == "ok":
@@ -197,24 +197,23 @@ class ZkvRawAdapter:
     def get(self, key: str) -> bytes | None:
         """As the library reads (``zkv.core.direct_read``): a quorum of the key's
         replicas directly, a coordinator when they do not agree."""
-        from zkv.core.direct_read import FALLBACK, DirectQuorum
-        from zkv.core.messages import DirectRead, DirectRecord
-
+        m, router = self.m, self.router
         kb = key.encode()
-        epoch = self.router.epoch
-        targets = self.router.direct_targets(kb, "quorum", time.monotonic())
+        epoch = router.epoch
+        targets = router.direct_targets(kb, "quorum", time.monotonic())
         if targets is not None:
-            quorum = DirectQuorum(targets, epoch, 0.0)
-            request = DirectRead(next(self.ids), kb, epoch)
+            quorum = self.quorum(targets, epoch, 0.0)
+            req_id = next(self.ids)
+            frame = m.encode(m.DirectRead(req_id, kb, epoch))
             for address in targets:
-                self._send(address, request)
+                self._send(address, frame)
             for address in targets:
-                reply = self._recv(address, request.req_id)
+                reply = self._recv(address, req_id)
                 result = quorum.on_reply(address, reply) \
-                    if type(reply) is DirectRecord else FALLBACK
+                    if type(reply) is m.DirectRecord else self.fallback
                 if type(result) is tuple:
                     return result[1]
-                if result == FALLBACK:
+                if result == self.fallback:
                     break  # the other answer, if any, is skipped as a stale reply
         return self._op("get", key, None)
 
@@ -242,9 +241,12 @@ class ZmtpDealer:
         host, port = address.removeprefix("tcp://").rsplit(":", 1)
         self.sock = socket.create_connection((host, int(port)), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
+        self.buf = bytearray()
         self.sock.sendall(GREETING + READY)
-        greeting = self._take(len(GREETING))
+        while len(self.buf) < len(GREETING):
+            self._fill()
+        greeting = bytes(self.buf[:len(GREETING)])
+        del self.buf[:len(GREETING)]
         if greeting[0] != 0xFF or greeting[9] != 0x7F or greeting[10] < 3:
             raise ConnectionError(f"{address} does not speak ZMTP 3: {greeting[:12]!r}")
         flags, body = self._frame()
@@ -252,9 +254,11 @@ class ZmtpDealer:
             raise ConnectionError(f"{address} sent no READY: {body[:20]!r}")
 
     def send(self, payload: bytes) -> None:
-        from zkv.net.zmtp import encode_message
-
-        self.sock.sendall(encode_message([payload]))
+        """One message of one frame (ZMTP: a flags byte, then the size in one byte or
+        eight)."""
+        n = len(payload)
+        head = bytes((0, n)) if n < 256 else b"\x02" + n.to_bytes(8, "big")
+        self.sock.sendall(head + payload)
 
     def recv(self) -> bytes:
         """The next message's single frame (commands are skipped)."""
@@ -267,21 +271,28 @@ class ZmtpDealer:
             return body
 
     def _frame(self) -> tuple[int, bytes]:
-        flags = self._take(1)[0]
-        if flags & 0x02:
-            size = struct.unpack(">Q", self._take(8))[0]
-        else:
-            size = self._take(1)[0]
-        return flags, self._take(size)
+        buf = self.buf
+        while True:
+            have = len(buf)
+            if have >= 2:
+                flags = buf[0]
+                if not flags & 0x02:
+                    start, size = 2, buf[1]
+                elif have >= 9:
+                    start, size = 9, int.from_bytes(buf[1:9], "big")
+                else:
+                    start, size = 0, 0
+                if start and have >= start + size:
+                    body = bytes(buf[start:start + size])
+                    del buf[:start + size]
+                    return flags, body
+            self._fill()
 
-    def _take(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("the node closed the connection")
-            self.buf += chunk
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the node closed the connection")
+        self.buf += chunk
 
     def close(self) -> None:
         self.sock.close()
@@ -768,6 +779,7 @@ class Redis(Server):
 @dataclass
 class Zkv(Server):
     client: str = "raw"  # the generator's way to the nodes: raw or library (zkv_adapter)
+    direct_reads: bool = False  # quorum gets read the replicas directly (experimental)
 
     def start(self, nodes: int) -> None:
         self.version = "zkv " + _git_describe()
@@ -776,10 +788,12 @@ class Zkv(Server):
         api = {"raw": "ZMTP on a plain socket to the key's primary, blocking",
                "library": "zkv.client.Client, blocking",
                "zeromq": "zkv.client.Client over ZeroMQ sockets, blocking"}[self.client]
-        self.settings = {"api": api, "consistency": "quorum", "sync": True}
+        self.settings = {"api": api, "consistency": "quorum", "sync": True,
+                         "direct_reads": self.direct_reads}
 
     def spec(self) -> dict:
-        return {"seeds": list(self.cluster.seeds), "client": self.client}
+        return {"seeds": list(self.cluster.seeds), "client": self.client,
+                "direct_reads": self.direct_reads}
 
     def processes(self) -> list[psutil.Process]:
         return zb.local_cluster_processes(self.workdir, supervisor=True)
@@ -914,6 +928,9 @@ def main(argv: list[str] | None = None) -> int:
                         "socket, as etcd gets raw HTTP; the default), the zkv.client library "
                         "(about 1.6 times the generator's CPU), or the library over ZeroMQ's "
                         "sockets (zeromq, as CurveZMQ clients run)")
+    p.add_argument("--zkv-direct-reads", action="store_true",
+                   help="zkv's quorum gets read two replicas directly (experimental, off by "
+                        "default in the library: see zkv/core/direct_read.py)")
     p.add_argument("--redis-server", default=shutil.which("redis-server") or "")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--tmp-dir", type=Path, default=None,
@@ -959,7 +976,8 @@ def main(argv: list[str] | None = None) -> int:
         elif system == "redis":
             server = Redis(sysdir, members=1)
         else:
-            server = Zkv(sysdir, members=args.members, client=args.zkv_client)
+            server = Zkv(sysdir, members=args.members, client=args.zkv_client,
+                         direct_reads=args.zkv_direct_reads)
         running[system] = server  # before it starts: stopped again whatever happens
         if system == "etcd":
             server.start(args.etcd)

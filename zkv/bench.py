@@ -66,6 +66,7 @@ class BenchOptions:
     seed: int = 1
     preload: bool = True  # load every key first (get, mixed, delete)
     transport: str | None = None  # the clients' links (``zkv.net.links``); None: the default
+    direct_reads: bool = False  # quorum gets read the replicas directly (zkv.core.direct_read)
     # Node processes on this machine whose CPU the run counts (``node_pids``): CPU per
     # operation tells a change in a node's work apart from the disk's and the machine's
     # noise, which move ops/s and latency on a small shared machine.
@@ -316,7 +317,8 @@ def _worker(wid: int, client_ids: list[int], options: BenchOptions, barrier: Any
 
     try:
         clients = [Client(options.seeds, timeout=options.timeout,
-                          consistency=options.consistency, transport=options.transport)
+                          consistency=options.consistency, transport=options.transport,
+                          direct_reads=options.direct_reads)
                    for _ in client_ids]
         for client in clients:
             client.ring()  # learn the ring before the clock starts: requests go to replicas

@@ -1330,6 +1330,10 @@ def bench(
         None, "--transport",
         help="The clients' links: zmtp (ZeroMQ's wire on plain sockets, the default "
              "without CurveZMQ) or zeromq (ZeroMQ's sockets)."),
+    direct_reads: bool = typer.Option(
+        False, "--direct-reads/--no-direct-reads",
+        help="Quorum gets read two replicas directly (experimental; see "
+             "docs/performance.md)."),
     seeds: str | None = SeedsOption,
     data_dir: Path | None = typer.Option(
         None, "--data-dir", "-d",
@@ -1369,7 +1373,8 @@ def bench(
         workload=workload.value, clients=clients, duration=duration, keys=keys,
         value_size=value_size, consistency=consistency.value, pipeline=pipeline,
         timeout=timeout, processes=processes,
-        transport=transport.value if transport is not None else None)
+        transport=transport.value if transport is not None else None,
+        direct_reads=direct_reads)
     cluster = None
     try:
         if nodes is not None:

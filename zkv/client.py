@@ -23,8 +23,9 @@ Guarantees:
   per-key Paxos: a failed condition never takes effect, and ``Unavailable``
   from one of them means its outcome is unknown unless the message says the
   request was refused.
-- A quorum get reads a quorum of the key's replicas directly, without a
-  coordinator between (``zkv.core.direct_read``), when the ring is settled: if
+- With ``direct_reads=True`` (experimental, off by default), a quorum get reads
+  a quorum of the key's replicas directly, without a coordinator between
+  (``zkv.core.direct_read``), when the ring is settled: if
   they all hold the same version, that is the answer; otherwise (they differ, a
   replica is at another epoch or stays silent for a third of the timeout) the
   get goes to a coordinator, which reads and repairs as before.
@@ -53,9 +54,9 @@ takes the replies that have arrived and settles their futures (with the value, o
 blocking call would raise). Many requests may be in flight on one client; they
 are matched to replies by request id. A submitted request goes to one
 coordinator (a replica of the key) and is not retried elsewhere: a refusal or
-a deadline settles it with ``Unavailable``. A submitted quorum get reads
-directly first, as a blocking one does, and goes to the key's primary as
-coordinator when the replicas cannot decide. Blocking calls made meanwhile also
+a deadline settles it with ``Unavailable``. With direct reads on, a submitted
+quorum get reads directly first, as a blocking one does, and goes to the key's
+primary as coordinator when the replicas cannot decide. Blocking calls made meanwhile also
 settle whatever async replies they receive.
 """
 
@@ -158,6 +159,7 @@ class Client:
         ring_refresh: float = RING_REFRESH,
         curve: CurveKeys | None = None,
         transport: str | None = None,
+        direct_reads: bool = False,
     ) -> None:
         """``curve``: this client's key pair and the cluster public key, for a cluster
         that runs CurveZMQ (see ``zkv.net.security``). ``transport``: ``zmtp`` (the
@@ -180,7 +182,9 @@ class Client:
             self._links = client_links(transport, curve, MAX_FRAME)  # one per node
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
-        self._router = Router(self.seeds, ring_refresh)  # routes, suspects, the ring
+        # Routes, suspects, the ring; ``direct_reads``: quorum gets read the replicas
+        # themselves (experimental, off by default: see zkv.core.direct_read).
+        self._router = Router(self.seeds, ring_refresh, direct_reads)
         self._ring_awaited = False  # whether the first request waited for the ring
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}  # submitted requests by req_id

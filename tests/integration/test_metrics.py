@@ -82,10 +82,11 @@ def test_the_figures_move_with_operations(cluster3: Cluster) -> None:
     nodes = list(cluster3.nodes.values())
     served_before = [value(scrape(n.metrics_url), "zkv_direct_reads_total", result="served")
                      for n in nodes]
+    direct = cluster3.client(direct_reads=True)
     for i in range(20):
         kv.put("metered-0", b"x" * 1000)
-        kv.get("metered-0", consistency="all")  # through the primary as coordinator
-        kv.get("metered-0")  # a quorum read straight from two replicas
+        kv.get("metered-0")  # through the primary as coordinator
+        direct.get("metered-0")  # a quorum read straight from two replicas
     kv.put(f"metered-{len(before)}", b"y")
     with_ops = scrape(primary.metrics_url)
     served = [value(scrape(n.metrics_url), "zkv_direct_reads_total", result="served")

@@ -17,10 +17,10 @@ SEEDS = int(os.environ.get("ZKV_CLIENT_SEEDS", "10"))
 NODES = [("n1", "tcp://a"), ("n2", "tcp://b"), ("n3", "tcp://c"), ("n4", "tcp://d")]
 
 
-def router(settled: bool = True) -> Router:
+def router(settled: bool = True, direct_reads: bool = False) -> Router:
     """A router that knows the ring (at epoch 1); ``settled`` False: a ring change is
-    under way there, so gets go to a coordinator (no direct reads)."""
-    r = Router(["tcp://a"])
+    under way there, so gets go to a coordinator even with ``direct_reads``."""
+    r = Router(["tcp://a"], direct_reads=direct_reads)
     r.learn(RingInfo(1, NODES, 3, 8, 1, settled), 0.0)
     return r
 
@@ -33,7 +33,7 @@ def first_send(call: Call, now: float = 0.0) -> SendTo:
 
 
 def test_a_silent_coordinator_of_a_read_gets_a_second_one_beside_it():
-    call = Call("get", b"k", "quorum", 3.0, 0.0, router(settled=False))
+    call = Call("get", b"k", "quorum", 3.0, 0.0, router())
     first = first_send(call)
     assert call.next(0.5) == Wait(1.0)  # a third of the timeout
     second = call.next(1.0)
@@ -56,11 +56,11 @@ def test_a_quick_refusal_is_retried_on_the_next_node_and_a_late_one_ends_the_cal
     would misreport a create that another coordinator left unknown."""
     call = Call("create", b"k", "quorum", 3.0, 0.0, router())
     first = first_send(call)
-    call.on_reply(ClientReply(1, "unavailable", None, "joining"), 0.1)
+    call.on_reply(ClientReply(1, "unavailable", None, "joining"), 0.1, first.address)
     again = call.next(0.1)
     assert type(again) is SendTo and again.address != first.address
     call.sent(again.address, True, 0.1)
-    call.on_reply(ClientReply(1, "unavailable", None, "too few replicas"), 2.6)
+    call.on_reply(ClientReply(1, "unavailable", None, "too few replicas"), 2.6, again.address)
     assert call.next(2.6) == Outcome("unavailable", None, "too few replicas")
 
 
@@ -99,3 +99,43 @@ def test_the_library_policy_under_crashes_partitions_loss_and_stalls():
         report = run_scenario("clients", seed)
         if not report.ok:
             pytest.fail(f"seed {seed}:\n{format_report(report)}")
+
+
+def test_rounds_against_unreachable_nodes_end_in_a_timeout_without_spinning():
+    """The sweep found a call that went round more than a thousand times in its last
+    microseconds (each pause all that was left, which the clock hardly moved):
+    2 ** rounds then overflowed a float."""
+    r = router()
+    call = Call("put", b"k", "quorum", 1.0, 0.0, r)
+    now, steps = 0.0, 0
+    while True:
+        steps += 1
+        assert steps < 1000, "the call never ended"
+        step = call.next(now)
+        if type(step) is SendTo:
+            call.sent(step.address, False, now)
+        elif type(step) is Pause:
+            now += step.seconds
+        elif type(step) is Wait:
+            now = step.until
+        else:
+            break
+    assert type(step) is Outcome and step.status == TIMEOUT
+    call = Call("put", b"k", "quorum", 1.0, 0.0, router())
+    call.rounds = 5000  # (as many rounds as the spin made) no overflow
+    assert type(call.next(0.0)) is SendTo
+
+
+def test_a_duplicated_refusal_does_not_free_a_write_held_elsewhere():
+    """Links that duplicate messages (the simulator's) once delivered one node's
+    refusal twice: counted twice, it let a put go to a third coordinator while the
+    second still held it, and many nodes then ran the same write (a violation)."""
+    call = Call("put", b"k", "quorum", 3.0, 0.0, router())
+    first = first_send(call)
+    call.on_reply(ClientReply(1, "unavailable", None, "joining"), 0.1, first.address)
+    second = call.next(0.1)
+    assert type(second) is SendTo
+    call.sent(second.address, True, 0.1)
+    call.on_reply(ClientReply(1, "unavailable", None, "joining"), 0.2, first.address)
+    assert type(call.next(0.2)) is Wait  # the second still holds it: no third
+    assert call.next(1.1) == Wait(3.0)  # and never, while it does

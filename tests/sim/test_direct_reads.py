@@ -9,7 +9,7 @@ import os
 import pytest
 
 from tests.sim.conftest import formed, replicas
-from tests.sim.test_client_policy import router
+from tests.sim.test_client_policy import router as plain_router
 from zkv.core.actions import ClientCall, Reply
 from zkv.core.client_policy import Call, Outcome, ReadDirect, SendTo, Wait
 from zkv.core.direct_read import FALLBACK, DirectQuorum
@@ -20,6 +20,10 @@ from zkv.model.versions import Version
 from zkv.sim.scenarios import format_report, run_scenario
 
 SEEDS = int(os.environ.get("ZKV_DIRECT_SEEDS", "10"))
+
+
+def router(settled: bool = True):
+    return plain_router(settled, direct_reads=True)
 OLD = Record(Version(1, 0, "n1"), False, b"old")
 NEW = Record(Version(2, 0, "n2"), False, b"new")
 
@@ -103,6 +107,11 @@ def test_a_replica_not_connected_sends_the_get_to_a_coordinator_at_once():
                                               ("get", "quorum", False), ("put", "quorum", True)])
 def test_only_quorum_gets_on_a_settled_ring_read_directly(op, level, settled):
     call = Call(op, b"k", level, 3.0, 0.0, router(settled))
+    assert type(call.next(0.0)) is SendTo
+
+
+def test_direct_reads_are_off_unless_asked_for():
+    call = Call("get", b"k", "quorum", 3.0, 0.0, plain_router())
     assert type(call.next(0.0)) is SendTo
 
 

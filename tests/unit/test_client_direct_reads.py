@@ -45,7 +45,7 @@ class ScriptedLinks(FakeLinks):
 
 def setup(monkeypatch: pytest.MonkeyPatch) -> tuple[Client, ScriptedLinks, list[str]]:
     links = ScriptedLinks()
-    kv = client_with(links, monkeypatch)
+    kv = client_with(links, monkeypatch, direct_reads=True)
     kv._router.learn(RingInfo(1, MEMBERS, 3, 64, 7, True), time.monotonic())
     replicas = [IDS[n] for n in Ring(IDS, 3, 64).locate("k")]
     return kv, links, replicas

@@ -72,9 +72,9 @@ class FakeLinks:
         return ""
 
 
-def client_with(links: FakeLinks, monkeypatch: pytest.MonkeyPatch) -> Client:
+def client_with(links: FakeLinks, monkeypatch: pytest.MonkeyPatch, **kwargs) -> Client:
     monkeypatch.setattr(client_module, "client_links", lambda *args: links)
-    kv = Client([A, B, C], timeout=5.0)
+    kv = Client([A, B, C], timeout=5.0, **kwargs)
     kv._router.learn(RingInfo(1, MEMBERS, 3, 64), time.monotonic())  # as if asked
     return kv
 

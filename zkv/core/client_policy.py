@@ -7,9 +7,10 @@ feeding them the time, what they could send and what came back.
 - ``Router``: where a key's requests go (its replicas, primary first, then every
   other node), from the ring the client learns from any node; nodes that stayed
   silent or were not connected are asked last for ``SUSPECT_FOR`` seconds.
-- ``Call``: one operation until its outcome. A quorum get first reads a quorum
-  of the key's replicas itself (``zkv.core.direct_read``) and asks a coordinator
-  only when they disagree, refuse or stay silent. A read whose coordinator stays
+- ``Call``: one operation until its outcome. With direct reads on (opt-in), a
+  quorum get first reads a quorum of the key's replicas itself
+  (``zkv.core.direct_read``) and asks a coordinator only when they disagree,
+  refuse or stay silent. A read whose coordinator stays
   silent for a third of the timeout gets a second one beside it; a write never
   does (``Call.next``); quick refusals are retried on other nodes, then again
   after short pauses, until the deadline.
@@ -31,6 +32,7 @@ RING_REFRESH = 5.0  # seconds between background ring refreshes
 RING_QUERY_RETRY = 0.5  # seconds before an unanswered ring query is sent elsewhere
 CONNECT_WAIT = 0.05  # first pause after every node refused or was unreachable
 MAX_ROUND_PAUSE = 0.25  # the longest such pause (they double)
+MIN_PAUSE = 0.001  # less time left than this before the deadline: the call times out
 SUSPECT_FOR = 2.0  # seconds a node that stayed silent or unreachable is asked last
 
 TIMEOUT = "timeout"  # no answer before the deadline
@@ -42,8 +44,10 @@ OUTCOMES = ("ok", "not_found", "exists", "condition_failed", "unavailable", "unk
 class Router:
     """The ring as this client knows it, and the nodes it trusts less for now."""
 
-    def __init__(self, seeds: list[str], ring_refresh: float = RING_REFRESH) -> None:
+    def __init__(self, seeds: list[str], ring_refresh: float = RING_REFRESH,
+                 direct_reads: bool = False) -> None:
         self.seeds = seeds
+        self.direct_reads = direct_reads  # opt-in, experimental: see zkv.core.direct_read
         self.ring_refresh = ring_refresh
         self.ring: Ring | None = None
         self.node_address: dict[str, str] = {}  # node id -> address, from the ring
@@ -81,7 +85,8 @@ class Router:
         replicas trusted). Asking the primary also finds out when it went silent, so
         that writes avoid it."""
         ring = self.ring
-        if level != "quorum" or ring is None or not self.settled or self.epoch <= 0:
+        if (not self.direct_reads or level != "quorum" or ring is None or not self.settled
+                or self.epoch <= 0):
             return None
         replicas = ring.locate(key)
         need = len(replicas) // 2 + 1
@@ -228,7 +233,11 @@ class Call:
         self.margin = min(max(0.1 * limit, 0.15), self.patience / 2)
         self.order = router.route(key, now)
         self.tried = 0  # how many of ``order`` have been tried
-        self.waiting = 0  # coordinators holding the request that have not answered
+        # Coordinators holding the request that have not answered, by address: a set, so
+        # that a refusal the network duplicated counts once (counted twice, the call
+        # took the request for free and sent a write to a second coordinator while
+        # the first still held it: the simulator's duplicating links found it).
+        self.holders: set[str] = set()
         self.refused = ""  # the last "unavailable" answer, if any
         self.rounds = 0  # times every node was tried
         self.asked = ""  # the node asked last
@@ -283,7 +292,10 @@ class Call:
                 # Every node refused or is unreachable. That may change before the deadline
                 # (a node finishes joining, a replica restarts): pause, then go round
                 # again with a fresh ring.
-                pause = min(CONNECT_WAIT * 2 ** self.rounds, MAX_ROUND_PAUSE, remaining)
+                if remaining < MIN_PAUSE:  # too little left to go round again
+                    return self._finish(TIMEOUT, None, f"no answer at {self.level} within "
+                                                       f"{self.limit:g}s")
+                pause = min(CONNECT_WAIT * 2 ** min(self.rounds, 8), MAX_ROUND_PAUSE, remaining)
                 self.rounds += 1
                 self._reroute = True
                 self.router.stale = True
@@ -292,10 +304,14 @@ class Call:
                 self.ask_next_at = self.deadline
         return Wait(min(self.ask_next_at, self.deadline))
 
+    @property
+    def waiting(self) -> int:
+        return len(self.holders)
+
     def sent(self, address: str, ok: bool, now: float) -> None:
         """The request went to ``address`` (or could not: not connected)."""
         if ok:
-            self.waiting += 1
+            self.holders.add(address)
             self.asked = address
             self.ask_next_at = now + self.patience
         else:
@@ -334,8 +350,10 @@ class Call:
             self._finish(status, message.value, message.detail)
             return
         # Unavailable: this coordinator could not reach the level; another may.
+        if address not in self.holders:
+            return  # a duplicate, or the answer to an earlier round: already counted
+        self.holders.discard(address)
         self.refused = message.detail or status
-        self.waiting = max(0, self.waiting - 1)
         self.router.stale = True
         if self.deadline - now < self.patience / 2:
             self._finish("unavailable", None, self.refused)

@@ -8,8 +8,8 @@ is the node's (ok, not_found, exists, unavailable, invalid) or ``timeout``.
 
 ``RoutedClient`` is the library's client instead: it runs the very policy of
 ``zkv.client.Client`` (``zkv.core.client_policy``: the ring learned from a node,
-replicas first, suspects last, quorum gets read from the replicas directly,
-reads hedged, writes never sent to a second coordinator while one holds them,
+replicas first, suspects last, quorum gets read from the replicas directly
+when direct reads are on, reads hedged, writes never sent to a second coordinator while one holds them,
 refusals retried until the deadline).
 """
 
@@ -192,9 +192,10 @@ class SimClient:
 class RoutedClient(SimClient):
     """A client process that routes and retries as ``zkv.client.Client`` does."""
 
-    def __init__(self, cluster: SimCluster, process: int, seeds: list[str]) -> None:
+    def __init__(self, cluster: SimCluster, process: int, seeds: list[str],
+                 direct_reads: bool = False) -> None:
         super().__init__(cluster, process, margin=0.0)
-        self.router = Router(seeds)
+        self.router = Router(seeds, direct_reads=direct_reads)
         self.sent_to: list[str] = []  # node ids this call's request went to, in order
         self._call: Call | None = None
         self._wakeup: Timer | None = None

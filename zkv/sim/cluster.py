@@ -313,11 +313,12 @@ class SimCluster:
         self.clients.append(client)
         return client
 
-    def routed_client(self, seeds: list[str] | None = None) -> RoutedClient:
+    def routed_client(self, seeds: list[str] | None = None,
+                      direct_reads: bool = False) -> RoutedClient:
         """A new client process that runs the library's policy (``zkv.core.client_policy``),
         knowing ``seeds`` (default: every node's address) to start with."""
         seeds = seeds if seeds is not None else [h.address for h in self.hosts.values()]
-        client = RoutedClient(self, len(self.clients), seeds)
+        client = RoutedClient(self, len(self.clients), seeds, direct_reads)
         client.on_result = self.history.record
         self.clients.append(client)
         return client

@@ -26,20 +26,19 @@ _T_REMOVE = NodeConfig("n", "a").t_remove
 
 def _membership(name: str, faults: tuple[str, ...]) -> RunSpec:
     return RunSpec(name, nodes=5, duration=10.0,
-                   workload=WorkloadSpec(clients=4, keys=4, conditional_ratio=0.3,
-                                         routed_clients=2),
+                   workload=WorkloadSpec(clients=4, keys=4, conditional_ratio=0.3),
                    nemesis=NemesisSpec(faults, interval=(0.5, 1.5)),
                    config_overrides=dict(FAST_TIMERS))
 
 
 # name: (spec, what it does: the first line is what ``zkv sim --list`` shows)
 RUNS: dict[str, tuple[RunSpec, str]] = {
-    "random": (RunSpec("random", workload=WorkloadSpec(routed_clients=2)),
+    "random": (RunSpec("random"),
                "10 nodes, 5 clients, 30 s of get/put/delete under every fault kind."),
     "quick": (RunSpec("quick", nodes=5, duration=10.0,
                       workload=WorkloadSpec(clients=3, keys=3)),
               "A small fast run: 5 nodes, 3 clients, 10 s."),
-    "suite": (RunSpec("suite", duration=10.0, workload=WorkloadSpec(routed_clients=2)),
+    "suite": (RunSpec("suite", duration=10.0),
               ("The randomized run of the default test suite "
                "(tests/sim/test_random_faults.py).")),
     "mixed": (RunSpec("mixed", nodes=5, duration=8.0,
@@ -105,7 +104,7 @@ RUNS: dict[str, tuple[RunSpec, str]] = {
     "direct-reads": (
         RunSpec("direct-reads", nodes=5, duration=10.0,
                 workload=WorkloadSpec(clients=4, keys=3, conditional_ratio=0.3,
-                                      routed_clients=4),
+                                      routed_clients=4, direct_reads=True),
                 nemesis=NemesisSpec(MEMBERSHIP + ("crash", "isolate", "partition", "loss"),
                                     interval=(0.5, 1.5)),
                 config_overrides=dict(FAST_TIMERS)),

@@ -47,6 +47,7 @@ class WorkloadSpec:
     # Of ``clients``, how many run the library's routing and retry policy
     # (``zkv.sim.client.RoutedClient``) instead of sending each request to a random node.
     routed_clients: int = 0
+    direct_reads: bool = False  # routed clients read quorum gets directly (zkv.core.direct_read)
 
 
 @dataclass(slots=True)
@@ -70,7 +71,8 @@ class Workload:
         self.spec = spec
         self.keys = [key_name(i) for i in range(spec.keys)]
         self.clients: list[SimClient] = [
-            cluster.routed_client() if i < spec.routed_clients else cluster.client()
+            cluster.routed_client(direct_reads=spec.direct_reads) if i < spec.routed_clients
+            else cluster.client()
             for i in range(spec.clients)]
         self.timeout = cluster.default_timeout if spec.timeout is None else spec.timeout
         self.counters: list[SimClient] = [cluster.client() for _ in range(spec.counter_clients)]
