@@ -244,7 +244,7 @@ class Call:
         self.ask_next_at = now
         self.outcome: Outcome | None = None
         self._reroute = False
-        # A quorum get first reads the key's replicas itself (zkv.core.direct_read).
+        # With direct reads on, a quorum get first reads the key's replicas itself.
         targets = router.direct_targets(key, level, now) if op == "get" else None
         self.direct = None if targets is None else \
             DirectQuorum(targets, router.epoch, now + self.patience)
