@@ -209,7 +209,7 @@ class ZkvRawAdapter:
                 self._send(address, frame)
             for address in targets:
                 reply = self._recv(address, req_id)
-                result = quorum.on_reply(address, reply) \
+                result = router.direct_reply(quorum, address, reply) \
                     if type(reply) is m.DirectRecord else self.fallback
                 if type(result) is tuple:
                     return result[1]

@@ -695,10 +695,8 @@ class Client:
         direct = pending.direct
         if direct is None:
             return  # late: the get went to a coordinator meanwhile
-        result = direct.on_reply(address, message)
+        result = self._router.direct_reply(direct, address, message)
         if result == FALLBACK:
-            if message.epoch != direct.epoch:
-                self._router.stale = True
             self._coordinate(req_id, pending, time.monotonic())
         elif type(result) is tuple:
             del self._pending[req_id]

@@ -147,6 +147,15 @@ class Router:
     def asked(self, req_id: int, now: float) -> None:
         self.query, self.query_at = req_id, now
 
+    def direct_reply(self, direct: DirectQuorum, address: str, reply: DirectRecord
+                     ) -> tuple[str, bytes | None] | str | None:
+        """Feed a replica's answer to a direct read (``DirectQuorum.on_reply``); one
+        refused at another epoch means the ring moved: learn it before the next."""
+        result = direct.on_reply(address, reply)
+        if result == FALLBACK and reply.epoch != direct.epoch:
+            self.stale = True
+        return result
+
     def forget_ring(self) -> None:
         """Learn the ring afresh before the next operation."""
         self.ring_at = float("-inf")
@@ -256,9 +265,7 @@ class Call:
             return self.outcome
         remaining = self.deadline - now
         if remaining <= 0:
-            detail = f"; last answer: {self.refused}" if self.refused else ""
-            return self._finish(TIMEOUT, None, f"no answer at {self.level} within "
-                                               f"{self.limit:g}s{detail}")
+            return self._timed_out()
         direct = self.direct
         if direct is not None:
             if not self._direct_sent:
@@ -293,8 +300,7 @@ class Call:
                 # (a node finishes joining, a replica restarts): pause, then go round
                 # again with a fresh ring.
                 if remaining < MIN_PAUSE:  # too little left to go round again
-                    return self._finish(TIMEOUT, None, f"no answer at {self.level} within "
-                                                       f"{self.limit:g}s")
+                    return self._timed_out()
                 pause = min(CONNECT_WAIT * 2 ** min(self.rounds, 8), MAX_ROUND_PAUSE, remaining)
                 self.rounds += 1
                 self._reroute = True
@@ -333,11 +339,9 @@ class Call:
             direct = self.direct
             if direct is None:
                 return  # late: a coordinator has the get now
-            result = direct.on_reply(address, message)
+            result = self.router.direct_reply(direct, address, message)
             if result == FALLBACK:
                 self.direct = None
-                if message.epoch != direct.epoch:
-                    self.router.stale = True
             elif type(result) is tuple:
                 self._finish(result[0], result[1], "")
             return
@@ -359,6 +363,11 @@ class Call:
             self._finish("unavailable", None, self.refused)
         elif self.waiting == 0:
             self.ask_next_at = now
+
+    def _timed_out(self) -> Outcome:
+        detail = f"; last answer: {self.refused}" if self.refused else ""
+        return self._finish(TIMEOUT, None,
+                            f"no answer at {self.level} within {self.limit:g}s{detail}")
 
     def _finish(self, status: str, value: bytes | None, detail: str) -> Outcome:
         self.outcome = Outcome(status, value, detail)
