@@ -114,7 +114,7 @@ class ZkvLibraryAdapter:
         transport = "zeromq" if spec.get("client") == "zeromq" else "zmtp"
         self.client = Client(spec["seeds"], timeout=timeout, consistency="quorum",
                              transport=transport,
-                             direct_reads=spec.get("direct_reads", False))
+                             direct_reads=spec.get("direct_reads", True))
         self.client.ring()  # learn the ring first: requests go straight to replicas
 
     def put(self, key: str, value: bytes) -> None:
@@ -144,7 +144,7 @@ class ZkvRawAdapter:
         self.fallback, self.quorum = FALLBACK, DirectQuorum
         self.timeout = timeout
         self.conns: dict[str, ZmtpDealer] = {}
-        self.router = Router(list(spec["seeds"]), direct_reads=spec.get("direct_reads", False))
+        self.router = Router(list(spec["seeds"]), direct_reads=spec.get("direct_reads", True))
         self.ids = itertools.count(1)
         seed = spec["seeds"][index % len(spec["seeds"])]
         info = self._call(seed, messages.RingQuery(next(self.ids)))
@@ -779,7 +779,7 @@ class Redis(Server):
 @dataclass
 class Zkv(Server):
     client: str = "raw"  # the generator's way to the nodes: raw or library (zkv_adapter)
-    direct_reads: bool = False  # quorum gets read the replicas directly (experimental)
+    direct_reads: bool = True  # quorum gets read the replicas directly (the library's default)
 
     def start(self, nodes: int) -> None:
         self.version = "zkv " + _git_describe()
@@ -928,9 +928,10 @@ def main(argv: list[str] | None = None) -> int:
                         "socket, as etcd gets raw HTTP; the default), the zkv.client library "
                         "(about 1.6 times the generator's CPU), or the library over ZeroMQ's "
                         "sockets (zeromq, as CurveZMQ clients run)")
-    p.add_argument("--zkv-direct-reads", action="store_true",
-                   help="zkv's quorum gets read two replicas directly (experimental, off by "
-                        "default in the library: see zkv/core/direct_read.py)")
+    p.add_argument("--zkv-direct-reads", action=argparse.BooleanOptionalAction, default=True,
+                   help="zkv's quorum gets read two replicas directly, as the library does by "
+                        "default (zkv/core/direct_read.py); --no-zkv-direct-reads: through a "
+                        "coordinator")
     p.add_argument("--redis-server", default=shutil.which("redis-server") or "")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--tmp-dir", type=Path, default=None,

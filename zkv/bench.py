@@ -66,7 +66,7 @@ class BenchOptions:
     seed: int = 1
     preload: bool = True  # load every key first (get, mixed, delete)
     transport: str | None = None  # the clients' links (``zkv.net.links``); None: the default
-    direct_reads: bool = False  # quorum gets read the replicas directly (zkv.core.direct_read)
+    direct_reads: bool = True  # quorum gets read the replicas directly (zkv.core.direct_read)
     # Node processes on this machine whose CPU the run counts (``node_pids``): CPU per
     # operation tells a change in a node's work apart from the disk's and the machine's
     # noise, which move ops/s and latency on a small shared machine.

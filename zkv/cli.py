@@ -1331,9 +1331,9 @@ def bench(
         help="The clients' links: zmtp (ZeroMQ's wire on plain sockets, the default "
              "without CurveZMQ) or zeromq (ZeroMQ's sockets)."),
     direct_reads: bool = typer.Option(
-        False, "--direct-reads/--no-direct-reads",
-        help="Quorum gets read two replicas directly (experimental; see "
-             "docs/performance.md)."),
+        True, "--direct-reads/--no-direct-reads",
+        help="Quorum gets read two replicas directly (the library's default), or go "
+             "through a coordinator (see docs/performance.md)."),
     seeds: str | None = SeedsOption,
     data_dir: Path | None = typer.Option(
         None, "--data-dir", "-d",

@@ -23,8 +23,8 @@ Guarantees:
   per-key Paxos: a failed condition never takes effect, and ``Unavailable``
   from one of them means its outcome is unknown unless the message says the
   request was refused.
-- With ``direct_reads=True`` (experimental, off by default), a quorum get reads
-  a quorum of the key's replicas directly, without a coordinator between
+- A quorum get reads a quorum of the key's replicas directly (``direct_reads``,
+  on by default), without a coordinator between
   (``zkv.core.direct_read``), when the ring is settled: if
   they all hold the same version, that is the answer; otherwise (they differ, a
   replica is at another epoch or stays silent for a third of the timeout) the
@@ -159,13 +159,14 @@ class Client:
         ring_refresh: float = RING_REFRESH,
         curve: CurveKeys | None = None,
         transport: str | None = None,
-        direct_reads: bool = False,
+        direct_reads: bool = True,
     ) -> None:
         """``curve``: this client's key pair and the cluster public key, for a cluster
         that runs CurveZMQ (see ``zkv.net.security``). ``transport``: ``zmtp`` (the
         default without CurveZMQ: ZeroMQ's wire on plain sockets, see
         ``zkv.net.zmtp``) or ``zeromq`` (ZeroMQ's sockets; the default, and the only
-        choice, with CurveZMQ)."""
+        choice, with CurveZMQ). ``direct_reads=False``: every get goes through a
+        coordinator, as writes do."""
         if isinstance(seeds, str):
             seeds = seeds.split(",")
         self.seeds = [_address(s) for s in seeds if s.strip()]
@@ -183,7 +184,7 @@ class Client:
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
         # Routes, suspects, the ring; ``direct_reads``: quorum gets read the replicas
-        # themselves (experimental, off by default: see zkv.core.direct_read).
+        # themselves (zkv.core.direct_read).
         self._router = Router(self.seeds, ring_refresh, direct_reads)
         self._ring_awaited = False  # whether the first request waited for the ring
         self._ids = itertools.count(1)

@@ -122,13 +122,13 @@ def test_a_node_refuses_what_its_limits_forbid(cluster3: Cluster) -> None:
 
 
 def test_requests_go_straight_to_the_keys_primary(cluster3: Cluster) -> None:
-    kv = cluster3.client()
+    kv = cluster3.client(direct_reads=False)  # every get through a coordinator
     replicas = kv.locate("routed")
     assert len(replicas) == 3 and set(replicas) == set(cluster3.nodes)
     assert replicas == list(Ring(cluster3.nodes, 3, 64).locate("routed"))
     kv.put("routed", b"1", consistency="all")  # on every replica: they cannot differ
     assert kv.get("routed") == b"1"
-    direct = cluster3.client(direct_reads=True)
+    direct = cluster3.client()  # the default: quorum gets read the replicas directly
     assert direct.get("routed") == b"1"  # read from two replicas, no coordinator
     for node_id, node in cluster3.nodes.items():
         done = [e["fields"]["op"] for e in node.events("coordinator_done")

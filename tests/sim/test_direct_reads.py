@@ -9,11 +9,12 @@ import os
 import pytest
 
 from tests.sim.conftest import formed, replicas
+from tests.sim.test_client_policy import NODES
 from tests.sim.test_client_policy import router as plain_router
 from zkv.core.actions import ClientCall, Reply
-from zkv.core.client_policy import Call, Outcome, ReadDirect, SendTo, Wait
+from zkv.core.client_policy import Call, Outcome, ReadDirect, Router, SendTo, Wait
 from zkv.core.direct_read import FALLBACK, DirectQuorum
-from zkv.core.messages import ClientReply, DirectRead, DirectRecord
+from zkv.core.messages import ClientReply, DirectRead, DirectRecord, RingInfo
 from zkv.core.ring import key_bytes
 from zkv.model.record import Record
 from zkv.model.versions import Version
@@ -110,9 +111,12 @@ def test_only_quorum_gets_on_a_settled_ring_read_directly(op, level, settled):
     assert type(call.next(0.0)) is SendTo
 
 
-def test_direct_reads_are_off_unless_asked_for():
-    call = Call("get", b"k", "quorum", 3.0, 0.0, plain_router())
-    assert type(call.next(0.0)) is SendTo
+def test_quorum_gets_read_directly_unless_told_not_to():
+    on = Router(["tcp://a"])
+    on.learn(RingInfo(1, NODES, 3, 8, 1, True), 0.0)
+    assert type(Call("get", b"k", "quorum", 3.0, 0.0, on).next(0.0)) is ReadDirect
+    off = plain_router(direct_reads=False)
+    assert type(Call("get", b"k", "quorum", 3.0, 0.0, off).next(0.0)) is SendTo
 
 
 def test_a_quorum_of_agreeing_tombstones_or_absences_is_not_found():

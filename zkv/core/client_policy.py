@@ -7,7 +7,7 @@ feeding them the time, what they could send and what came back.
 - ``Router``: where a key's requests go (its replicas, primary first, then every
   other node), from the ring the client learns from any node; nodes that stayed
   silent or were not connected are asked last for ``SUSPECT_FOR`` seconds.
-- ``Call``: one operation until its outcome. With direct reads on (opt-in), a
+- ``Call``: one operation until its outcome. With direct reads on (the default), a
   quorum get first reads a quorum of the key's replicas itself
   (``zkv.core.direct_read``) and asks a coordinator only when they disagree,
   refuse or stay silent. A read whose coordinator stays
@@ -45,9 +45,9 @@ class Router:
     """The ring as this client knows it, and the nodes it trusts less for now."""
 
     def __init__(self, seeds: list[str], ring_refresh: float = RING_REFRESH,
-                 direct_reads: bool = False) -> None:
+                 direct_reads: bool = True) -> None:
         self.seeds = seeds
-        self.direct_reads = direct_reads  # opt-in, experimental: see zkv.core.direct_read
+        self.direct_reads = direct_reads  # quorum gets read the replicas: zkv.core.direct_read
         self.ring_refresh = ring_refresh
         self.ring: Ring | None = None
         self.node_address: dict[str, str] = {}  # node id -> address, from the ring

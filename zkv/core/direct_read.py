@@ -22,8 +22,9 @@ fenced the read's epoch on a quorum of each old replica set (``cluster_map``), s
 at most a minority of the key's replicas still serve that epoch and a quorum of
 them cannot all agree to serve it. And a record all of a quorum hold is what
 every later read returns (or something newer), as for a coordinated read. The
-checker (``zkv.check``) tests this in the simulator's ``direct-reads`` scenario.
-Off by default for now (``Client(direct_reads=True)``): see docs/consistency.md.
+checker (``zkv.check``) tests this in the simulator: the ``direct-reads`` scenario,
+and the routed clients of the randomized and membership runs, which read directly
+as the library does by default (``Client(direct_reads=False)`` turns it off).
 """
 
 from __future__ import annotations

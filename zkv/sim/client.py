@@ -193,7 +193,7 @@ class RoutedClient(SimClient):
     """A client process that routes and retries as ``zkv.client.Client`` does."""
 
     def __init__(self, cluster: SimCluster, process: int, seeds: list[str],
-                 direct_reads: bool = False) -> None:
+                 direct_reads: bool = True) -> None:
         super().__init__(cluster, process, margin=0.0)
         self.router = Router(seeds, direct_reads=direct_reads)
         self.sent_to: list[str] = []  # node ids this call's request went to, in order

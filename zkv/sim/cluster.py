@@ -314,7 +314,7 @@ class SimCluster:
         return client
 
     def routed_client(self, seeds: list[str] | None = None,
-                      direct_reads: bool = False) -> RoutedClient:
+                      direct_reads: bool = True) -> RoutedClient:
         """A new client process that runs the library's policy (``zkv.core.client_policy``),
         knowing ``seeds`` (default: every node's address) to start with."""
         seeds = seeds if seeds is not None else [h.address for h in self.hosts.values()]

@@ -24,21 +24,28 @@ FAST_TIMERS = {"t_fail": 1.0, "t_remove": 3.0, "anti_entropy_interval": 1.0}
 _T_REMOVE = NodeConfig("n", "a").t_remove
 
 
+# Three of a randomized run's clients run the library's policy (routing, retries,
+# direct reads), the others send each request to a random node: the policy's clients
+# found two bugs in it that random coordinators never meet (tests/sim/test_client_policy.py).
+ROUTED = 3
+
+
 def _membership(name: str, faults: tuple[str, ...]) -> RunSpec:
     return RunSpec(name, nodes=5, duration=10.0,
-                   workload=WorkloadSpec(clients=4, keys=4, conditional_ratio=0.3),
+                   workload=WorkloadSpec(clients=4, keys=4, conditional_ratio=0.3,
+                                         routed_clients=ROUTED),
                    nemesis=NemesisSpec(faults, interval=(0.5, 1.5)),
                    config_overrides=dict(FAST_TIMERS))
 
 
 # name: (spec, what it does: the first line is what ``zkv sim --list`` shows)
 RUNS: dict[str, tuple[RunSpec, str]] = {
-    "random": (RunSpec("random"),
+    "random": (RunSpec("random", workload=WorkloadSpec(routed_clients=ROUTED)),
                "10 nodes, 5 clients, 30 s of get/put/delete under every fault kind."),
     "quick": (RunSpec("quick", nodes=5, duration=10.0,
                       workload=WorkloadSpec(clients=3, keys=3)),
               "A small fast run: 5 nodes, 3 clients, 10 s."),
-    "suite": (RunSpec("suite", duration=10.0),
+    "suite": (RunSpec("suite", duration=10.0, workload=WorkloadSpec(routed_clients=ROUTED)),
               ("The randomized run of the default test suite "
                "(tests/sim/test_random_faults.py).")),
     "mixed": (RunSpec("mixed", nodes=5, duration=8.0,
@@ -60,7 +67,7 @@ RUNS: dict[str, tuple[RunSpec, str]] = {
     "partitions": (RunSpec("partitions", nemesis=NemesisSpec(("partition", "isolate"))),
                    "Partitions and isolated nodes, shorter than t_remove."),
     "lossy": (RunSpec("lossy", nemesis=NemesisSpec(("loss", "duplicate")), drop=0.05,
-                      duplicate=0.05),
+                      duplicate=0.05, workload=WorkloadSpec(routed_clients=ROUTED)),
               "Lossy and duplicating links: 5 % of messages dropped, 5 % duplicated."),
     "split-brain": (RunSpec("split-brain", duration=40.0, nemesis=NemesisSpec(
                         ("partition",), interval=(1.0, 2.0),

@@ -47,7 +47,7 @@ class WorkloadSpec:
     # Of ``clients``, how many run the library's routing and retry policy
     # (``zkv.sim.client.RoutedClient``) instead of sending each request to a random node.
     routed_clients: int = 0
-    direct_reads: bool = False  # routed clients read quorum gets directly (zkv.core.direct_read)
+    direct_reads: bool = True  # routed clients read quorum gets directly (zkv.core.direct_read)
 
 
 @dataclass(slots=True)
