@@ -591,6 +591,7 @@ def _membership_change(action: str, node_id: str, data_dir: Path, timeout: float
     cluster = _control(sup.require_cluster, data_dir)
     record = _control(sup.find_node, cluster, node_id)
     curve = _control(sup.cluster_curve, data_dir, cluster=cluster)
+    operator = _control(sup.cluster_curve, data_dir, cluster=cluster, admin=True)
     live = [r for r in cluster["nodes"] if r.get("address")
             and sup.live_process(r.get("pid"), r.get("pid_create_time")) is not None]
     if not live:
@@ -602,7 +603,7 @@ def _membership_change(action: str, node_id: str, data_dir: Path, timeout: float
     order = [r["address"] for r in sorted(live, key=lambda r: (r["id"] != node_id, r["id"]))]
 
     def send(limit: float) -> Any:
-        with Client(order, timeout=limit, curve=curve) as client:
+        with Client(order, timeout=limit, curve=operator) as client:
             return client.admin(action, node_id)
 
     if action == "remove" and sup.live_process(record.get("pid"),

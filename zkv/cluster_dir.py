@@ -16,8 +16,9 @@ sits below the client (``Client.from_cluster_dir`` reads it) and the supervisor.
   output (``node.log``).
 - ``keys/`` (``cluster up --curve``): the cluster's CurveZMQ keys
   (``zkv.keys.LocalKeys``); ``cluster.json`` then names the client key
-  pair and the cluster public key under ``curve``, and ``cluster_curve`` finds
-  them for the CLI and ``Client.from_cluster_dir``.
+  pair, the cluster public key and the key pair for operators' commands (the
+  cluster's own: a client key may not change the ring) under ``curve``, and
+  ``cluster_curve`` finds them for the CLI and ``Client.from_cluster_dir``.
 """
 
 from __future__ import annotations
@@ -82,15 +83,16 @@ def require_cluster(data_dir: Path) -> dict:
 
 
 def cluster_curve(data_dir: Path, addresses: Iterable[str] | None = None,
-                  cluster: dict | None = None) -> Any:
+                  cluster: dict | None = None, admin: bool = False) -> Any:
     """The client keys (``CurveKeys``) of the ``--curve`` cluster in ``data_dir``, or
-    None when it runs without CurveZMQ (or has no cluster file).
+    None when it runs without CurveZMQ (or has no cluster file). ``admin``: the keys
+    that may send operators' commands (decommission, remove) instead.
 
     With ``addresses``, only if every one of them is a node of that cluster: keys
     found in a directory are not sent to some other cluster named by ``--seeds``.
     Raises ControlError (exit 2) when the recorded key files cannot be read.
     """
-    from zkv.keys import CurveKeys, KeyFileError
+    from zkv.keys import CurveKeys, KeyFileError, LocalKeys
 
     if cluster is None:
         try:
@@ -112,7 +114,10 @@ def cluster_curve(data_dir: Path, addresses: Iterable[str] | None = None,
         except ValueError:
             return None
     try:
-        return CurveKeys.from_files(curve["client_key"], curve["server_key"])
+        secret = curve["client_key"]
+        if admin:  # a cluster file from before admin_key: the key sits in keys/
+            secret = curve.get("admin_key") or LocalKeys.of_cluster(data_dir).cluster_secret
+        return CurveKeys.from_files(secret, curve["server_key"])
     except (KeyError, TypeError, KeyFileError) as exc:
         raise ControlError(f"{Path(data_dir) / CLUSTER_FILE}: cannot use its curve keys: "
                            f"{exc}", 2) from None

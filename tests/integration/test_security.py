@@ -274,6 +274,26 @@ def test_the_cluster_key_is_a_peer(cluster: Cluster, keys: Path) -> None:
         peer.close()
 
 
+def test_an_operators_command_needs_the_cluster_key(cluster: Cluster, keys: Path) -> None:
+    """A client key reads and writes, and asks for a node's status, but does not take
+    a node out of the ring; the cluster key does (the node then judges the command
+    itself: here it refuses it, as three nodes must remain)."""
+    n1 = cluster.nodes["n1"]
+    rejected = _metric(n1, "zkv_rejected_frames_total")
+    alice = cluster.client(curve=curve_of(keys, "alice"), timeout=5.0)
+    assert alice.admin("status", address=n1.address).status == "ok"
+    reply = alice.admin("decommission", "n3", address=n1.address)
+    assert reply.status == "refused" and "cluster key" in reply.detail, reply
+    refusals = wait_until(lambda: _events(n1, "command_refused", action="decommission",
+                                          node="n3"), 10.0, "n1 to log the refusal")
+    assert refusals[-1]["fields"]["key"], refusals
+    assert _metric(n1, "zkv_rejected_frames_total") >= rejected + 1
+    operator = cluster.client(curve=curve_of(keys, "cluster"), timeout=5.0)
+    reply = operator.admin("decommission", "n3", address=n1.address)
+    assert reply.status == "refused" and "fewer than the 3 replicas" in reply.detail, reply
+    assert len(alice.ring()) == 3
+
+
 def test_a_far_future_version_is_refused_and_counted_and_the_key_stays_writable(
         cluster: Cluster, keys: Path) -> None:
     n1 = cluster.nodes["n1"]
@@ -382,7 +402,8 @@ def test_cluster_up_curve_runs_an_encrypted_cluster_that_the_cli_finds_keys_for(
         assert result.returncode == 0, result.stderr.decode()
         info = local.info()
         assert info["curve"] == {"client_key": str(data_dir.resolve() / "keys/client.key_secret"),
-                                 "server_key": str(data_dir.resolve() / "keys/cluster.key")}
+                                 "server_key": str(data_dir.resolve() / "keys/cluster.key"),
+                                 "admin_key": str(data_dir.resolve() / "keys/cluster.key_secret")}
         keys = data_dir / "keys"
         for name in ("cluster.key_secret", "client.key_secret"):
             assert stat.S_IMODE(os.stat(keys / name).st_mode) == 0o600
@@ -404,6 +425,11 @@ def test_cluster_up_curve_runs_an_encrypted_cluster_that_the_cli_finds_keys_for(
         # So does the library.
         with Client.from_cluster_dir(data_dir, timeout=5.0) as kv:
             assert kv.get("k") == b"again"
+            assert kv.admin("decommission", "node-3").status == "refused"  # a client key
+        # The node commands use the cluster's key: node-3 is judged, and stays (three
+        # nodes must remain for three replicas).
+        kept = local.run("node", "decommission", "node-3", "--timeout", "10")
+        assert kept.returncode == 2 and b"fewer than the 3 replicas" in kept.stderr, kept
 
         # A node the supervisor restarts comes back encrypted and rejoins.
         assert local.run("node", "kill", "node-2").returncode == 0

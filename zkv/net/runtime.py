@@ -18,9 +18,11 @@ Sockets (ports from ``zkv.config``):
   Without CurveZMQ a claimed node id is believed. With it, a frame is a peer's
   only if the cluster key sent it (its authenticated User-Id, see
   ``zkv.net.security``); any other key is a client, whatever it claims. A
-  client may send ``ClientRequest`` and ``RingQuery``; a peer message from a
-  client is dropped and counted (``peer_message_refused`` in the event log
-  and in ``zkv_events_total``).
+  client may send ``ClientRequest``, ``DirectRead``, ``RingQuery`` and an
+  ``AdminRequest`` for ``status``; a peer message from a client is dropped and
+  counted (``peer_message_refused`` in the event log and in
+  ``zkv_events_total``), and an operator's command (decommission, remove) is
+  refused unless the cluster key sent it (``command_refused``).
 - PUB bound on ``port + 1``: this node's gossip.
 - SUB connected to the PUB of every member the node wants gossip from
   (``Node.subscriptions()``), reconciled after every loop turn.
@@ -446,18 +448,24 @@ class NodeProcess:
                 except DecodeError as exc:
                     self._reject(identity, str(exc))
                     continue
-                self._take(identity, sender, claimed, key, messages, events)
+                self._take(identity, sender, claimed, key, messages, events,
+                           operator=peer_key is None or key == peer_key)
 
     def _take(self, identity: bytes, sender: str | None, claimed: str | None,
               key: str | None, messages: list[Message | DecodeError],
-              events: list[Input]) -> None:
+              events: list[Input], operator: bool) -> None:
         """Turn one frame's messages into the node's inputs, refusing what the sender
-        may not send."""
+        may not send (``operator``: it may change the ring: without CurveZMQ anyone,
+        with it the cluster key)."""
         for message in messages:
             if isinstance(message, DecodeError):
                 self._reject(identity, str(message))
                 continue
             if isinstance(message, _CLIENT_MESSAGES):
+                if (not operator and type(message) is AdminRequest
+                        and message.action != "status"):
+                    self._refuse_command(identity, key, message)
+                    continue
                 event: Input = ClientCall(identity, message)
             elif isinstance(message, _ANSWERS_TO_CLIENTS):
                 self._reject(identity, f"{type(message).__name__} is an answer to a "
@@ -517,9 +525,25 @@ class NodeProcess:
         self._answer_error(identity, f"{kind} is a peer message; clients may send "
                                      "ClientRequest, DirectRead and RingQuery")
 
+    def _refuse_command(self, identity: bytes, key: str | None, message: AdminRequest) -> None:
+        """An operator's command from a client key (with CurveZMQ): a key that may read
+        and write must not also be able to take nodes out of the ring."""
+        reason = ("an operator's command needs the cluster key; this connection "
+                  "authenticated a client key")
+        self.rejected_frames += 1
+        fields = {"action": message.action, "node": message.node_id, "reason": reason,
+                  "key": key}
+        self._log("command_refused", fields)
+        if self.metrics is not None:
+            self.metrics.observe_event("command_refused", fields)
+        self._answer(identity, AdminReply(message.req_id, "refused", reason, {}))
+
     def _answer_error(self, identity: bytes, reason: str) -> None:
+        self._answer(identity, ErrorReply(-1, reason))
+
+    def _answer(self, identity: bytes, message: Message) -> None:
         try:
-            self.router.send_multipart([identity, encode(ErrorReply(-1, reason))], zmq.NOBLOCK)
+            self.router.send_multipart([identity, encode(message)], zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
 

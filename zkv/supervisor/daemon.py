@@ -505,6 +505,7 @@ class Supervisor:
             "curve": None if self.keys is None else {
                 "client_key": str(self.keys.client_secret),
                 "server_key": str(self.keys.cluster_public),
+                "admin_key": str(self.keys.cluster_secret),  # for decommission and remove
             },
             "started_at": self.started_at,
             "updated_at": time.time(),
