@@ -57,6 +57,7 @@ class NodeSettings:
     log_ops: bool = False  # write an event per replica read/write and per request too
     map_size: int = 64 * 1024 * 1024
     max_map_size: int = 64 * 1024 * 1024 * 1024
+    record_cache: int = 16 * 1024 * 1024  # bytes of decoded records held (zkv.storage.record_cache)
     event_log_max_bytes: int = 64 * 1024 * 1024
     shutdown_grace: float = 2.0  # seconds to finish in-flight work after SIGTERM
     curve: bool = False  # CurveZMQ on every socket (see zkv.net.security)
@@ -328,6 +329,9 @@ FIELDS: tuple[SettingField, ...] = (
                  "initial LMDB map size (it grows on demand)"),
     SettingField("durability.max_map_size", _size_in(1 << 20, 1 << 44), _S.max_map_size,
                  "largest the LMDB map may grow"),
+    SettingField("memory.record_cache", _size_in(0, 1 << 40), _S.record_cache,
+                 "bytes of recently used records kept decoded in memory, so reads and "
+                 "writes of a key skip LMDB (at most one entry per KiB of it); 0: none"),
     SettingField("security.curve", _bool, _S.curve,
                  "encrypt and authenticate every socket with CurveZMQ"),
     SettingField("security.secret_key", _optional_path, None,
@@ -484,6 +488,7 @@ def load_settings(path: str | Path | None = None,
         log_ops=get("log_ops"),
         map_size=get("map_size"),
         max_map_size=get("max_map_size"),
+        record_cache=get("record_cache"),
         shutdown_grace=get("shutdown_grace"),
         curve=get("curve"),
         secret_key=get("secret_key"),

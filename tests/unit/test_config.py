@@ -31,6 +31,9 @@ max_value = 4096
 [durability]
 sync = false
 map_size = "128MiB"
+
+[memory]
+record_cache = "4MiB"
 """
 
 
@@ -58,6 +61,7 @@ def test_a_valid_file_sets_every_field(tmp_path):
     assert (s.node.gossip_interval, s.node.t_fail, s.node.t_remove) == (0.5, 3.0, 20.0)
     assert (s.node.max_key, s.node.max_value) == (2048, 4096)
     assert s.sync is False and s.map_size == 128 * 1024 * 1024
+    assert s.record_cache == 4 * 1024 * 1024
 
 
 def test_a_minimal_file_gets_the_defaults(tmp_path):
@@ -67,6 +71,7 @@ def test_a_minimal_file_gets_the_defaults(tmp_path):
     assert s.node.seeds == () and s.node.replicas == 3 and s.node.consistency == "quorum"
     assert s.effective_metrics_port == 7402  # port + 2
     assert s.sync is True
+    assert s.record_cache == 16 * 1024 * 1024
 
 
 def test_flags_override_the_file(tmp_path):

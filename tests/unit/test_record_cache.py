@@ -81,3 +81,18 @@ def test_a_corrupt_record_is_not_held_so_every_read_finds_it(tmp_path: Path) -> 
     with LmdbStore(tmp_path / "db") as s:
         assert s.get(b"b") is None and s.get(b"b") is None
         assert s.corrupt_reads == 2 and b"b" not in s._cache
+
+
+@pytest.mark.parametrize("size,held", [("0", 0), ('"4KiB"', 4), ("16777216", 50)])
+def test_a_nodes_cache_is_the_size_its_settings_give(tmp_path: Path, size: str, held: int) -> None:
+    """``[memory] record_cache``: bytes of records, one entry per KiB at most."""
+    from zkv.config import load_settings
+    from zkv.net.runtime import open_store
+
+    conf = tmp_path / "node.toml"
+    conf.write_text(f'id = "c"\ndata_dir = "{tmp_path / "data"}"\n'
+                    f'[memory]\nrecord_cache = {size}\n[durability]\nsync = false\n')
+    with open_store(load_settings(conf)) as s:
+        for i in range(50):
+            s.put(b"k%02d" % i, live(b"v"))
+        assert len(s._cache) == held

@@ -188,7 +188,8 @@ def open_store(settings: NodeSettings) -> Store:
     from zkv.storage.lmdb_store import LmdbStore
 
     return LmdbStore(store_path(settings.data_dir), map_size=settings.map_size,
-                     max_map_size=settings.max_map_size, sync=settings.sync)
+                     max_map_size=settings.max_map_size, sync=settings.sync,
+                     cache_entries=settings.record_cache // 1024, cache_bytes=settings.record_cache)
 
 
 class StartupError(Exception):

@@ -75,6 +75,7 @@ _ITEMS_BATCH_BYTES = 4 * MiB  # ...or fewer, once their stored values reach this
 CORRUPT_KEYS_KEPT = 1024
 # The decoded records kept in memory (``zkv.storage.record_cache``): at most this many,
 # holding at most this many bytes of values, none of a value above CACHE_MAX_VALUE.
+# A node takes both from ``[memory] record_cache`` (entries: one per KiB of it).
 CACHE_ENTRIES = 16_384
 CACHE_BYTES = 16 * MiB
 CACHE_MAX_VALUE = 64 * 1024
