@@ -77,6 +77,7 @@ sys.path.insert(0, str(ROOT))
 
 from zkv import bench as zb
 from zkv import supervisor as sup
+from zkv.net.zmtp import GREETING, READY, encode_message
 from zkv.supervisor import free_base_port
 
 HOST = "127.0.0.1"
@@ -236,8 +237,6 @@ class ZmtpDealer:
     spend (the library's links are non-blocking, reconnect, and poll many nodes)."""
 
     def __init__(self, address: str, timeout: float) -> None:
-        from zkv.net.zmtp import GREETING, READY
-
         host, port = address.removeprefix("tcp://").rsplit(":", 1)
         self.sock = socket.create_connection((host, int(port)), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -254,11 +253,8 @@ class ZmtpDealer:
             raise ConnectionError(f"{address} sent no READY: {body[:20]!r}")
 
     def send(self, payload: bytes) -> None:
-        """One message of one frame (ZMTP: a flags byte, then the size in one byte or
-        eight)."""
-        n = len(payload)
-        head = bytes((0, n)) if n < 256 else b"\x02" + n.to_bytes(8, "big")
-        self.sock.sendall(head + payload)
+        """One message of one frame."""
+        self.sock.sendall(encode_message([payload]))
 
     def recv(self) -> bytes:
         """The next message's single frame (commands are skipped)."""

@@ -84,6 +84,7 @@ from zkv.core.client_policy import (
     Router,
     SendTo,
     Wait,
+    put_last,
 )
 from zkv.core.config import MAX_KEY, MAX_VALUE
 from zkv.core.direct_read import FALLBACK, DirectQuorum
@@ -399,7 +400,7 @@ class Client:
             return
         order = self._router.route(pending.key, now)
         if silent:
-            order = [a for a in order if a not in silent] + [a for a in order if a in silent]
+            order = put_last(order, silent)
         if not order:
             del self._pending[req_id]
             pending.future.set_exception(Unavailable(f"get {shown_key(pending.key)}: no node "

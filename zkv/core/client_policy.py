@@ -21,7 +21,7 @@ the error the library raises.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 
 from zkv.core.direct_read import FALLBACK, DirectQuorum
@@ -39,6 +39,11 @@ TIMEOUT = "timeout"  # no answer before the deadline
 REFUSED = "refused"  # a node refused the request outright (ErrorReply)
 OUTCOMES = ("ok", "not_found", "exists", "condition_failed", "unavailable", "unknown",
             "invalid", REFUSED, TIMEOUT)
+
+
+def put_last(order: list[str], these: Container[str]) -> list[str]:
+    """``order`` with the addresses in ``these`` moved to its end, both parts in order."""
+    return [a for a in order if a not in these] + [a for a in order if a in these]
 
 
 class Router:
@@ -126,8 +131,7 @@ class Router:
         for address, until in list(self.suspects.items()):
             if until <= now:
                 del self.suspects[address]
-        suspects = self.suspects
-        return [a for a in order if a not in suspects] + [a for a in order if a in suspects]
+        return put_last(order, self.suspects)
 
     # ----------------------------------------------------------------- the ring
 

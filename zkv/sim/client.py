@@ -9,8 +9,8 @@ is the node's (ok, not_found, exists, unavailable, invalid) or ``timeout``.
 ``RoutedClient`` is the library's client instead: it runs the very policy of
 ``zkv.client.Client`` (``zkv.core.client_policy``: the ring learned from a node,
 replicas first, suspects last, quorum gets read from the replicas directly
-when direct reads are on, reads hedged, writes never sent to a second coordinator while one holds them,
-refusals retried until the deadline).
+(direct reads, on by default), reads hedged, writes never sent to a second
+coordinator while one holds them, refusals retried until the deadline).
 """
 
 from __future__ import annotations
